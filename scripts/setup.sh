@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Install what tcptracer-exporter needs on a Debian/Ubuntu machine, then build it.
+# Idempotent: installs only what is missing. Run as root (or with sudo available).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
+
+# build: clang/llvm (BPF object), libbpf/libelf/zlib (addon), make/g++/python3 (node-gyp);
+# run/test: iproute2 (ip netns), clang-format (format check); bpftool only regenerates vmlinux.h
+packages=(clang llvm libbpf-dev libelf-dev zlib1g-dev make g++ python3 pkg-config iproute2 clang-format)
+optional=(bpftool)
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else die "need root to run: $*"; fi
+}
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+missing=()
+for p in "${packages[@]}"; do installed "$p" || missing+=("$p"); done
+opt_missing=()
+for p in "${optional[@]}"; do installed "$p" || opt_missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ] || [ ${#opt_missing[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} by hand"
+  say "apt-get install ${missing[*]} ${opt_missing[*]}"
+  as_root apt-get update -qq
+  if [ ${#missing[@]} -gt 0 ]; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  for p in "${opt_missing[@]}"; do
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null 2>&1 ||
+      say "optional package $p is not available here (only needed by scripts/gen-vmlinux.sh)"
+  done
+fi
+
+command -v node >/dev/null || die "Node.js 20 or newer is required (https://nodejs.org or your distribution's nodejs package)"
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+[ "$node_major" -ge 20 ] || die "Node.js 20 or newer is required, found $(node --version)"
+
+# npm dependencies: reinstall when the lockfile changed since the last install
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# node-gyp builds against the running Node's headers; use the system copy when there is one
+if [ -z "${npm_config_nodedir:-}" ] && [ -f "/usr/include/node/node_api.h" ] &&
+  [ "$(node -p process.execPath)" = "/usr/bin/node" ]; then
+  export npm_config_nodedir=/usr
+fi
+
+say "npm run build"
+npm run -s build
