@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Shared between the BPF program (bpf/tcptracer.bpf.c) and the addon (addon/).
+ * Plain C types only: no kernel-internal types, so the addon can include it too.
+ */
+#ifndef TCPTRACER_H
+#define TCPTRACER_H
+
+#define TASK_COMM_LEN 16
+
+enum event_type {
+	TCP_EVENT_TYPE_CONNECT = 1,
+	TCP_EVENT_TYPE_ACCEPT = 2,
+	TCP_EVENT_TYPE_CLOSE = 3,
+	TCP_EVENT_TYPE_CONNECT_FAILED = 4,
+};
+
+enum connect_fail_reason {
+	FAIL_REASON_NONE = 0,
+	FAIL_REASON_REFUSED = 1,     /* ECONNREFUSED: RST in answer to SYN */
+	FAIL_REASON_TIMEOUT = 2,     /* ETIMEDOUT: SYN retries exhausted */
+	FAIL_REASON_UNREACHABLE = 3, /* EHOSTUNREACH / ENETUNREACH: ICMP error */
+	FAIL_REASON_OTHER = 4,	     /* anything else, including close() during SYN_SENT */
+};
+
+enum direction {
+	DIRECTION_OUTBOUND = 1, /* we called connect() */
+	DIRECTION_INBOUND = 2,	/* we accepted */
+};
+
+/* How accepts are attributed to a process (load-time setting). */
+enum accept_mode {
+	ACCEPT_MODE_LISTENER = 0, /* owner of the listening socket, captured at listen() */
+	ACCEPT_MODE_SYSCALL =
+	    1, /* caller of accept()/accept4(), from the syscall exit tracepoints */
+};
+
+/* Indexes into the per-CPU "stats" array. */
+enum stat_index {
+	STAT_EVENTS_LOST = 0,	    /* ring buffer reservation failed */
+	STAT_MAP_UPDATE_FAILED = 1, /* a state map was full or refused an update */
+	/*
+	 * listener mode: an accept whose listener's owner was unknown (reported with pid 0);
+	 * syscall mode: an inbound connection closed without accept()/accept4() returning it
+	 * (io_uring accepts, or closed while still in the accept queue)
+	 */
+	STAT_ACCEPT_UNATTRIBUTED = 2,
+	STAT_CONNECT_UNATTRIBUTED = 3, /* established outbound socket with no connect() seen */
+	STAT_MAX = 4,
+};
+
+/*
+ * One ring buffer record. Widest fields first; the addon exports offsetof() of
+ * every field so the TypeScript decoder never hard-codes this layout.
+ */
+struct event {
+	/* local and remote address, network byte order; IPv4 uses the first 4 bytes */
+	unsigned __int128 saddr;
+	unsigned __int128 daddr;
+	__u64 ts_ns;	      /* bpf_ktime_get_ns() at the event (CLOCK_MONOTONIC) */
+	__u64 duration_ns;    /* close: established -> closed; 0 otherwise */
+	__u64 bytes_sent;     /* close: payload sent, retransmissions counted once */
+	__u64 bytes_received; /* close: payload received (the peer's FIN not counted) */
+	__u64 cgroup_id;      /* cgroup v2 id of the owner */
+	__u32 pid;	      /* owner's tgid: connect()/accept() caller */
+	__u32 netns;	      /* network namespace inode, read from the socket */
+	__u16 sport;	      /* local port, host byte order */
+	__u16 dport;	      /* remote port, host byte order */
+	__u8 type;	      /* enum event_type */
+	__u8 ip;	      /* 4 or 6; IPv4-mapped IPv6 is reported as 4 */
+	__u8 reason;	      /* enum connect_fail_reason, for CONNECT_FAILED */
+	__u8 direction;	      /* enum direction */
+	char comm[TASK_COMM_LEN];
+	__u8 __pad[8];
+};
+
+/* Listener owners, keyed by what an accepted child socket can see of its listener. */
+struct listener_key {
+	__u32 netns;
+	__u16 port;   /* host byte order */
+	__u16 family; /* AF_INET or AF_INET6 */
+};
+
+/* The process a socket belongs to. */
+struct owner {
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 __pad;
+	char comm[TASK_COMM_LEN];
+};
+
+#endif /* TCPTRACER_H */
