@@ -1,0 +1,594 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "tracer.hpp"
+
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+#include <pthread.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include "../bpf_error.hpp"
+#include "../log.hpp"
+
+extern "C" {
+#include <linux/types.h>
+
+#include "tcptracer.h"
+}
+
+namespace tcptracer
+{
+
+namespace
+{
+
+// Every live Tracer, so the environment's cleanup hook can close them at exit.
+struct Live {
+	std::set<Tracer *> tracers;
+};
+
+Live *LiveSet(Napi::Env env)
+{
+	Live *live = env.GetInstanceData<Live>();
+	if (!live) {
+		live = new Live();
+		env.SetInstanceData(live);
+		env.AddCleanupHook([live]() {
+			std::set<Tracer *> copy = live->tracers;
+			for (Tracer *t : copy)
+				t->Close();
+		});
+	}
+	return live;
+}
+
+Napi::FunctionReference *LogRef(Napi::Env env, const Napi::Object &opts)
+{
+	auto *ref = new Napi::FunctionReference();
+	if (opts.Has("log") && opts.Get("log").IsFunction())
+		*ref = Napi::Persistent(opts.Get("log").As<Napi::Function>());
+	return ref;
+}
+
+std::string MapName(const Napi::Value &v)
+{
+	if (!v.IsString())
+		throw Napi::TypeError::New(v.Env(), "map name must be a string");
+	return v.As<Napi::String>().Utf8Value();
+}
+
+size_t ValueBytes(bpf_map *map)
+{
+	size_t vs = bpf_map__value_size(map);
+	switch (bpf_map__type(map)) {
+	case BPF_MAP_TYPE_PERCPU_ARRAY:
+	case BPF_MAP_TYPE_PERCPU_HASH:
+	case BPF_MAP_TYPE_LRU_PERCPU_HASH:
+		return ((vs + 7) / 8) * 8 * libbpf_num_possible_cpus();
+	default:
+		return vs;
+	}
+}
+
+std::vector<uint8_t> BufferBytes(Napi::Value v, size_t want, const char *what)
+{
+	if (!v.IsBuffer())
+		throw Napi::TypeError::New(v.Env(), std::string(what) + " must be a Buffer");
+	auto b = v.As<Napi::Buffer<uint8_t>>();
+	if (b.Length() != want)
+		throw Napi::RangeError::New(
+		    v.Env(), std::string(what) + " is " + std::to_string(b.Length()) +
+				 " bytes; the map expects " + std::to_string(want));
+	return std::vector<uint8_t>(b.Data(), b.Data() + b.Length());
+}
+
+} // namespace
+
+// Runs on the JS thread: wrap the batch in a Buffer that frees it, call JS.
+void CallJsWithBatch(Napi::Env env, Napi::Function cb, std::nullptr_t *, Batch *batch)
+{
+	if (env == nullptr || cb.IsEmpty()) {
+		delete batch; // environment is shutting down
+		return;
+	}
+	Napi::Value buf = env.Null();
+	Napi::Value err = env.Null();
+	uint32_t count = batch->count;
+	if (batch->err) {
+		err = MakeBpfError(env, "ring_buffer__poll", batch->err).Value();
+		delete batch;
+	} else {
+		buf = Napi::Buffer<uint8_t>::New(
+		    env, batch->data.data(), batch->data.size(),
+		    [](Napi::Env, uint8_t *, Batch *b) { delete b; }, batch);
+	}
+	try {
+		cb.Call({err, buf, Napi::Number::New(env, count)});
+	} catch (const Napi::Error &e) {
+		napi_fatal_exception(env, e.Value());
+	}
+}
+
+Napi::Function Tracer::Init(Napi::Env env)
+{
+	return DefineClass(env, "Tracer",
+			   {
+			       InstanceMethod("attach", &Tracer::JS_attach),
+			       InstanceMethod("startEvents", &Tracer::JS_startEvents),
+			       InstanceMethod("stopEvents", &Tracer::JS_stopEvents),
+			       InstanceMethod("mapInfo", &Tracer::JS_mapInfo),
+			       InstanceMethod("mapEntries", &Tracer::JS_mapEntries),
+			       InstanceMethod("mapLookup", &Tracer::JS_mapLookup),
+			       InstanceMethod("mapUpdate", &Tracer::JS_mapUpdate),
+			       InstanceMethod("mapDelete", &Tracer::JS_mapDelete),
+			       InstanceMethod("drainStats", &Tracer::JS_drainStats),
+			       InstanceMethod("close", &Tracer::JS_close),
+			   });
+}
+
+// new Tracer(path, { rodata, maxEntries, disabledPrograms, log })
+// open -> set rodata -> size maps -> choose programs -> load; each step its own error.
+Tracer::Tracer(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Tracer>(info)
+{
+	Napi::Env env = info.Env();
+	if (!info[0].IsString())
+		throw Napi::TypeError::New(env, "Tracer(path, options): path must be a string");
+	std::string path = info[0].As<Napi::String>().Utf8Value();
+	Napi::Object opts =
+	    info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(env);
+	log_ = LogRef(env, opts);
+
+	auto fail = [&](const std::string &op, int err, const std::string &detail) {
+		FlushLog(env, *log_);
+		if (obj_)
+			bpf_object__close(obj_);
+		obj_ = nullptr;
+		return MakeBpfError(env, op, err, detail);
+	};
+
+	obj_ = bpf_object__open_file(path.c_str(), nullptr);
+	if (!obj_)
+		throw fail("open", errno, path);
+
+	if (opts.Has("rodata") && opts.Get("rodata").IsObject()) {
+		Napi::Object ro = opts.Get("rodata").As<Napi::Object>();
+		Napi::Array keys = ro.GetPropertyNames();
+		for (uint32_t i = 0; i < keys.Length(); i++) {
+			std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
+			Napi::Value v = ro.Get(k);
+			uint64_t n = v.IsBigInt() ? v.As<Napi::BigInt>().Uint64Value(nullptr)
+						  : (uint64_t)v.ToNumber().Int64Value();
+			try {
+				SetGlobal(env, ".rodata", k, n);
+			} catch (...) {
+				bpf_object__close(obj_);
+				obj_ = nullptr;
+				throw;
+			}
+		}
+	}
+	if (opts.Has("maxEntries") && opts.Get("maxEntries").IsObject()) {
+		Napi::Object me = opts.Get("maxEntries").As<Napi::Object>();
+		Napi::Array keys = me.GetPropertyNames();
+		for (uint32_t i = 0; i < keys.Length(); i++) {
+			std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
+			bpf_map *m = bpf_object__find_map_by_name(obj_, k.c_str());
+			if (!m)
+				throw fail("set_max_entries", ENOENT, "no map named " + k);
+			int err = bpf_map__set_max_entries(m, me.Get(k).ToNumber().Uint32Value());
+			if (err)
+				throw fail("set_max_entries", err, k);
+		}
+	}
+	if (opts.Has("disabledPrograms") && opts.Get("disabledPrograms").IsArray()) {
+		Napi::Array names = opts.Get("disabledPrograms").As<Napi::Array>();
+		for (uint32_t i = 0; i < names.Length(); i++) {
+			std::string n = names.Get(i).ToString().Utf8Value();
+			bpf_program *p = bpf_object__find_program_by_name(obj_, n.c_str());
+			if (!p)
+				throw fail("set_autoload", ENOENT, "no program named " + n);
+			bpf_program__set_autoload(p, false);
+		}
+	}
+
+	int err = bpf_object__load(obj_);
+	if (err)
+		throw fail("load", err, path);
+	loaded_ = true;
+	FlushLog(env, *log_);
+	LiveSet(env)->tracers.insert(this);
+	env_ = env;
+}
+
+Tracer::~Tracer()
+{
+	Close();
+	delete log_;
+}
+
+// Writes a global variable of the BPF object: into the initial image before load
+// (.rodata), or into the live map after it (.bss). Offsets come from the BTF datasec.
+void Tracer::SetGlobal(Napi::Env env, const char *section, const std::string &var, uint64_t value)
+{
+	bpf_map *map = nullptr;
+	bpf_map *m;
+	bpf_object__for_each_map (m, obj_) {
+		const char *name = bpf_map__name(m);
+		size_t nl = strlen(name), sl = strlen(section);
+		if (bpf_map__is_internal(m) && nl >= sl && strcmp(name + nl - sl, section) == 0)
+			map = m;
+	}
+	const struct btf *btf = bpf_object__btf(obj_);
+	int id = btf ? btf__find_by_name_kind(btf, section, BTF_KIND_DATASEC) : -1;
+	if (!map || id < 0)
+		throw Napi::Error::New(env,
+				       std::string("BPF object has no ") + section + " section");
+	const struct btf_type *sec = btf__type_by_id(btf, id);
+	const struct btf_var_secinfo *vsi = btf_var_secinfos(sec);
+	for (int i = 0; i < btf_vlen(sec); i++, vsi++) {
+		const struct btf_type *vt = btf__type_by_id(btf, vsi->type);
+		if (var != btf__name_by_offset(btf, vt->name_off))
+			continue;
+		if (vsi->size > 8)
+			throw Napi::Error::New(env, "global " + var + " is not a scalar");
+		// little-endian: the low vsi->size bytes of value
+		if (!loaded_) {
+			size_t sz = 0;
+			auto *data = static_cast<const uint8_t *>(bpf_map__initial_value(map, &sz));
+			if (!data || vsi->offset + vsi->size > sz)
+				throw Napi::Error::New(env, "cannot write global " + var);
+			std::vector<uint8_t> image(data, data + sz);
+			memcpy(image.data() + vsi->offset, &value, vsi->size);
+			if (bpf_map__set_initial_value(map, image.data(), image.size()))
+				throw Napi::Error::New(env, "cannot write global " + var);
+			return;
+		}
+		std::vector<uint8_t> buf(bpf_map__value_size(map));
+		int zero = 0, fd = bpf_map__fd(map);
+		if (bpf_map_lookup_elem(fd, &zero, buf.data()))
+			throw MakeBpfError(env, std::string("read ") + section, errno);
+		memcpy(buf.data() + vsi->offset, &value, vsi->size);
+		if (bpf_map_update_elem(fd, &zero, buf.data(), BPF_ANY))
+			throw MakeBpfError(env, std::string("write ") + section, errno);
+		return;
+	}
+	throw Napi::Error::New(env, "the BPF object has no global named " + var + " in " + section);
+}
+
+// attach() -> [{ name, section, attached, error?, errno?, hint? }], one per program.
+Napi::Value Tracer::JS_attach(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	if (!obj_)
+		throw Napi::Error::New(env, "tracer is closed");
+	if (attached_)
+		throw Napi::Error::New(env, "attach() was already called");
+	attached_ = true;
+	Napi::Array out = Napi::Array::New(env);
+	bpf_program *prog;
+	uint32_t i = 0;
+	bpf_object__for_each_program (prog, obj_) {
+		Napi::Object r = Napi::Object::New(env);
+		std::string sec = bpf_program__section_name(prog);
+		r.Set("name", bpf_program__name(prog));
+		r.Set("section", sec);
+		if (!bpf_program__autoload(prog)) {
+			r.Set("attached", false);
+			r.Set("error", "disabled by configuration");
+		} else {
+			bpf_link *link = bpf_program__attach(prog);
+			if (link) {
+				links_.push_back(link);
+				r.Set("attached", true);
+			} else {
+				int err = errno;
+				Napi::Error e = MakeBpfError(env, "attach " + sec, err);
+				r.Set("attached", false);
+				r.Set("error", e.Message());
+				r.Set("errno", err);
+				r.Set("code", e.Value().Get("code"));
+				if (e.Value().Has("hint"))
+					r.Set("hint", e.Value().Get("hint"));
+			}
+		}
+		out.Set(i++, r);
+	}
+	FlushLog(env, *log_);
+	return out;
+}
+
+// startEvents(callback(err, buffer, count), { maxQueue, maxBatch })
+Napi::Value Tracer::JS_startEvents(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	if (!obj_)
+		throw Napi::Error::New(env, "tracer is closed");
+	if (running_)
+		throw Napi::Error::New(env, "events are already being drained");
+	if (!info[0].IsFunction())
+		throw Napi::TypeError::New(
+		    env, "startEvents(callback, options): callback must be a function");
+	Napi::Object opts =
+	    info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(env);
+	size_t max_queue =
+	    opts.Has("maxQueue") ? opts.Get("maxQueue").ToNumber().Uint32Value() : 64;
+	max_batch_ = opts.Has("maxBatch") ? opts.Get("maxBatch").ToNumber().Uint32Value() : 4096;
+	if (max_queue == 0 || max_batch_ == 0)
+		throw Napi::RangeError::New(env, "maxQueue and maxBatch must be positive");
+
+	if (!rb_) {
+		bpf_map *events = bpf_object__find_map_by_name(obj_, "events");
+		if (!events)
+			throw Napi::Error::New(env, "the BPF object has no events ring buffer");
+		rb_ = ring_buffer__new(bpf_map__fd(events), &Tracer::OnRecord, this, nullptr);
+		if (!rb_) {
+			FlushLog(env, *log_);
+			throw MakeBpfError(env, "ring_buffer__new", errno);
+		}
+	}
+	tsfn_ = BatchTsfn::New(env, info[0].As<Napi::Function>(), "tcptracer-drain", max_queue, 1);
+	SetGlobal(env, ".bss", "events_enabled", 1);
+	running_ = true;
+	drain_ = std::thread(&Tracer::DrainLoop, this);
+	return env.Undefined();
+}
+
+// Drain thread: poll with a 100 ms timeout so a stop request is seen promptly;
+// hand each poll's records to JS as one batch, never blocking on the JS thread.
+void Tracer::DrainLoop()
+{
+	pthread_setname_np(pthread_self(), "tcptracer-drain");
+	auto deliver = [this](Batch *b) {
+		uint32_t n = b->count;
+		if (tsfn_.NonBlockingCall(b) == napi_ok) {
+			delivered_ += n;
+			batches_++;
+		} else { // napi_queue_full or closing: JS is behind; count, don't wait
+			dropped_ += n;
+			delete b;
+		}
+	};
+	batch_ = new Batch();
+	while (running_.load()) {
+		int n = ring_buffer__poll(rb_, 100);
+		if (n < 0 && n != -EINTR) {
+			Batch *e = new Batch();
+			e->err = -n;
+			deliver(e);
+			break;
+		}
+		if (batch_->count) {
+			deliver(batch_);
+			batch_ = new Batch();
+		}
+	}
+	ring_buffer__consume(rb_); // what was submitted before events_enabled went to 0
+	if (batch_->count)
+		deliver(batch_);
+	else
+		delete batch_;
+	batch_ = nullptr;
+}
+
+// Drain thread (inside ring_buffer__poll): append one record to the current batch.
+int Tracer::OnRecord(void *ctx, void *data, size_t size)
+{
+	auto *self = static_cast<Tracer *>(ctx);
+	if (size != sizeof(struct event)) {
+		self->malformed_++;
+		return 0;
+	}
+	Batch *b = self->batch_;
+	if (!b->data.capacity())
+		b->data.reserve(std::min<size_t>(self->max_batch_, 256) * sizeof(struct event));
+	auto *p = static_cast<uint8_t *>(data);
+	b->data.insert(b->data.end(), p, p + size);
+	b->count++;
+	if (b->count >= self->max_batch_) {
+		uint32_t n = b->count;
+		if (self->tsfn_.NonBlockingCall(b) == napi_ok) {
+			self->delivered_ += n;
+			self->batches_++;
+		} else {
+			self->dropped_ += n;
+			delete b;
+		}
+		self->batch_ = new Batch();
+	}
+	return 0;
+}
+
+void Tracer::StopEvents()
+{
+	if (!running_.load() && !drain_.joinable())
+		return;
+	if (obj_ && loaded_ && !env_.IsExceptionPending()) {
+		try {
+			SetGlobal(env_, ".bss", "events_enabled", 0);
+		} catch (...) {
+			// closing anyway: the ring buffer is freed below
+		}
+	}
+	running_ = false;
+	if (drain_.joinable())
+		drain_.join();
+	tsfn_.Release();
+}
+
+Napi::Value Tracer::JS_stopEvents(const Napi::CallbackInfo &info)
+{
+	StopEvents();
+	return info.Env().Undefined();
+}
+
+void Tracer::Close()
+{
+	StopEvents();
+	for (bpf_link *l : links_)
+		bpf_link__destroy(l);
+	links_.clear();
+	if (rb_)
+		ring_buffer__free(rb_);
+	rb_ = nullptr;
+	if (obj_) {
+		bpf_object__close(obj_);
+		obj_ = nullptr;
+		Live *live = env_ ? env_.GetInstanceData<Live>() : nullptr;
+		if (live)
+			live->tracers.erase(this);
+	}
+}
+
+Napi::Value Tracer::JS_close(const Napi::CallbackInfo &info)
+{
+	Close();
+	return info.Env().Undefined();
+}
+
+Napi::Value Tracer::JS_drainStats(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	Napi::Object o = Napi::Object::New(env);
+	o.Set("delivered", Napi::BigInt::New(env, delivered_.load()));
+	o.Set("dropped", Napi::BigInt::New(env, dropped_.load()));
+	o.Set("malformed", Napi::BigInt::New(env, malformed_.load()));
+	o.Set("batches", Napi::BigInt::New(env, batches_.load()));
+	o.Set("running", running_.load());
+	return o;
+}
+
+bpf_map *Tracer::FindMap(Napi::Env env, const Napi::Value &name)
+{
+	if (!obj_)
+		throw Napi::Error::New(env, "tracer is closed");
+	std::string n = MapName(name);
+	bpf_map *m = bpf_object__find_map_by_name(obj_, n.c_str());
+	if (!m)
+		throw Napi::Error::New(env, "the BPF object has no map named " + n);
+	return m;
+}
+
+Napi::Value Tracer::JS_mapInfo(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	bpf_map *m = FindMap(env, info[0]);
+	Napi::Object o = Napi::Object::New(env);
+	o.Set("type", static_cast<int>(bpf_map__type(m)));
+	o.Set("keySize", bpf_map__key_size(m));
+	o.Set("valueSize", bpf_map__value_size(m));
+	o.Set("valueBytes", ValueBytes(m));
+	o.Set("maxEntries", bpf_map__max_entries(m));
+	return o;
+}
+
+// mapEntries(name) -> [{ key, value }]. Uses the kernel's batch lookup, which walks
+// a hash map bucket by bucket and so neither repeats nor skips entries when others
+// are deleted meanwhile; falls back to get_next_key where batching is unsupported.
+Napi::Value Tracer::JS_mapEntries(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	bpf_map *m = FindMap(env, info[0]);
+	int fd = bpf_map__fd(m);
+	size_t ks = bpf_map__key_size(m), vs = ValueBytes(m);
+	Napi::Array out = Napi::Array::New(env);
+	uint32_t idx = 0;
+	auto push = [&](const uint8_t *k, const uint8_t *v) {
+		Napi::Object e = Napi::Object::New(env);
+		e.Set("key", Napi::Buffer<uint8_t>::Copy(env, k, ks));
+		e.Set("value", Napi::Buffer<uint8_t>::Copy(env, v, vs));
+		out.Set(idx++, e);
+	};
+
+	uint32_t chunk = std::max<uint32_t>(64, std::min<uint32_t>(bpf_map__max_entries(m), 4096));
+	std::vector<uint8_t> keys, vals, in(std::max<size_t>(ks, 8)), outb(std::max<size_t>(ks, 8));
+	bool first = true, batched = true;
+	for (;;) {
+		keys.resize(chunk * ks);
+		vals.resize(chunk * vs);
+		uint32_t count = chunk;
+		LIBBPF_OPTS(bpf_map_batch_opts, bo);
+		int err = bpf_map_lookup_batch(fd, first ? nullptr : in.data(), outb.data(),
+					       keys.data(), vals.data(), &count, &bo);
+		int e = err ? errno : 0;
+		if (err && e == ENOSPC && count == 0) { // a bucket larger than the chunk
+			chunk *= 2;
+			continue;
+		}
+		if (err && e != ENOENT) {
+			if (first && (e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP)) {
+				batched = false;
+				break;
+			}
+			throw MakeBpfError(env, "map lookup_batch " + std::string(bpf_map__name(m)),
+					   e);
+		}
+		for (uint32_t i = 0; i < count; i++)
+			push(&keys[i * ks], &vals[i * vs]);
+		if (err) // ENOENT: that was the last batch
+			break;
+		in = outb;
+		first = false;
+	}
+	if (batched)
+		return out;
+
+	std::vector<uint8_t> key(ks), next(ks), val(vs);
+	void *prev = nullptr;
+	while (bpf_map_get_next_key(fd, prev, next.data()) == 0) {
+		if (bpf_map_lookup_elem(fd, next.data(), val.data()) == 0)
+			push(next.data(), val.data());
+		key = next;
+		prev = key.data();
+	}
+	return out;
+}
+
+Napi::Value Tracer::JS_mapLookup(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	bpf_map *m = FindMap(env, info[0]);
+	auto key = BufferBytes(info[1], bpf_map__key_size(m), "key");
+	std::vector<uint8_t> val(ValueBytes(m));
+	if (bpf_map_lookup_elem(bpf_map__fd(m), key.data(), val.data())) {
+		if (errno == ENOENT)
+			return env.Null();
+		throw MakeBpfError(env, std::string("map lookup ") + bpf_map__name(m), errno);
+	}
+	return Napi::Buffer<uint8_t>::Copy(env, val.data(), val.size());
+}
+
+// mapUpdate(name, key, value, flags) -> true, or false when flags is BPF_NOEXIST
+// and the key exists.
+Napi::Value Tracer::JS_mapUpdate(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	bpf_map *m = FindMap(env, info[0]);
+	auto key = BufferBytes(info[1], bpf_map__key_size(m), "key");
+	auto val = BufferBytes(info[2], ValueBytes(m), "value");
+	uint64_t flags = info[3].IsNumber() ? info[3].ToNumber().Int64Value() : uint64_t{BPF_ANY};
+	if (bpf_map_update_elem(bpf_map__fd(m), key.data(), val.data(), flags)) {
+		if (errno == EEXIST && flags == BPF_NOEXIST)
+			return Napi::Boolean::New(env, false);
+		throw MakeBpfError(env, std::string("map update ") + bpf_map__name(m), errno);
+	}
+	return Napi::Boolean::New(env, true);
+}
+
+Napi::Value Tracer::JS_mapDelete(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	bpf_map *m = FindMap(env, info[0]);
+	auto key = BufferBytes(info[1], bpf_map__key_size(m), "key");
+	if (bpf_map_delete_elem(bpf_map__fd(m), key.data())) {
+		if (errno == ENOENT)
+			return Napi::Boolean::New(env, false);
+		throw MakeBpfError(env, std::string("map delete ") + bpf_map__name(m), errno);
+	}
+	return Napi::Boolean::New(env, true);
+}
+
+} // namespace tcptracer

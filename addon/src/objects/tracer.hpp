@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+#include <napi.h>
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
+
+struct bpf_object;
+struct bpf_link;
+struct bpf_map;
+struct ring_buffer;
+
+namespace tcptracer
+{
+
+// A batch of raw ring-buffer records, handed from the drain thread to the JS thread.
+struct Batch {
+	std::vector<uint8_t> data;
+	uint32_t count = 0;
+	int err = 0; // a fatal poll error, with no records
+};
+
+void CallJsWithBatch(Napi::Env env, Napi::Function cb, std::nullptr_t *, Batch *batch);
+using BatchTsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, Batch, CallJsWithBatch>;
+
+// One loaded BPF object: new Tracer(path, options) opens it, applies the load-time
+// settings and loads it; attach() attaches every program that is enabled.
+class Tracer : public Napi::ObjectWrap<Tracer>
+{
+      public:
+	static Napi::Function Init(Napi::Env env);
+	explicit Tracer(const Napi::CallbackInfo &info);
+	~Tracer() override;
+
+	// Detach, stop the drain thread and free everything. Idempotent; also run by
+	// the environment's cleanup hook at exit.
+	void Close();
+
+      private:
+	Napi::Value JS_attach(const Napi::CallbackInfo &info);
+	Napi::Value JS_startEvents(const Napi::CallbackInfo &info);
+	Napi::Value JS_stopEvents(const Napi::CallbackInfo &info);
+	Napi::Value JS_mapInfo(const Napi::CallbackInfo &info);
+	Napi::Value JS_mapEntries(const Napi::CallbackInfo &info);
+	Napi::Value JS_mapLookup(const Napi::CallbackInfo &info);
+	Napi::Value JS_mapUpdate(const Napi::CallbackInfo &info);
+	Napi::Value JS_mapDelete(const Napi::CallbackInfo &info);
+	Napi::Value JS_drainStats(const Napi::CallbackInfo &info);
+	Napi::Value JS_close(const Napi::CallbackInfo &info);
+
+	bpf_map *FindMap(Napi::Env env, const Napi::Value &name);
+	void SetGlobal(Napi::Env env, const char *section, const std::string &var, uint64_t value);
+	void StopEvents();
+	void DrainLoop();					 // runs on the drain thread
+	static int OnRecord(void *ctx, void *data, size_t size); // drain thread
+
+	bpf_object *obj_ = nullptr;
+	std::vector<bpf_link *> links_;
+	ring_buffer *rb_ = nullptr;
+	std::thread drain_;
+	std::atomic<bool> running_{false};
+	BatchTsfn tsfn_;
+	Batch *batch_ = nullptr;  // owned by the drain thread while running
+	size_t max_batch_ = 4096; // records per batch
+	std::atomic<uint64_t> delivered_{0};
+	std::atomic<uint64_t> dropped_{0};   // records dropped because JS fell behind
+	std::atomic<uint64_t> malformed_{0}; // records of an unexpected size
+	std::atomic<uint64_t> batches_{0};
+	bool loaded_ = false;
+	bool attached_ = false;
+	Napi::Env env_{nullptr};
+	Napi::FunctionReference *log_ = nullptr;
+};
+
+} // namespace tcptracer
