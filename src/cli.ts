@@ -1,0 +1,63 @@
+#!/usr/bin/env node
+// tcptracer-exporter: entry point and subcommand dispatch.
+import { UsageError } from './args.js'
+import { isBpfError, loadBinding } from './native.js'
+import { version } from './paths.js'
+import { runTrace } from './trace.js'
+
+const HELP = `Usage: tcptracer-exporter <command> [options]
+
+Commands:
+  trace       print TCP connect, accept and close events live (like BCC's tcptracer)
+
+Options:
+  -h, --help      show this help (and \`tcptracer-exporter <command> --help\`)
+      --version   print version information
+
+Examples:
+  sudo tcptracer-exporter trace
+  sudo tcptracer-exporter trace --json -p 1234
+`
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv
+  switch (cmd) {
+    case 'trace':
+      return await runTrace(rest)
+    case '--version':
+    case 'version': {
+      let libbpf = 'unavailable (addon not built)'
+      try {
+        libbpf = loadBinding().libbpfVersion()
+      } catch {}
+      process.stdout.write(`tcptracer-exporter ${version} (libbpf ${libbpf}, node ${process.version})\n`)
+      return 0
+    }
+    case undefined:
+    case '-h':
+    case '--help':
+    case 'help':
+      process.stdout.write(HELP)
+      return cmd === undefined ? 2 : 0
+    default:
+      throw new UsageError(`unknown command "${cmd}"`)
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code
+  },
+  (e: unknown) => {
+    if (e instanceof UsageError) {
+      process.stderr.write(`tcptracer-exporter: ${e.message}\nRun "tcptracer-exporter --help" for usage.\n`)
+      process.exitCode = 2
+    } else if (isBpfError(e)) {
+      process.stderr.write(`tcptracer-exporter: ${e.message}\n`)
+      process.exitCode = 1
+    } else {
+      process.stderr.write(`tcptracer-exporter: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`)
+      process.exitCode = 1
+    }
+  },
+)

@@ -1,0 +1,124 @@
+// The native addon's surface (addon/src), declared once and loaded lazily with a
+// clear message when the build is missing.
+import { createRequire } from 'node:module'
+import { existsSync } from 'node:fs'
+import { addonPath } from './paths.js'
+
+/** offsetof() every field of `struct event` in bpf/tcptracer.h, as compiled into the addon. */
+export interface EventLayout {
+  size: number
+  saddr: number
+  daddr: number
+  ts_ns: number
+  duration_ns: number
+  bytes_sent: number
+  bytes_received: number
+  cgroup_id: number
+  pid: number
+  netns: number
+  sport: number
+  dport: number
+  type: number
+  ip: number
+  reason: number
+  direction: number
+  comm: number
+  commLen: number
+  listenerKeySize: number
+  ownerSize: number
+}
+
+export interface NativeConstants {
+  STAT_EVENTS_LOST: number
+  STAT_MAP_UPDATE_FAILED: number
+  STAT_ACCEPT_UNATTRIBUTED: number
+  STAT_CONNECT_UNATTRIBUTED: number
+  STAT_MAX: number
+  ACCEPT_MODE_LISTENER: number
+  ACCEPT_MODE_SYSCALL: number
+  numPossibleCpus: number
+}
+
+export interface ProgramStatus {
+  name: string
+  section: string
+  attached: boolean
+  error?: string
+  errno?: number
+  code?: string
+  hint?: string
+}
+
+export interface MapInfo {
+  type: number
+  keySize: number
+  valueSize: number
+  /** bytes of a lookup result: valueSize, or per-CPU slots times CPUs */
+  valueBytes: number
+  maxEntries: number
+}
+
+export interface DrainStats {
+  delivered: bigint
+  dropped: bigint
+  malformed: bigint
+  batches: bigint
+  running: boolean
+}
+
+export type LibbpfLog = (level: 'warn' | 'info' | 'debug', message: string) => void
+export type BatchCallback = (err: BpfError | null, batch: Buffer | null, count: number) => void
+
+export interface NativeTracerOptions {
+  rodata?: Record<string, number>
+  maxEntries?: Record<string, number>
+  disabledPrograms?: string[]
+  log?: LibbpfLog
+}
+
+export declare class NativeTracer {
+  constructor(objectPath: string, options?: NativeTracerOptions)
+  attach(): ProgramStatus[]
+  startEvents(callback: BatchCallback, options?: { maxQueue?: number; maxBatch?: number }): void
+  stopEvents(): void
+  mapInfo(name: string): MapInfo
+  mapEntries(name: string): Array<{ key: Buffer; value: Buffer }>
+  mapLookup(name: string, key: Buffer): Buffer | null
+  mapUpdate(name: string, key: Buffer, value: Buffer, flags?: number): boolean
+  mapDelete(name: string, key: Buffer): boolean
+  drainStats(): DrainStats
+  close(): void
+}
+
+export interface Binding {
+  Tracer: typeof NativeTracer
+  layout: EventLayout
+  constants: NativeConstants
+  libbpfVersion(): string
+  ensureFilesystems(): { tracefs: string; bpffs: string }
+  setVerbose(on: boolean): void
+}
+
+/** Errors thrown by the addon: the failing step, the errno and, where known, the fix. */
+export interface BpfError extends Error {
+  name: 'BpfError'
+  op: string
+  errno: number
+  code: string
+  hint?: string
+}
+
+export function isBpfError(e: unknown): e is BpfError {
+  return e instanceof Error && e.name === 'BpfError'
+}
+
+let cached: Binding | undefined
+
+export function loadBinding(file = addonPath): Binding {
+  if (cached) return cached
+  if (!existsSync(file)) {
+    throw new Error(`the native addon is not built (${file} is missing): run \`npm run build\``)
+  }
+  cached = createRequire(import.meta.url)(file) as Binding
+  return cached
+}

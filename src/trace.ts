@@ -1,0 +1,198 @@
+// `tcptracer-exporter trace`: live events, printed the way BCC's tcptracer prints them.
+import { parseArgs } from 'node:util'
+import { formatUsage, parseIntArg, UsageError } from './args.js'
+import type { TcpEvent } from './events.js'
+import { jsonLine, textHeader, textLine, type TextOptions } from './format.js'
+import { loadBinding } from './native.js'
+import { discoverListeners } from './procfs.js'
+import { TcpTracer, type AcceptMode } from './tracer.js'
+
+export const TRACE_HELP = `Usage: tcptracer-exporter trace [options]
+
+Trace TCP connections: connect (C), accept (A), close (X) and failed connects (F),
+with the owning process and network namespace.
+
+Options:
+  -t, --timestamp          include a timestamp column (seconds since the first event;
+                           nanoseconds with -v)
+  -p, --pid PID            trace this process (tgid) only
+  -N, --netns INODE        trace this network namespace only
+  -v, --verbose            full event type names and a NETNS column
+  -4, --ipv4               IPv4 only (IPv4-mapped IPv6 counts as IPv4)
+  -6, --ipv6               IPv6 only
+      --json               one JSON object per line instead of columns
+      --accept-mode MODE   listener (default): charge accepts to the listening socket's
+                           owner; syscall: to the accept() caller, exact but every
+                           syscall on the host gets slower while attached
+      --ringbuf-bytes N    ring buffer size, a power of two (default 1048576)
+  -h, --help               show this help
+
+Examples:
+  tcptracer-exporter trace              # trace all TCP connect/accept/close events
+  tcptracer-exporter trace -t           # with a timestamp column
+  tcptracer-exporter trace -p 181       # only events of PID 181
+  tcptracer-exporter trace -N 4026531969  # only network namespace 4026531969
+  tcptracer-exporter trace -v           # event names and the NETNS column
+  tcptracer-exporter trace -6 --json    # IPv6 only, as JSON lines
+`
+
+export interface TraceArgs {
+  timestamp: boolean
+  pid: number
+  netns: number
+  verbose: boolean
+  ip: 0 | 4 | 6
+  json: boolean
+  acceptMode: AcceptMode
+  ringbufBytes: number
+  help: boolean
+}
+
+export function parseTraceArgs(argv: string[]): TraceArgs {
+  let values
+  try {
+    ;({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        timestamp: { type: 'boolean', short: 't', default: false },
+        pid: { type: 'string', short: 'p' },
+        netns: { type: 'string', short: 'N' },
+        verbose: { type: 'boolean', short: 'v', default: false },
+        ipv4: { type: 'boolean', short: '4', default: false },
+        ipv6: { type: 'boolean', short: '6', default: false },
+        json: { type: 'boolean', default: false },
+        'accept-mode': { type: 'string', default: 'listener' },
+        'ringbuf-bytes': { type: 'string' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    }))
+  } catch (e) {
+    throw new UsageError((e as Error).message)
+  }
+  if (values.ipv4 && values.ipv6) throw new UsageError('-4 and -6 exclude each other')
+  const mode = values['accept-mode']
+  if (mode !== 'listener' && mode !== 'syscall') {
+    throw new UsageError(`--accept-mode must be "listener" or "syscall", got "${mode}"`)
+  }
+  const rb =
+    values['ringbuf-bytes'] === undefined
+      ? 1 << 20
+      : parseIntArg('--ringbuf-bytes', values['ringbuf-bytes'], 4096, 1 << 30)
+  if ((rb & (rb - 1)) !== 0) throw new UsageError(`--ringbuf-bytes must be a power of two, got ${rb}`)
+  return {
+    timestamp: values.timestamp,
+    pid: values.pid === undefined ? 0 : parseIntArg('--pid', values.pid, 1, 4194304),
+    netns: values.netns === undefined ? 0 : parseIntArg('--netns', values.netns, 1, 0xffffffff),
+    verbose: values.verbose,
+    ip: values.ipv4 ? 4 : values.ipv6 ? 6 : 0,
+    json: values.json,
+    acceptMode: mode,
+    ringbufBytes: rb,
+    help: values.help,
+  }
+}
+
+/** Run until SIGINT/SIGTERM; resolves with the exit code. */
+export async function runTrace(argv: string[]): Promise<number> {
+  const args = parseTraceArgs(argv)
+  if (args.help) {
+    process.stdout.write(formatUsage(TRACE_HELP))
+    return 0
+  }
+  const binding = loadBinding()
+  const err = (s: string): boolean => process.stderr.write(`${s}\n`)
+  if (process.geteuid?.() === 0) {
+    const fs = binding.ensureFilesystems()
+    if (args.acceptMode === 'syscall' && fs.tracefs !== 'present' && fs.tracefs !== 'mounted') {
+      err(`warning: tracefs ${fs.tracefs}`)
+    }
+  }
+  const tracer = TcpTracer.open(
+    {
+      filterPid: args.pid,
+      filterNetns: args.netns,
+      filterIp: args.ip,
+      acceptMode: args.acceptMode,
+      ringBufferBytes: args.ringbufBytes,
+      log: (level, msg) => {
+        if (level !== 'debug') err(`libbpf: ${level}: ${msg.replace(/^libbpf: /, '')}`)
+      },
+    },
+    binding,
+  )
+  try {
+    for (const p of tracer.attach()) {
+      if (!p.attached && args.verbose) err(`program ${p.name} (${p.section}) not attached: ${p.error ?? ''}`)
+    }
+    if (args.acceptMode === 'listener') {
+      const seeded = tracer.seedListeners(await discoverListeners())
+      if (args.verbose) err(`seeded ${seeded} existing listeners from /proc`)
+    }
+  } catch (e) {
+    tracer.close()
+    throw e
+  }
+
+  const out = process.stdout
+  const textOpts: TextOptions = {
+    timestamp: args.timestamp,
+    verbose: args.verbose,
+    netnsFiltered: args.netns !== 0,
+  }
+  let startNs: bigint | undefined
+  const render = (e: TcpEvent): string => {
+    if (args.json) return jsonLine(e)
+    startNs ??= e.tsNs
+    return textLine(e, textOpts, startNs)
+  }
+
+  return await new Promise<number>((resolve) => {
+    let done = false
+    const finish = (code: number): void => {
+      if (done) return
+      done = true
+      tracer.stopEvents()
+      const k = tracer.kernelStats()
+      const d = tracer.drainStats()
+      tracer.close()
+      const lost = k.eventsLost + d.dropped
+      if (lost > 0n) err(`${lost} events lost: the consumer fell behind (try a larger --ringbuf-bytes)`)
+      if (args.verbose) {
+        err(
+          `stats: ${d.delivered} events delivered, ${k.eventsLost} lost in the kernel, ${d.dropped} dropped in the addon, ` +
+            `${k.mapUpdateFailed} map update failures, ${k.acceptUnattributed} unattributed accepts, ` +
+            `${k.connectUnattributed} unattributed connects`,
+        )
+      }
+      process.off('SIGINT', onSignal)
+      process.off('SIGTERM', onSignal)
+      // let queued stdout writes finish before resolving
+      out.write('', () => resolve(code))
+    }
+    const onSignal = (): void => finish(0)
+    process.on('SIGINT', onSignal)
+    process.on('SIGTERM', onSignal)
+    out.on('error', (e: NodeJS.ErrnoException) => finish(e.code === 'EPIPE' ? 0 : 1))
+
+    tracer.startEvents(
+      (events) => {
+        if (done) return
+        let chunk = ''
+        for (const e of events) chunk += render(e) + '\n'
+        out.write(chunk)
+      },
+      (e) => {
+        err(`error: ${e.message}`)
+        finish(1)
+      },
+    )
+    const banner = 'Tracing TCP established connections. Ctrl-C to end.'
+    if (args.json) {
+      err(banner)
+    } else {
+      out.write(`${banner}\n${textHeader(textOpts)}\n`)
+    }
+  })
+}

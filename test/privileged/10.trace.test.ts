@@ -1,0 +1,248 @@
+// The tracer on the real kernel: real sockets in namespaces this test creates,
+// asserting the exact multiset of events the `trace` command prints.
+import assert from 'node:assert/strict'
+import { after, before, describe, test } from 'node:test'
+import {
+  expectedEvents,
+  identity,
+  Netns,
+  privileged,
+  runClient,
+  sorted,
+  startServer,
+  startTrace,
+  stopTrace,
+  type Exchange,
+  type Json,
+  type Netns as NetnsT,
+} from './harness.js'
+
+const N = 25
+const SRV = 'tt-srv'
+const CLI = 'tt-cli'
+// unfiltered traces see the whole host's traffic too: room for it, so nothing of ours is lost
+const UNFILTERED = ['--ringbuf-bytes', String(16 << 20)]
+
+/** One server and one client in `ns`: N connections, `sent` bytes each, both sides close. */
+async function exchange(
+  ns: NetnsT,
+  bind: string,
+  addr: string,
+  sent: number,
+  extra: string[] = [],
+): Promise<Exchange> {
+  const server = await startServer(ns, ['--comm', SRV, '--bind', bind, '--count', String(N)])
+  const clientLines = await runClient(ns, [
+    '--comm',
+    CLI,
+    '--addr',
+    addr,
+    '--port',
+    String(server.port),
+    '--count',
+    String(N),
+    '--send',
+    String(sent),
+    ...extra,
+  ])
+  assert.equal(await server.proc.exited, 0, server.proc.stderr)
+  // a dual-stack listener reports an IPv4 peer as IPv4, like the tracer
+  const serverAddr = bind === '::' ? addr : bind
+  return { ns, server, serverAddr, serverComm: SRV, clientComm: CLI, clientLines, sent }
+}
+
+function inNs(events: Json[], ...ns: NetnsT[]): Json[] {
+  return events.filter((e) => ns.some((n) => n.inode === e['netns']))
+}
+
+const { skip } = privileged()
+
+describe('trace on the real kernel', { skip }, () => {
+  let a: NetnsT
+  let b: NetnsT
+
+  before(() => {
+    a = new Netns(`tt-a-${process.pid}`)
+    b = new Netns(`tt-b-${process.pid}`)
+  })
+  after(() => {
+    a.delete()
+    b.delete()
+  })
+
+  test('IPv4, IPv6 and dual-stack loopback in two namespaces: the exact events', async () => {
+    const trace = await startTrace(UNFILTERED)
+    const xs: Exchange[] = []
+    for (const ns of [a, b]) {
+      xs.push(await exchange(ns, '127.0.0.1', '127.0.0.1', 100))
+      xs.push(await exchange(ns, '::1', '::1', 2000))
+      xs.push(await exchange(ns, '::', '127.0.0.1', 7))
+    }
+    const want = sorted(xs.flatMap(expectedEvents))
+    assert.equal(want.length, 2 * 3 * N * 4)
+    await trace.until(() => inNs(trace.lines, a, b).length >= want.length, 10000, `${want.length} events`)
+    const got = sorted(inNs(await stopTrace(trace), a, b).map(identity))
+    assert.deepEqual(got, want)
+  })
+
+  test('a refused connect is a failed connect with a reason, never a connect', async () => {
+    const trace = await startTrace(['-N', String(a.inode)])
+    const v4 = await runClient(a, ['--comm', CLI, '--addr', '127.0.0.1', '--port', '1', '--count', '3'])
+    const v6 = await runClient(a, ['--comm', CLI, '--addr', '::1', '--port', '1', '--count', '2'])
+    const pid4 = v4.find((l) => l['event'] === 'done')!['pid']
+    const pid6 = v6.find((l) => l['event'] === 'done')!['pid']
+    assert.equal(v4.filter((l) => l['event'] === 'failed' && l['errno'] === 111).length, 3)
+    await trace.until(() => trace.lines.length >= 5, 10000, '5 failed connects')
+    const events = await stopTrace(trace)
+    const mine = events.filter((e) => e['pid'] === pid4 || e['pid'] === pid6)
+    assert.deepEqual(
+      mine.map((e) => [e['type'], e['reason'], e['comm'], e['ip'], e['dport'], e['netns']]),
+      [
+        ...Array.from({ length: 3 }, () => ['connect_failed', 'refused', CLI, 4, 1, a.inode]),
+        ...Array.from({ length: 2 }, () => ['connect_failed', 'refused', CLI, 6, 1, a.inode]),
+      ],
+    )
+    assert.equal(events.length, 5, 'nothing else happened in the namespace')
+  })
+
+  test('-N traces exactly one namespace', async () => {
+    const trace = await startTrace(['-N', String(b.inode)])
+    const xa = await exchange(a, '127.0.0.1', '127.0.0.1', 10)
+    const xb = await exchange(b, '::1', '::1', 10)
+    const want = sorted(expectedEvents(xb))
+    await trace.until(() => trace.lines.length >= want.length, 10000, `${want.length} events`)
+    // namespace a's traffic came first: had it leaked through, it would be here by now
+    const events = await stopTrace(trace)
+    assert.deepEqual(sorted(events.map(identity)), want)
+    assert.equal(expectedEvents(xa).length, 4 * N)
+  })
+
+  test('-p traces exactly one process', async () => {
+    const server = await startServer(a, ['--comm', SRV, '--count', String(N)])
+    const trace = await startTrace(['-p', String(server.pid)])
+    const clientLines = await runClient(a, [
+      '--comm',
+      CLI,
+      '--addr',
+      '127.0.0.1',
+      '--port',
+      String(server.port),
+      '--count',
+      String(N),
+      '--send',
+      '5',
+    ])
+    assert.equal(await server.proc.exited, 0)
+    const all = expectedEvents({
+      ns: a,
+      server,
+      serverAddr: '127.0.0.1',
+      serverComm: SRV,
+      clientComm: CLI,
+      clientLines,
+      sent: 5,
+    })
+    const want = sorted(all.filter((e) => (JSON.parse(e) as Json)['pid'] === server.pid))
+    assert.equal(want.length, 2 * N)
+    await trace.until(() => trace.lines.length >= want.length, 10000, `${want.length} events`)
+    const events = await stopTrace(trace)
+    assert.deepEqual(sorted(events.map(identity)), want)
+  })
+
+  test('a listener created before the tracer started has its accepts attributed', async () => {
+    const v4 = await startServer(a, ['--comm', SRV, '--count', String(N)])
+    const v6 = await startServer(b, ['--comm', SRV, '--bind', '::1', '--count', String(N)])
+    const trace = await startTrace(UNFILTERED)
+    const xs: Exchange[] = []
+    for (const [ns, server, addr] of [
+      [a, v4, '127.0.0.1'],
+      [b, v6, '::1'],
+    ] as const) {
+      const clientLines = await runClient(ns, [
+        '--comm',
+        CLI,
+        '--addr',
+        addr,
+        '--port',
+        String(server.port),
+        '--count',
+        String(N),
+      ])
+      assert.equal(await server.proc.exited, 0)
+      xs.push({ ns, server, serverAddr: addr, serverComm: SRV, clientComm: CLI, clientLines, sent: 0 })
+    }
+    const want = sorted(xs.flatMap(expectedEvents))
+    await trace
+      .until(() => inNs(trace.lines, a, b).length >= want.length, 10000, `${want.length} events`)
+      .catch(() => {})
+    const got = inNs(await stopTrace(trace), a, b)
+    assert.deepEqual(sorted(got.map(identity)), want, trace.stderr)
+    assert.equal(
+      got.filter((e) => e['type'] === 'accept' && e['pid'] === 0).length,
+      0,
+      'no unattributed accepts',
+    )
+  })
+
+  test('a connection held open reports its lifetime', async () => {
+    const holdMs = 600
+    const trace = await startTrace(['-N', String(a.inode)])
+    const server = await startServer(a, ['--comm', SRV, '--count', '1'])
+    await runClient(a, [
+      '--comm',
+      CLI,
+      '--addr',
+      '127.0.0.1',
+      '--port',
+      String(server.port),
+      '--hold-ms',
+      String(holdMs),
+    ])
+    await trace.until(() => trace.lines.filter((e) => e['type'] === 'close').length >= 2, 10000, '2 closes')
+    const closes = (await stopTrace(trace)).filter((e) => e['type'] === 'close')
+    assert.equal(closes.length, 2)
+    for (const c of closes) {
+      const ms = Number(c['duration_ns']) / 1e6
+      assert.ok(
+        ms >= holdMs && ms < holdMs + 1500,
+        `${String(c['comm'])} lived ${ms} ms, expected ${holdMs} ms to ${holdMs + 1500} ms`,
+      )
+    }
+  })
+
+  test('--accept-mode syscall charges accepts to the accept() caller, exactly', async () => {
+    const trace = await startTrace(['--accept-mode', 'syscall', '-N', String(a.inode)])
+    const xs = [await exchange(a, '127.0.0.1', '127.0.0.1', 3), await exchange(a, '::1', '::1', 3)]
+    const want = sorted(xs.flatMap(expectedEvents))
+    await trace.until(() => trace.lines.length >= want.length, 10000, `${want.length} events`)
+    assert.deepEqual(sorted((await stopTrace(trace)).map(identity)), want)
+  })
+})
+
+describe('trace under overload', { skip }, () => {
+  let a: NetnsT
+  before(() => {
+    a = new Netns(`tt-o-${process.pid}`)
+  })
+  after(() => a.delete())
+
+  test('ring-buffer reservation failures are counted: printed + lost = produced, exactly', async () => {
+    // a one-page ring buffer holds 36 records; a stopped reader lets it overflow
+    const trace = await startTrace(['--ringbuf-bytes', '4096', '-N', String(a.inode)])
+    trace.child.kill('SIGSTOP')
+    let x: Exchange
+    try {
+      x = await exchange(a, '127.0.0.1', '127.0.0.1', 1)
+    } finally {
+      trace.child.kill('SIGCONT')
+    }
+    const produced = expectedEvents(x).length
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    const events = await stopTrace(trace)
+    const m = /(\d+) events lost/.exec(trace.stderr)
+    assert.ok(m, `no loss reported: ${trace.stderr}`)
+    const lost = Number(m[1])
+    assert.ok(lost > 0 && events.length < produced)
+    assert.equal(events.length + lost, produced)
+  })
+})

@@ -1,0 +1,224 @@
+// Shared fixtures for tests that need root and the real kernel: network
+// namespaces, the tcpload generator, and the `trace --json` command.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { statSync } from 'node:fs'
+import path from 'node:path'
+import { createInterface } from 'node:readline'
+import { packageRoot } from '../../src/paths.js'
+
+export const CLI = path.join(packageRoot, 'dist', 'src', 'cli.js')
+export const TCPLOAD = path.join(packageRoot, 'test', 'helpers', 'bin', 'tcpload')
+
+/**
+ * Whether privileged tests can run. Outside CI they skip, loudly; under CI=true
+ * a missing privilege is a failure, never a skip.
+ */
+export function privileged(): { skip: false | string } {
+  if (process.geteuid?.() === 0) return { skip: false }
+  const why = 'privileged tests need root (eBPF, network namespaces)'
+  if (process.env['CI'] === 'true') throw new Error(`${why}, and CI=true forbids skipping them`)
+  process.stderr.write(`\n*** SKIPPING PRIVILEGED TESTS: ${why}. Run the suite as root. ***\n\n`)
+  return { skip: why }
+}
+
+function run(cmd: string, args: string[]): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' })
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr || r.error?.message}`)
+  return r.stdout
+}
+
+/** A network namespace made with `ip netns add`, its loopback up. */
+export class Netns {
+  readonly inode: number
+  constructor(readonly name: string) {
+    spawnSync('ip', ['netns', 'del', name])
+    run('ip', ['netns', 'add', name])
+    run('ip', ['-n', name, 'link', 'set', 'lo', 'up'])
+    this.inode = statSync(`/run/netns/${name}`).ino
+  }
+
+  delete(): void {
+    spawnSync('ip', ['netns', 'del', this.name])
+  }
+}
+
+export type Json = Record<string, unknown>
+
+/** A child process whose stdout is JSON lines, collected as they arrive. */
+export class JsonProcess {
+  readonly lines: Json[] = []
+  stderr = ''
+  readonly exited: Promise<number | null>
+  private waiters: Array<() => void> = []
+
+  constructor(readonly child: ChildProcess) {
+    createInterface({ input: child.stdout! }).on('line', (l) => {
+      if (l.trim() === '') return
+      try {
+        this.lines.push(JSON.parse(l) as Json)
+      } catch {
+        this.lines.push({ unparsed: l })
+      }
+      this.notify()
+    })
+    child.stderr!.on('data', (d: Buffer) => {
+      this.stderr += d.toString()
+      this.notify()
+    })
+    this.exited = new Promise((resolve) => child.on('close', (code) => resolve(code)))
+    this.exited.then(
+      () => this.notify(),
+      () => this.notify(),
+    )
+  }
+
+  private notify(): void {
+    for (const w of this.waiters.splice(0)) w()
+  }
+
+  /** Resolve when pred holds, or reject after timeoutMs with what was seen. */
+  async until(pred: () => boolean, timeoutMs: number, what: string): Promise<void> {
+    const deadline = Date.now() + timeoutMs
+    while (!pred()) {
+      const left = deadline - Date.now()
+      if (left <= 0) {
+        throw new Error(
+          `timed out after ${timeoutMs} ms waiting for ${what}; stderr: ${this.stderr.slice(-2000)}`,
+        )
+      }
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, Math.min(left, 200))
+        this.waiters.push(() => {
+          clearTimeout(t)
+          resolve()
+        })
+      })
+    }
+  }
+}
+
+/** `tcptracer-exporter trace --json ...args`, ready once its banner is printed. */
+export async function startTrace(args: string[]): Promise<JsonProcess> {
+  const p = new JsonProcess(spawn(process.execPath, [CLI, 'trace', '--json', ...args], { stdio: 'pipe' }))
+  let exitedEarly = false
+  p.exited.then(
+    () => {
+      exitedEarly = true
+    },
+    () => {},
+  )
+  await p.until(() => p.stderr.includes('Tracing TCP') || exitedEarly, 15000, 'the trace banner')
+  if (!p.stderr.includes('Tracing TCP')) throw new Error(`trace exited before it was ready: ${p.stderr}`)
+  return p
+}
+
+/** Stop a trace as Ctrl-C does; returns its events after asserting a clean exit. */
+export async function stopTrace(p: JsonProcess): Promise<Json[]> {
+  p.child.kill('SIGINT')
+  const code = await p.exited
+  if (code !== 0) throw new Error(`trace exited with ${code}: ${p.stderr}`)
+  return p.lines
+}
+
+export interface ServerInfo {
+  proc: JsonProcess
+  pid: number
+  port: number
+}
+
+/** Start `tcpload server` inside a namespace and wait until it listens. */
+export async function startServer(ns: Netns, args: string[]): Promise<ServerInfo> {
+  const proc = new JsonProcess(
+    spawn('ip', ['netns', 'exec', ns.name, TCPLOAD, 'server', ...args], { stdio: 'pipe' }),
+  )
+  await proc.until(() => proc.lines.some((l) => l['event'] === 'listening'), 10000, 'the server to listen')
+  const l = proc.lines.find((x) => x['event'] === 'listening')!
+  return { proc, pid: l['pid'] as number, port: l['port'] as number }
+}
+
+/** Run `tcpload client` inside a namespace to completion; returns its lines. */
+export async function runClient(ns: Netns, args: string[]): Promise<Json[]> {
+  const proc = new JsonProcess(
+    spawn('ip', ['netns', 'exec', ns.name, TCPLOAD, 'client', ...args], { stdio: 'pipe' }),
+  )
+  const code = await proc.exited
+  if (code !== 0) throw new Error(`tcpload client exited with ${code}: ${proc.stderr}`)
+  return proc.lines
+}
+
+/** The fields an event is compared on (timestamps and durations vary). */
+export function identity(e: Json): string {
+  const keys = ['type', 'pid', 'comm', 'ip', 'saddr', 'daddr', 'sport', 'dport', 'netns', 'direction']
+  const extra =
+    e['type'] === 'close'
+      ? ['bytes_sent', 'bytes_received']
+      : e['type'] === 'connect_failed'
+        ? ['reason']
+        : []
+  return JSON.stringify(Object.fromEntries([...keys, ...extra].map((k) => [k, e[k]])))
+}
+
+export function sorted(xs: string[]): string[] {
+  return [...xs].sort()
+}
+
+export interface Exchange {
+  ns: Netns
+  server: ServerInfo
+  serverAddr: string
+  serverComm: string
+  clientComm: string
+  clientLines: Json[]
+  sent: number
+}
+
+/** The exact events one client/server exchange must produce: C, A and two X per connection. */
+export function expectedEvents(x: Exchange): string[] {
+  const out: string[] = []
+  const done = x.clientLines.find((l) => l['event'] === 'done')!
+  const cpid = done['pid'] as number
+  for (const l of x.clientLines.filter((c) => c['event'] === 'connected')) {
+    const caddr = l['local_addr'] as string
+    const ip = caddr.includes(':') ? 6 : 4
+    const common = { ip, netns: x.ns.inode }
+    const cli = {
+      pid: cpid,
+      comm: x.clientComm,
+      saddr: caddr,
+      daddr: x.serverAddr,
+      sport: l['local_port'],
+      dport: x.server.port,
+    }
+    const srv = {
+      pid: x.server.pid,
+      comm: x.serverComm,
+      saddr: x.serverAddr,
+      daddr: caddr,
+      sport: x.server.port,
+      dport: l['local_port'],
+    }
+    out.push(identity({ type: 'connect', ...cli, ...common, direction: 'outbound' }))
+    out.push(identity({ type: 'accept', ...srv, ...common, direction: 'inbound' }))
+    out.push(
+      identity({
+        type: 'close',
+        ...cli,
+        ...common,
+        direction: 'outbound',
+        bytes_sent: x.sent,
+        bytes_received: 0,
+      }),
+    )
+    out.push(
+      identity({
+        type: 'close',
+        ...srv,
+        ...common,
+        direction: 'inbound',
+        bytes_sent: 0,
+        bytes_received: x.sent,
+      }),
+    )
+  }
+  return out
+}
