@@ -30,12 +30,26 @@ const volatile __u32 filter_pid = 0;
 const volatile __u32 filter_netns = 0;
 const volatile __u8 filter_ip = 0; /* 4 or 6 */
 const volatile __u8 accept_mode = ACCEPT_MODE_LISTENER;
+/* Exporter mode: aggregate into `aggs`. The lifetime histogram's upper bounds, ns. */
+const volatile __u8 aggregate = 0;
+const volatile __u32 nbuckets = 0;
+const volatile __u64 bucket_bounds_ns[MAX_BUCKETS] = {};
 
 /*
  * Set by the addon while a consumer drains "events". While it is 0 no record is
  * reserved, so the ring buffer costs nothing when only aggregates are read.
  */
 volatile __u32 events_enabled = 0;
+
+/*
+ * Settings the daemon may change while running (config reload), all in .bss:
+ * which optional labels go into the aggregation key, and whether the netns and
+ * port filter maps apply. seeded_any says `seeded` may hold entries.
+ */
+volatile __u32 label_mask = 0;
+volatile __u32 netns_filter_on = 0;
+volatile __u32 port_filter_on = 0;
+volatile __u32 seeded_any = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -61,7 +75,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct listener_key);
-	__type(value, struct owner);
+	__type(value, struct listener_value);
 } listeners SEC(".maps");
 
 /*
@@ -86,6 +100,54 @@ struct {
 	__type(value, struct conn);
 } conns SEC(".maps");
 
+/*
+ * The exporter's aggregates, one entry per label set (struct agg_key). Values
+ * change only by atomic adds, so concurrent updates from all CPUs are exact.
+ * The daemon creates the AGG_OVERFLOW entries (one per direction) at startup;
+ * when the map is full, new label sets are counted there instead of being lost.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536); /* resized by the addon before load */
+	__type(key, struct agg_key);
+	__type(value, struct agg_value);
+} aggs SEC(".maps");
+
+/* A zeroed value to insert new entries from: struct agg_value is too big for the stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct agg_value);
+} agg_zero SEC(".maps");
+
+/* Network namespaces and service ports to count, when their *_filter_on is set. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} netns_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u16);
+	__type(value, __u8);
+} port_filter SEC(".maps");
+
+/*
+ * Connections that were open before the daemon started, by 4-tuple (their
+ * socket pointers cannot be learnt from /proc). Consumed at their CLOSE, so
+ * the active-connections gauge returns to its baseline.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536); /* resized by the addon before load */
+	__type(key, struct tuple_key);
+	__type(value, struct seed_value);
+} seeded SEC(".maps");
+
 static __always_inline void stat_inc(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
@@ -106,10 +168,16 @@ static __always_inline bool is_v4_mapped(const __u32 *a)
 	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0x0000ffff);
 }
 
+/* The local port: inet_sport survives the unhashing that zeroes skc_num on the way to CLOSE. */
+static __always_inline __u16 local_port(struct sock *sk)
+{
+	return bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+}
+
 /* Copy addresses and ports from the socket; returns the IP version reported. */
 static __always_inline __u8 read_addrs(struct sock *sk, __u16 family, struct event *e)
 {
-	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->sport = local_port(sk);
 	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (family == AF_INET) {
 		__u32 *s = (__u32 *)&e->saddr, *d = (__u32 *)&e->daddr;
@@ -148,16 +216,120 @@ static __always_inline __u8 fail_reason(struct sock *sk)
 	}
 }
 
+/* What one event carries besides its owner: computed once, used by both paths. */
+struct facts {
+	__u64 now;
+	__u64 duration_ns;
+	__u64 sent;
+	__u64 rcvd;
+	__u16 port; /* service port */
+	__u8 ip;
+};
+
+static __always_inline __u8 ip_version(struct sock *sk, __u16 family)
+{
+	__u32 d[4];
+
+	if (family == AF_INET)
+		return 4;
+	BPF_CORE_READ_INTO(&d, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32);
+	return is_v4_mapped(d) ? 4 : 6;
+}
+
+/* Find or create the entry for a label set; the overflow entry when the map is full. */
+static __always_inline struct agg_value *agg_entry(struct agg_key *k)
+{
+	struct agg_value *v = bpf_map_lookup_elem(&aggs, k);
+	struct agg_key overflow = {.flags = AGG_OVERFLOW, .direction = k->direction};
+	__u32 zero = 0;
+	void *z;
+	long err;
+
+	if (v)
+		return v;
+	z = bpf_map_lookup_elem(&agg_zero, &zero);
+	if (!z)
+		return NULL;
+	err = bpf_map_update_elem(&aggs, k, z, BPF_NOEXIST);
+	if (err && err != -EEXIST) {
+		stat_inc(STAT_AGG_FULL);
+		return bpf_map_lookup_elem(&aggs, &overflow);
+	}
+	return bpf_map_lookup_elem(&aggs, k);
+}
+
+static __always_inline __u32 bucket_of(__u64 d)
+{
+	__u32 i;
+
+	for (i = 0; i < MAX_BUCKETS; i++) {
+		if (i >= nbuckets || d <= bucket_bounds_ns[i])
+			break;
+	}
+	return i < nbuckets ? i : MAX_BUCKETS; /* past the last bound: +Inf */
+}
+
+/* Count one event against its owner's label set. */
+static __always_inline void aggregate_event(__u32 netns, __u8 type, const struct owner *o,
+					    __u8 direction, __u8 reason, const struct facts *f)
+{
+	struct agg_key k = {.netns = netns, .ip = f->ip, .direction = direction};
+	struct agg_value *v;
+	__u32 mask = label_mask, b;
+
+	if (netns_filter_on && !bpf_map_lookup_elem(&netns_filter, &netns))
+		return;
+	if (port_filter_on && !bpf_map_lookup_elem(&port_filter, &f->port))
+		return;
+	if (o->pid == 0) {
+		k.flags = AGG_UNATTRIBUTED;
+	} else {
+		__builtin_memcpy(k.comm, o->comm, sizeof(k.comm));
+		if (mask & LABEL_PID)
+			k.pid = o->pid;
+		if (mask & LABEL_CGROUP)
+			k.cgroup_id = o->cgroup_id;
+	}
+	if (mask & LABEL_PORT)
+		k.port = f->port;
+	v = agg_entry(&k);
+	if (!v)
+		return;
+	switch (type) {
+	case TCP_EVENT_TYPE_CONNECT:
+	case TCP_EVENT_TYPE_ACCEPT:
+		__sync_fetch_and_add(&v->opened, 1);
+		break;
+	case TCP_EVENT_TYPE_CONNECT_FAILED:
+		if (reason >= FAIL_REASON_REFUSED && reason <= FAIL_REASON_OTHER)
+			__sync_fetch_and_add(&v->failed[reason - 1], 1);
+		break;
+	case TCP_EVENT_TYPE_CLOSE:
+		b = bucket_of(f->duration_ns);
+		if (b > MAX_BUCKETS)
+			b = MAX_BUCKETS;
+		__sync_fetch_and_add(&v->closed, 1);
+		__sync_fetch_and_add(&v->sent_bytes, f->sent);
+		__sync_fetch_and_add(&v->received_bytes, f->rcvd);
+		__sync_fetch_and_add(&v->duration_sum_ns, f->duration_ns);
+		__sync_fetch_and_add(&v->buckets[b], 1);
+		break;
+	case TCP_EVENT_TYPE_SEEDED_CLOSE:
+		__sync_fetch_and_add(&v->seeded_closed, 1);
+		break;
+	}
+	v->last_ns = f->now;
+}
+
 /* Reserve, fill and submit one record for a socket whose owner is known. */
 static __always_inline void emit(struct sock *sk, __u16 family, __u32 netns, __u8 type,
-				 const struct conn *c, __u8 reason)
+				 const struct conn *c, __u8 reason, const struct facts *f)
 {
 	struct event *e;
-	__u8 ip;
 
 	if (!events_enabled)
 		return;
-	if (filter_pid && c->owner.pid != filter_pid)
+	if (filter_ip && f->ip != filter_ip)
 		return;
 	/* reserve */
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -166,41 +338,80 @@ static __always_inline void emit(struct sock *sk, __u16 family, __u32 netns, __u
 		return;
 	}
 	/* fill */
-	ip = read_addrs(sk, family, e);
+	read_addrs(sk, family, e);
 	if (c->sport)
 		e->sport = c->sport;
-	if (filter_ip && ip != filter_ip) {
-		bpf_ringbuf_discard(e, 0);
-		return;
-	}
-	e->ts_ns = bpf_ktime_get_ns();
-	e->duration_ns = 0;
-	e->bytes_sent = 0;
-	e->bytes_received = 0;
-	if (type == TCP_EVENT_TYPE_CLOSE) {
-		struct tcp_sock *tp = (struct tcp_sock *)sk;
-
-		if (c->established_ns)
-			e->duration_ns = e->ts_ns - c->established_ns;
-		__u64 rcvd = BPF_CORE_READ(tp, bytes_received);
-
-		/* payload only: bytes_sent counts retransmissions again */
-		e->bytes_sent = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
-		/* bytes_received counts the peer's FIN as a byte; SOCK_DONE says it came */
-		if (rcvd && (BPF_CORE_READ(sk, __sk_common.skc_flags) & (1UL << SOCK_DONE)))
-			rcvd--;
-		e->bytes_received = rcvd;
-	}
+	e->ts_ns = f->now;
+	e->duration_ns = f->duration_ns;
+	e->bytes_sent = f->sent;
+	e->bytes_received = f->rcvd;
 	e->cgroup_id = c->owner.cgroup_id;
 	e->pid = c->owner.pid;
 	e->netns = netns;
 	e->type = type;
-	e->ip = ip;
+	e->ip = f->ip;
 	e->reason = reason;
 	e->direction = c->direction;
 	__builtin_memcpy(e->comm, c->owner.comm, sizeof(e->comm));
 	/* submit */
 	bpf_ringbuf_submit(e, 0);
+}
+
+/* An event for a socket whose owner is known: count it, and emit it if someone reads events. */
+static __always_inline void record(struct sock *sk, __u16 family, __u32 netns, __u8 type,
+				   const struct conn *c, __u8 reason)
+{
+	struct facts f = {.now = bpf_ktime_get_ns()};
+
+	if (filter_pid && c->owner.pid != filter_pid)
+		return;
+	f.ip = ip_version(sk, family);
+	f.port = c->direction == DIRECTION_INBOUND
+		     ? c->sport
+		     : bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (type == TCP_EVENT_TYPE_CLOSE) {
+		struct tcp_sock *tp = (struct tcp_sock *)sk;
+
+		if (c->established_ns)
+			f.duration_ns = f.now - c->established_ns;
+		/* payload only: bytes_sent counts retransmissions again */
+		__u64 retrans = BPF_CORE_READ(tp, bytes_retrans);
+
+		f.sent = BPF_CORE_READ(tp, bytes_sent);
+		f.sent = f.sent > retrans ? f.sent - retrans : 0;
+		/* bytes_received counts the peer's FIN as a byte; SOCK_DONE says it came */
+		f.rcvd = BPF_CORE_READ(tp, bytes_received);
+		if (f.rcvd && (BPF_CORE_READ(sk, __sk_common.skc_flags) & (1UL << SOCK_DONE)))
+			f.rcvd--;
+	}
+	if (aggregate)
+		aggregate_event(netns, type, &c->owner, c->direction, reason, &f);
+	emit(sk, family, netns, type, c, reason, &f);
+}
+
+/* A connection open before the daemon started reached CLOSE: count it if it was seeded. */
+static __always_inline void on_seeded_close(struct sock *sk, __u16 family, __u32 netns)
+{
+	struct tuple_key t = {.netns = netns, .family = family};
+	struct seed_value *sv;
+	struct facts f = {.now = bpf_ktime_get_ns()};
+
+	t.sport = local_port(sk);
+	t.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		BPF_CORE_READ_INTO((__u32 *)t.saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)t.daddr, sk, __sk_common.skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO(&t.saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&t.daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+	sv = bpf_map_lookup_elem(&seeded, &t);
+	if (!sv)
+		return;
+	f.ip = ip_version(sk, family);
+	f.port = sv->port;
+	aggregate_event(netns, TCP_EVENT_TYPE_SEEDED_CLOSE, &sv->owner, sv->direction, 0, &f);
+	bpf_map_delete_elem(&seeded, &t);
 }
 
 static __always_inline void on_connect_start(struct sock *sk)
@@ -229,7 +440,7 @@ static __always_inline void on_connected(struct sock *sk, __u16 family, __u32 ne
 	c->established_ns = bpf_ktime_get_ns();
 	c->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	c->reported = 1;
-	emit(sk, family, netns, TCP_EVENT_TYPE_CONNECT, c, 0);
+	record(sk, family, netns, TCP_EVENT_TYPE_CONNECT, c, 0);
 }
 
 static __always_inline void on_listen(struct sock *sk, __u16 family, __u32 netns)
@@ -239,30 +450,46 @@ static __always_inline void on_listen(struct sock *sk, __u16 family, __u32 netns
 	    .port = BPF_CORE_READ(sk, __sk_common.skc_num),
 	    .family = family,
 	};
-	struct owner o = {};
+	struct listener_value v = {.sk = (__u64)sk}, *old;
 
-	current_owner(&o);
-	if (bpf_map_update_elem(&listeners, &k, &o, BPF_ANY))
+	/*
+	 * Another socket still listening on the same key (an SO_REUSEPORT group, or a
+	 * listen() about to fail with EADDRINUSE) keeps its owner.
+	 */
+	old = bpf_map_lookup_elem(&listeners, &k);
+	if (old && old->sk && old->sk != (__u64)sk) {
+		struct sock *other = (struct sock *)old->sk;
+
+		if (BPF_CORE_READ(other, __sk_common.skc_state) == TCP_LISTEN)
+			return;
+	}
+	current_owner(&v.owner);
+	if (bpf_map_update_elem(&listeners, &k, &v, BPF_ANY))
 		stat_inc(STAT_MAP_UPDATE_FAILED);
 }
 
 static __always_inline void on_unlisten(struct sock *sk, __u16 family, __u32 netns)
 {
-	struct listener_key k = {
-	    .netns = netns,
-	    .port = BPF_CORE_READ(sk, __sk_common.skc_num),
-	    .family = family,
-	};
+	struct listener_key k = {.netns = netns, .port = local_port(sk), .family = family};
+	struct listener_value *v = bpf_map_lookup_elem(&listeners, &k);
 
-	bpf_map_delete_elem(&listeners, &k);
+	/* only the recorded socket (or a seeded entry, socket unknown) removes the owner */
+	if (v && (v->sk == (__u64)sk || v->sk == 0))
+		bpf_map_delete_elem(&listeners, &k);
 }
 
 static __always_inline void on_accepted(struct sock *sk, __u16 family, __u32 netns)
 {
 	__u64 key = (__u64)sk;
-	struct conn c = {.direction = DIRECTION_INBOUND};
+	struct conn c = {.direction = DIRECTION_INBOUND}, *out;
 	long err;
 
+	/* simultaneous open (SYN_SENT -> SYN_RECV -> ESTABLISHED) is an outbound connection */
+	out = bpf_map_lookup_elem(&conns, &key);
+	if (out && out->direction == DIRECTION_OUTBOUND) {
+		on_connected(sk, family, netns);
+		return;
+	}
 	c.established_ns = bpf_ktime_get_ns();
 	c.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	if (accept_mode == ACCEPT_MODE_LISTENER) {
@@ -271,10 +498,10 @@ static __always_inline void on_accepted(struct sock *sk, __u16 family, __u32 net
 		    .port = BPF_CORE_READ(sk, __sk_common.skc_num),
 		    .family = family,
 		};
-		struct owner *o = bpf_map_lookup_elem(&listeners, &k);
+		struct listener_value *o = bpf_map_lookup_elem(&listeners, &k);
 
 		if (o)
-			c.owner = *o;
+			c.owner = o->owner;
 		else
 			stat_inc(STAT_ACCEPT_UNATTRIBUTED); /* reported with pid 0 */
 		if (filter_pid && c.owner.pid != filter_pid)
@@ -295,7 +522,7 @@ static __always_inline void on_accepted(struct sock *sk, __u16 family, __u32 net
 		return;
 	}
 	if (c.reported)
-		emit(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, &c, 0);
+		record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, &c, 0);
 }
 
 static __always_inline void on_closed(struct sock *sk, __u16 family, __u32 netns, int oldstate)
@@ -303,12 +530,15 @@ static __always_inline void on_closed(struct sock *sk, __u16 family, __u32 netns
 	__u64 key = (__u64)sk;
 	struct conn *c = bpf_map_lookup_elem(&conns, &key);
 
-	if (!c)
+	if (!c) {
+		if (aggregate && seeded_any)
+			on_seeded_close(sk, family, netns);
 		return;
+	}
 	if (oldstate == TCP_SYN_SENT)
-		emit(sk, family, netns, TCP_EVENT_TYPE_CONNECT_FAILED, c, fail_reason(sk));
+		record(sk, family, netns, TCP_EVENT_TYPE_CONNECT_FAILED, c, fail_reason(sk));
 	else if (c->reported)
-		emit(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0);
+		record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0);
 	else if (c->direction == DIRECTION_INBOUND)
 		/* syscall mode: established, never returned by accept()/accept4() */
 		stat_inc(STAT_ACCEPT_UNATTRIBUTED);
@@ -399,10 +629,16 @@ static __always_inline int on_accept_exit(long ret)
 			return 0;
 		}
 		c->reported = 1;
-		emit(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, c, 0);
+		record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, c, 0);
 		return 0;
 	}
-	/* accept() won the race with SYN_RECV -> ESTABLISHED: claim the entry first */
+	/*
+	 * accept() won the race with SYN_RECV -> ESTABLISHED: claim the entry first. Any
+	 * other state without an entry is a socket we must not track: already CLOSE (reset
+	 * in the accept queue: no CLOSE transition will follow) or open before we attached.
+	 */
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_SYN_RECV)
+		return 0;
 	current_owner(&n.owner);
 	if (filter_pid && n.owner.pid != filter_pid)
 		return 0;
@@ -416,14 +652,14 @@ static __always_inline int on_accept_exit(long ret)
 			return 0;
 		c->owner = n.owner;
 		c->reported = 1;
-		emit(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, c, 0);
+		record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, c, 0);
 		return 0;
 	}
 	if (err) {
 		stat_inc(STAT_MAP_UPDATE_FAILED);
 		return 0;
 	}
-	emit(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, &n, 0);
+	record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, &n, 0);
 	return 0;
 }
 

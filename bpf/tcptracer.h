@@ -13,6 +13,7 @@ enum event_type {
 	TCP_EVENT_TYPE_ACCEPT = 2,
 	TCP_EVENT_TYPE_CLOSE = 3,
 	TCP_EVENT_TYPE_CONNECT_FAILED = 4,
+	TCP_EVENT_TYPE_SEEDED_CLOSE = 5, /* aggregation only: never emitted */
 };
 
 enum connect_fail_reason {
@@ -46,7 +47,8 @@ enum stat_index {
 	 */
 	STAT_ACCEPT_UNATTRIBUTED = 2,
 	STAT_CONNECT_UNATTRIBUTED = 3, /* established outbound socket with no connect() seen */
-	STAT_MAX = 4,
+	STAT_AGG_FULL = 4,	       /* aggregation map full: counted in the overflow entry */
+	STAT_MAX = 5,
 };
 
 /*
@@ -74,6 +76,60 @@ struct event {
 	__u8 __pad[8];
 };
 
+/*
+ * In-kernel aggregation (the exporter's metrics path): one entry per label set,
+ * updated with atomic adds, read by the daemon at scrape time.
+ */
+#define MAX_BUCKETS  32 /* histogram bounds; buckets[] has one more slot for +Inf */
+#define FAIL_REASONS 4	/* enum connect_fail_reason without NONE */
+
+/* Which optional labels go into the kernel's aggregation key (label_mask). */
+enum label_bits {
+	LABEL_PID = 1,
+	LABEL_CGROUP = 2,
+	LABEL_PORT = 4,
+};
+
+enum agg_flags {
+	AGG_OVERFLOW = 1,     /* the catch-all entry used when the map is full */
+	AGG_UNATTRIBUTED = 2, /* owner unknown (accept on a listener we never saw) */
+};
+
+struct agg_key {
+	__u64 cgroup_id; /* 0 unless LABEL_CGROUP */
+	__u32 netns;
+	__u32 pid;  /* 0 unless LABEL_PID */
+	__u16 port; /* service port (remote for outbound, local for inbound); 0 unless LABEL_PORT */
+	__u8 ip;    /* 4 or 6 */
+	__u8 direction; /* enum direction */
+	__u8 flags;	/* enum agg_flags */
+	__u8 __pad[3];
+	char comm[TASK_COMM_LEN];
+};
+
+struct agg_value {
+	__u64 opened;		    /* connects (outbound) or accepts (inbound) */
+	__u64 closed;		    /* closes of connections opened while we watched */
+	__u64 failed[FAIL_REASONS]; /* outbound only, by enum connect_fail_reason - 1 */
+	__u64 sent_bytes;
+	__u64 received_bytes;
+	__u64 duration_sum_ns;
+	__u64 seeded_closed;		/* closes of connections open before the daemon started */
+	__u64 last_ns;			/* bpf_ktime_get_ns() of the last update, for idle expiry */
+	__u64 buckets[MAX_BUCKETS + 1]; /* lifetime histogram, not cumulative; last is +Inf */
+};
+
+/* A connection that was open before the daemon started, found in /proc. */
+struct tuple_key {
+	__u8 saddr[16]; /* network byte order; IPv4 in the first 4 bytes */
+	__u8 daddr[16];
+	__u32 netns;
+	__u16 sport; /* host byte order */
+	__u16 dport;
+	__u16 family; /* AF_INET or AF_INET6, as the socket has it */
+	__u16 __pad;
+};
+
 /* Listener owners, keyed by what an accepted child socket can see of its listener. */
 struct listener_key {
 	__u32 netns;
@@ -87,6 +143,20 @@ struct owner {
 	__u32 pid;
 	__u32 __pad;
 	char comm[TASK_COMM_LEN];
+};
+
+/* A listener's owner, and which socket it was recorded for (0 when seeded from /proc). */
+struct listener_value {
+	struct owner owner;
+	__u64 sk;
+};
+
+/* What the daemon seeds for a connection open before it started. */
+struct seed_value {
+	struct owner owner;
+	__u16 port;	/* service port */
+	__u8 direction; /* enum direction */
+	__u8 __pad[5];
 };
 
 #endif /* TCPTRACER_H */

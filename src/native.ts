@@ -26,6 +26,42 @@ export interface EventLayout {
   commLen: number
   listenerKeySize: number
   ownerSize: number
+  listenerValueSize: number
+  aggKey: {
+    size: number
+    cgroup_id: number
+    netns: number
+    pid: number
+    port: number
+    ip: number
+    direction: number
+    flags: number
+    comm: number
+  }
+  aggValue: {
+    size: number
+    opened: number
+    closed: number
+    failed: number
+    sent_bytes: number
+    received_bytes: number
+    duration_sum_ns: number
+    seeded_closed: number
+    last_ns: number
+    buckets: number
+    maxBuckets: number
+    failReasons: number
+  }
+  tupleKey: {
+    size: number
+    saddr: number
+    daddr: number
+    netns: number
+    sport: number
+    dport: number
+    family: number
+  }
+  seedValue: { size: number; owner: number; port: number; direction: number }
 }
 
 export interface NativeConstants {
@@ -33,7 +69,13 @@ export interface NativeConstants {
   STAT_MAP_UPDATE_FAILED: number
   STAT_ACCEPT_UNATTRIBUTED: number
   STAT_CONNECT_UNATTRIBUTED: number
+  STAT_AGG_FULL: number
   STAT_MAX: number
+  LABEL_PID: number
+  LABEL_CGROUP: number
+  LABEL_PORT: number
+  AGG_OVERFLOW: number
+  AGG_UNATTRIBUTED: number
   ACCEPT_MODE_LISTENER: number
   ACCEPT_MODE_SYSCALL: number
   numPossibleCpus: number
@@ -70,7 +112,8 @@ export type LibbpfLog = (level: 'warn' | 'info' | 'debug', message: string) => v
 export type BatchCallback = (err: BpfError | null, batch: Buffer | null, count: number) => void
 
 export interface NativeTracerOptions {
-  rodata?: Record<string, number>
+  /** scalars, or a Buffer of exactly the variable's size (arrays) */
+  rodata?: Record<string, number | bigint | Buffer>
   maxEntries?: Record<string, number>
   disabledPrograms?: string[]
   log?: LibbpfLog
@@ -87,6 +130,8 @@ export declare class NativeTracer {
   mapUpdate(name: string, key: Buffer, value: Buffer, flags?: number): boolean
   mapDelete(name: string, key: Buffer): boolean
   drainStats(): DrainStats
+  /** change a .bss setting of the loaded program */
+  setGlobal(name: string, value: number | bigint): void
   close(): void
 }
 
@@ -97,6 +142,7 @@ export interface Binding {
   libbpfVersion(): string
   ensureFilesystems(): { tracefs: string; bpffs: string }
   setVerbose(on: boolean): void
+  sdNotify(state: string): boolean
 }
 
 /** Errors thrown by the addon: the failing step, the errno and, where known, the fix. */

@@ -6,6 +6,7 @@
 // parameter so it can be exercised against fixture trees in unit tests.
 
 import { access, readdir, readFile, readlink, stat } from 'node:fs/promises'
+import os from 'node:os'
 import path from 'node:path'
 
 export const AF_INET = 2
@@ -37,9 +38,36 @@ export interface ProcNetTcpRow {
   localPort: number
   state: number
   inode: number
+  /** addresses as the kernel holds them (network byte order): 4 bytes for tcp, 16 for tcp6 */
+  localAddr: Buffer
+  remoteAddr: Buffer
+  remotePort: number
+}
+
+/** A TCP connection open when we looked, and the process holding its socket. */
+export interface ConnectionOwner {
+  netns: number
+  family: typeof AF_INET | typeof AF_INET6
+  /** 16 bytes, network byte order; IPv4 in the first 4 */
+  saddr: Buffer
+  daddr: Buffer
+  sport: number
+  dport: number
+  /** inbound when its local port is a listening port of the same netns and family */
+  direction: 'outbound' | 'inbound'
+  pid: number
+  comm: string
+  cgroupId: bigint
+}
+
+export interface DiscoveredSockets {
+  listeners: ListenerOwner[]
+  connections: ConnectionOwner[]
 }
 
 const TCP_LISTEN = 0x0a
+/** ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING: open, and will pass through CLOSE */
+const OPEN_STATES = new Set([0x01, 0x04, 0x05, 0x08, 0x09, 0x0b])
 /** How many processes are inspected concurrently. */
 const PID_CONCURRENCY = 64
 /** How many fd links of one process are resolved concurrently. */
@@ -48,7 +76,7 @@ const FD_CONCURRENCY = 256
 const NS_LINK_RE = /^net:\[(\d+)\]$/
 const SOCKET_LINK_RE = /^socket:\[(\d+)\]$/
 const SL_RE = /^\d+:$/
-const ADDR_PORT_RE = /^[0-9A-Fa-f]+:([0-9A-Fa-f]{1,4})$/
+const ADDR_PORT_RE = /^([0-9A-Fa-f]{8}|[0-9A-Fa-f]{32}):([0-9A-Fa-f]{1,4})$/
 const HEX_RE = /^[0-9A-Fa-f]{1,2}$/
 const DEC_RE = /^\d+$/
 
@@ -69,6 +97,20 @@ export function parseSocketLink(link: string): number | undefined {
 }
 
 /**
+ * The kernel prints each 32-bit word of an address with %08X of its in-memory value, so on a
+ * little-endian host each word's bytes come out reversed.
+ */
+function hexAddr(hex: string): Buffer {
+  const out = Buffer.alloc(hex.length / 2)
+  for (let w = 0; w < hex.length / 8; w++) {
+    const word = parseInt(hex.slice(w * 8, w * 8 + 8), 16)
+    if (os.endianness() === 'LE') out.writeUInt32LE(word, w * 4)
+    else out.writeUInt32BE(word, w * 4)
+  }
+  return out
+}
+
+/**
  * Parses the content of /proc/net/tcp or /proc/net/tcp6. The header and any line that does not look like
  * a socket row are skipped. Columns: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout
  * inode ...; the port after ':' and st are hex, inode is decimal.
@@ -78,13 +120,21 @@ export function parseProcNetTcp(text: string): ProcNetTcpRow[] {
   for (const line of text.split('\n')) {
     const cols = line.trim().split(/\s+/)
     if (cols.length < 10) continue
-    const [sl, local, , st] = cols
+    const [sl, local, remote, st] = cols
     if (sl === undefined || !SL_RE.test(sl)) continue
-    const portHex = local === undefined ? undefined : ADDR_PORT_RE.exec(local)?.[1]
-    if (portHex === undefined || st === undefined || !HEX_RE.test(st)) continue
+    const l = local === undefined ? null : ADDR_PORT_RE.exec(local)
+    const r = remote === undefined ? null : ADDR_PORT_RE.exec(remote)
+    if (!l?.[1] || !l[2] || !r?.[1] || !r[2] || st === undefined || !HEX_RE.test(st)) continue
     const inode = parseDecimal(cols[9])
     if (inode === undefined) continue
-    rows.push({ localPort: parseInt(portHex, 16), state: parseInt(st, 16), inode })
+    rows.push({
+      localPort: parseInt(l[2], 16),
+      state: parseInt(st, 16),
+      inode,
+      localAddr: hexAddr(l[1]),
+      remoteAddr: hexAddr(r[1]),
+      remotePort: parseInt(r[2], 16),
+    })
   }
   return rows
 }
@@ -159,16 +209,28 @@ interface ListenSocket {
   port: number
 }
 
+interface OpenSocket {
+  inode: number
+  netns: number
+  family: typeof AF_INET | typeof AF_INET6
+  row: ProcNetTcpRow
+}
+
+interface NetnsSockets {
+  listeners: ListenSocket[]
+  open: OpenSocket[]
+}
+
 /**
  * Reads tcp and tcp6 of one network namespace through the first of its processes that still answers.
  * tcp6 is legitimately absent when IPv6 is disabled; that is told apart from the process exiting between
  * the two reads by checking that its tcp file is still there.
  */
-async function readNetnsListeners(
+async function readNetnsSockets(
   procRoot: string,
   netns: number,
   pids: readonly number[],
-): Promise<ListenSocket[]> {
+): Promise<NetnsSockets> {
   for (const pid of pids) {
     const netDir = path.join(procRoot, String(pid), 'net')
     const v4 = await optional(readFile(path.join(netDir, 'tcp'), 'utf8'))
@@ -179,20 +241,23 @@ async function readNetnsListeners(
       if (stillThere !== true) continue
       v6 = ''
     }
-    const out: ListenSocket[] = []
+    const out: NetnsSockets = { listeners: [], open: [] }
     const tables = [
       [AF_INET, v4],
       [AF_INET6, v6],
     ] as const
     for (const [family, text] of tables) {
       for (const row of parseProcNetTcp(text)) {
-        if (row.state !== TCP_LISTEN || row.inode === 0) continue
-        out.push({ inode: row.inode, netns, family, port: row.localPort })
+        // inode 0: a socket no process holds any more (orphaned on its way to CLOSE)
+        if (row.inode === 0) continue
+        if (row.state === TCP_LISTEN) {
+          out.listeners.push({ inode: row.inode, netns, family, port: row.localPort })
+        } else if (OPEN_STATES.has(row.state)) out.open.push({ inode: row.inode, netns, family, row })
       }
     }
     return out
   }
-  return []
+  return { listeners: [], open: [] }
 }
 
 interface ProcMeta {
@@ -245,6 +310,15 @@ function compareOwners(a: ListenerOwner, b: ListenerOwner): number {
  * Output is sorted by netns, family, port.
  */
 export async function discoverListeners(opts: DiscoverOptions = {}): Promise<ListenerOwner[]> {
+  return (await discoverSockets(opts)).listeners
+}
+
+/**
+ * One walk of procRoot that finds both the listeners (as discoverListeners) and the connections open
+ * now, each with the lowest-pid process holding its socket. Connections whose local port is a
+ * listening port of the same netns and family are inbound; the rest outbound.
+ */
+export async function discoverSockets(opts: DiscoverOptions = {}): Promise<DiscoveredSockets> {
   const procRoot = opts.procRoot ?? '/proc'
   const cgroupRoot = opts.cgroupRoot ?? '/sys/fs/cgroup'
 
@@ -271,12 +345,12 @@ export async function discoverListeners(opts: DiscoverOptions = {}): Promise<Lis
   }
 
   const perNetns = await mapChunked([...pidsByNetns], PID_CONCURRENCY, ([netns, nsPids]) =>
-    readNetnsListeners(procRoot, netns, nsPids),
+    readNetnsSockets(procRoot, netns, nsPids),
   )
 
   // Group listening sockets by map key; collect every pid holding any socket of that key.
   const byKey = new Map<string, { sock: ListenSocket; pids: Set<number> }>()
-  for (const sock of perNetns.flat()) {
+  for (const sock of perNetns.flatMap((n) => n.listeners)) {
     const sockHolders = holders.get(sock.inode)
     if (sockHolders === undefined) continue
     const key = `${sock.netns}/${sock.family}/${sock.port}`
@@ -316,5 +390,35 @@ export async function discoverListeners(opts: DiscoverOptions = {}): Promise<Lis
     return undefined
   })
 
-  return owners.filter((o): o is ListenerOwner => o !== undefined).sort(compareOwners)
+  const listeners = owners.filter((o): o is ListenerOwner => o !== undefined).sort(compareOwners)
+
+  const listening = new Set(
+    perNetns.flatMap((n) => n.listeners).map((l) => `${l.netns}/${l.family}/${l.port}`),
+  )
+  const wide = (b: Buffer): Buffer => (b.length === 16 ? b : Buffer.concat([b, Buffer.alloc(12)]))
+  const conns = await mapChunked(
+    perNetns.flatMap((n) => n.open),
+    PID_CONCURRENCY,
+    async ({ inode, netns, family, row }) => {
+      for (const pid of holders.get(inode) ?? []) {
+        const m = await meta(pid)
+        if (m === undefined) continue
+        const c: ConnectionOwner = {
+          netns,
+          family,
+          saddr: wide(row.localAddr),
+          daddr: wide(row.remoteAddr),
+          sport: row.localPort,
+          dport: row.remotePort,
+          direction: listening.has(`${netns}/${family}/${row.localPort}`) ? 'inbound' : 'outbound',
+          pid,
+          comm: m.comm,
+          cgroupId: m.cgroupId,
+        }
+        return c
+      }
+      return undefined
+    },
+  )
+  return { listeners, connections: conns.filter((c): c is ConnectionOwner => c !== undefined) }
 }

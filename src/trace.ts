@@ -144,19 +144,32 @@ export async function runTrace(argv: string[]): Promise<number> {
   let startNs: bigint | undefined
   const render = (e: TcpEvent): string => {
     if (args.json) return jsonLine(e)
-    startNs ??= e.tsNs
+    // records from different CPUs can arrive slightly out of order: the zero is the earliest seen
+    if (startNs === undefined || e.tsNs < startNs) startNs = e.tsNs
     return textLine(e, textOpts, startNs)
   }
 
   return await new Promise<number>((resolve) => {
     let done = false
-    const finish = (code: number): void => {
+    const finish = (exitCode: number): void => {
       if (done) return
       done = true
-      tracer.stopEvents()
-      const k = tracer.kernelStats()
-      const d = tracer.drainStats()
-      tracer.close()
+      let code = exitCode
+      let k, d
+      try {
+        tracer.stopEvents()
+        k = tracer.kernelStats()
+        d = tracer.drainStats()
+      } catch (e) {
+        err(`error: reading the final counters failed: ${(e as Error).message}`)
+        code = 1
+      } finally {
+        tracer.close()
+      }
+      if (!k || !d) {
+        resolve(code)
+        return
+      }
       const lost = k.eventsLost + d.dropped
       if (lost > 0n) err(`${lost} events lost: the consumer fell behind (try a larger --ringbuf-bytes)`)
       if (args.verbose) {
@@ -175,13 +188,21 @@ export async function runTrace(argv: string[]): Promise<number> {
     process.on('SIGINT', onSignal)
     process.on('SIGTERM', onSignal)
     out.on('error', (e: NodeJS.ErrnoException) => finish(e.code === 'EPIPE' ? 0 : 1))
+    // a closed stderr (2>&1 | head) must not crash the tracer either
+    process.stderr.on('error', () => {})
 
     tracer.startEvents(
       (events) => {
         if (done) return
         let chunk = ''
         for (const e of events) chunk += render(e) + '\n'
-        out.write(chunk)
+        try {
+          out.write(chunk)
+        } catch (e) {
+          // a file on a full disk throws synchronously
+          err(`error: writing events failed: ${(e as Error).message}`)
+          finish(1)
+        }
       },
       (e) => {
         err(`error: ${e.message}`)

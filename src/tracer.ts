@@ -8,7 +8,9 @@ import {
   type Binding,
   type BpfError,
   type DrainStats,
+  type EventLayout,
   type LibbpfLog,
+  type NativeConstants,
   type NativeTracer,
   type ProgramStatus,
 } from './native.js'
@@ -29,13 +31,37 @@ export interface TracerOptions {
   /** ring buffer size in bytes: a power of two, at least one page */
   ringBufferBytes?: number
   log?: LibbpfLog
+  /** exporter mode: count every event in the kernel's aggregation map */
+  aggregate?: boolean
+  /** lifetime histogram upper bounds, seconds, increasing (exporter mode) */
+  bucketsSeconds?: readonly number[]
+  /** capacity of the kernel aggregation map (label sets) */
+  maxKernelLabelSets?: number
 }
 
 export interface KernelStats {
+  /** new label sets counted in the overflow entry because the aggregation map was full */
+  aggregationFull: bigint
   eventsLost: bigint
   mapUpdateFailed: bigint
   acceptUnattributed: bigint
   connectUnattributed: bigint
+}
+
+/** A connection that was open before the daemon started, and what to count it against. */
+export interface SeedConnection {
+  netns: number
+  family: number
+  saddr: Buffer
+  daddr: Buffer
+  sport: number
+  dport: number
+  pid: number
+  comm: string
+  cgroupId: bigint
+  /** service port: local for inbound, remote for outbound */
+  port: number
+  direction: 'outbound' | 'inbound'
 }
 
 /** The programs that implement ACCEPT_MODE_SYSCALL; not loaded in listener mode. */
@@ -74,15 +100,28 @@ export class TcpTracer {
       throw new RangeError(`ringBufferBytes must be a power of two from 4096 to 2^30, got ${rb}`)
     }
     const c = binding.constants
+    const maxBuckets = binding.layout.aggValue.maxBuckets
+    const buckets = opts.bucketsSeconds ?? []
+    if (buckets.length > maxBuckets) {
+      throw new RangeError(`at most ${maxBuckets} histogram buckets, got ${buckets.length}`)
+    }
+    const bounds = Buffer.alloc(8 * maxBuckets)
+    buckets.forEach((b, i) => bounds.writeBigUInt64LE(BigInt(Math.round(b * 1e9)), 8 * i))
+    const maxConnections = checkUint('maxConnections', opts.maxConnections ?? 65536, 1024, 1 << 24)
     const native = new binding.Tracer(opts.objectPath ?? bpfObjectPath, {
       rodata: {
         filter_pid: checkUint('filterPid', opts.filterPid ?? 0, 0, 4194304),
         filter_netns: checkUint('filterNetns', opts.filterNetns ?? 0, 0, 0xffffffff),
         filter_ip: filterIp,
         accept_mode: acceptMode === 'syscall' ? c.ACCEPT_MODE_SYSCALL : c.ACCEPT_MODE_LISTENER,
+        aggregate: opts.aggregate ? 1 : 0,
+        nbuckets: buckets.length,
+        bucket_bounds_ns: bounds,
       },
       maxEntries: {
-        conns: checkUint('maxConnections', opts.maxConnections ?? 65536, 1024, 1 << 24),
+        conns: maxConnections,
+        seeded: maxConnections,
+        aggs: checkUint('maxKernelLabelSets', opts.maxKernelLabelSets ?? 65536, 16, 1 << 24),
         events: rb,
       },
       disabledPrograms: acceptMode === 'syscall' ? [] : [...SYSCALL_ACCEPT_PROGRAMS],
@@ -117,9 +156,9 @@ export class TcpTracer {
   seedListeners(owners: readonly ListenerOwner[]): number {
     const L = this.binding.layout
     const info = this.native.mapInfo('listeners')
-    if (info.keySize !== L.listenerKeySize || info.valueSize !== L.ownerSize) {
+    if (info.keySize !== L.listenerKeySize || info.valueSize !== L.listenerValueSize) {
       throw new Error(
-        `listeners map is ${info.keySize}/${info.valueSize} bytes, the header says ${L.listenerKeySize}/${L.ownerSize}`,
+        `listeners map is ${info.keySize}/${info.valueSize} bytes, the header says ${L.listenerKeySize}/${L.listenerValueSize}`,
       )
     }
     let added = 0
@@ -128,13 +167,112 @@ export class TcpTracer {
       key.writeUInt32LE(o.netns, 0)
       key.writeUInt16LE(o.port, 4)
       key.writeUInt16LE(o.family, 6)
-      const value = Buffer.alloc(L.ownerSize)
+      // struct listener_value: the owner, then the socket (0: unknown, seeded)
+      const value = Buffer.alloc(L.listenerValueSize)
       value.writeBigUInt64LE(o.cgroupId, 0)
       value.writeUInt32LE(o.pid, 8)
       value.write(o.comm.slice(0, L.commLen - 1), 16, 'utf8')
       if (this.native.mapUpdate('listeners', key, value, BPF_NOEXIST)) added++
     }
     return added
+  }
+
+  /** Raw entries of the aggregation map, read in the kernel's batch order. */
+  aggregateEntries(): Array<{ key: Buffer; value: Buffer }> {
+    return this.native.mapEntries('aggs')
+  }
+
+  deleteAggregate(key: Buffer): boolean {
+    return this.native.mapDelete('aggs', key)
+  }
+
+  /** Create the catch-all entries (one per direction) new label sets land in when the aggregation map is full. */
+  createOverflowEntries(): void {
+    const L = this.binding.layout
+    for (const direction of [1, 2]) {
+      const key = Buffer.alloc(L.aggKey.size)
+      key.writeUInt8(this.binding.constants.AGG_OVERFLOW, L.aggKey.flags)
+      key.writeUInt8(direction, L.aggKey.direction)
+      this.native.mapUpdate('aggs', key, Buffer.alloc(L.aggValue.size), BPF_NOEXIST)
+    }
+  }
+
+  /** Which optional labels the kernel keeps in its aggregation key. */
+  setLabelMask(labels: { pid: boolean; cgroup: boolean; port: boolean }): void {
+    const c = this.binding.constants
+    const mask =
+      (labels.pid ? c.LABEL_PID : 0) | (labels.cgroup ? c.LABEL_CGROUP : 0) | (labels.port ? c.LABEL_PORT : 0)
+    this.native.setGlobal('label_mask', mask)
+  }
+
+  /** Count only these network namespaces and service ports (empty: all). */
+  setFilters(netns: readonly number[], ports: readonly number[]): void {
+    const one = Buffer.from([1])
+    // add before removing and switch off before clearing, so no event is counted that neither set allows
+    const sync = (map: string, on: string, keys: Buffer[]): void => {
+      const want = new Set(keys.map((k) => k.toString('hex')))
+      if (keys.length === 0) this.native.setGlobal(on, 0)
+      for (const k of keys) this.native.mapUpdate(map, k, one)
+      for (const { key } of this.native.mapEntries(map)) {
+        if (!want.has(key.toString('hex'))) this.native.mapDelete(map, key)
+      }
+      if (keys.length > 0) this.native.setGlobal(on, 1)
+    }
+    sync(
+      'netns_filter',
+      'netns_filter_on',
+      netns.map((n) => {
+        const b = Buffer.alloc(4)
+        b.writeUInt32LE(n)
+        return b
+      }),
+    )
+    sync(
+      'port_filter',
+      'port_filter_on',
+      ports.map((p) => {
+        const b = Buffer.alloc(2)
+        b.writeUInt16LE(p)
+        return b
+      }),
+    )
+  }
+
+  /** Key and value of a connection open before the daemon started, as the `seeded` map holds them. */
+  seedEntry(c: SeedConnection): { key: Buffer; value: Buffer } {
+    const L = this.binding.layout
+    const T = L.tupleKey
+    const key = Buffer.alloc(T.size)
+    c.saddr.copy(key, T.saddr, 0, 16)
+    c.daddr.copy(key, T.daddr, 0, 16)
+    key.writeUInt32LE(c.netns, T.netns)
+    key.writeUInt16LE(c.sport, T.sport)
+    key.writeUInt16LE(c.dport, T.dport)
+    key.writeUInt16LE(c.family, T.family)
+    const S = L.seedValue
+    const value = Buffer.alloc(S.size)
+    value.writeBigUInt64LE(c.cgroupId, S.owner)
+    value.writeUInt32LE(c.pid, S.owner + 8)
+    value.write(c.comm.slice(0, L.commLen - 1), S.owner + 16, 'utf8')
+    value.writeUInt16LE(c.port, S.port)
+    value.writeUInt8(c.direction === 'inbound' ? 2 : 1, S.direction)
+    return { key, value }
+  }
+
+  /** Record connections open before the daemon started; returns the keys that were added. */
+  seedConnections(conns: readonly SeedConnection[]): Buffer[] {
+    const added: Buffer[] = []
+    for (const c of conns) {
+      const { key, value } = this.seedEntry(c)
+      if (this.native.mapUpdate('seeded', key, value, BPF_NOEXIST)) added.push(key)
+    }
+    if (added.length > 0) this.native.setGlobal('seeded_any', 1)
+    return added
+  }
+
+  /** Forget a seeded connection; false when the kernel already consumed it at its close. */
+  unseed(key: Buffer): boolean {
+    return this.native.mapDelete('seeded', key)
   }
 
   /** Start draining per-event records on the native thread; batches arrive decoded. */
@@ -165,6 +303,7 @@ export class TcpTracer {
       }
     }
     return {
+      aggregationFull: sums[c.STAT_AGG_FULL] ?? 0n,
       eventsLost: sums[c.STAT_EVENTS_LOST] ?? 0n,
       mapUpdateFailed: sums[c.STAT_MAP_UPDATE_FAILED] ?? 0n,
       acceptUnattributed: sums[c.STAT_ACCEPT_UNATTRIBUTED] ?? 0n,
@@ -174,6 +313,18 @@ export class TcpTracer {
 
   drainStats(): DrainStats {
     return this.native.drainStats()
+  }
+
+  get libbpfVersion(): string {
+    return this.binding.libbpfVersion()
+  }
+
+  get layout(): EventLayout {
+    return this.binding.layout
+  }
+
+  get constants(): NativeConstants {
+    return this.binding.constants
   }
 
   /** Detach everything and free the kernel objects. Idempotent. */

@@ -19,6 +19,7 @@
 #include "bpf_error.hpp"
 #include "log.hpp"
 #include "objects/tracer.hpp"
+#include "sd_notify.hpp"
 
 extern "C" {
 #include <linux/types.h>
@@ -130,6 +131,57 @@ Napi::Object Layout(Napi::Env env)
 	o.Set("commLen", TASK_COMM_LEN);
 	o.Set("listenerKeySize", sizeof(struct listener_key));
 	o.Set("ownerSize", sizeof(struct owner));
+	o.Set("listenerValueSize", sizeof(struct listener_value));
+
+	Napi::Object ak = Napi::Object::New(env);
+	ak.Set("size", sizeof(struct agg_key));
+#define AK(f) ak.Set(#f, offsetof(struct agg_key, f))
+	AK(cgroup_id);
+	AK(netns);
+	AK(pid);
+	AK(port);
+	AK(ip);
+	AK(direction);
+	AK(flags);
+	AK(comm);
+#undef AK
+	o.Set("aggKey", ak);
+
+	Napi::Object av = Napi::Object::New(env);
+	av.Set("size", sizeof(struct agg_value));
+#define AV(f) av.Set(#f, offsetof(struct agg_value, f))
+	AV(opened);
+	AV(closed);
+	AV(failed);
+	AV(sent_bytes);
+	AV(received_bytes);
+	AV(duration_sum_ns);
+	AV(seeded_closed);
+	AV(last_ns);
+	AV(buckets);
+#undef AV
+	av.Set("maxBuckets", MAX_BUCKETS);
+	av.Set("failReasons", FAIL_REASONS);
+	o.Set("aggValue", av);
+
+	Napi::Object tk = Napi::Object::New(env);
+	tk.Set("size", sizeof(struct tuple_key));
+#define TK(f) tk.Set(#f, offsetof(struct tuple_key, f))
+	TK(saddr);
+	TK(daddr);
+	TK(netns);
+	TK(sport);
+	TK(dport);
+	TK(family);
+#undef TK
+	o.Set("tupleKey", tk);
+
+	Napi::Object sv = Napi::Object::New(env);
+	sv.Set("size", sizeof(struct seed_value));
+	sv.Set("owner", offsetof(struct seed_value, owner));
+	sv.Set("port", offsetof(struct seed_value, port));
+	sv.Set("direction", offsetof(struct seed_value, direction));
+	o.Set("seedValue", sv);
 	return o;
 }
 
@@ -140,7 +192,13 @@ Napi::Object Constants(Napi::Env env)
 	o.Set("STAT_MAP_UPDATE_FAILED", static_cast<int>(STAT_MAP_UPDATE_FAILED));
 	o.Set("STAT_ACCEPT_UNATTRIBUTED", static_cast<int>(STAT_ACCEPT_UNATTRIBUTED));
 	o.Set("STAT_CONNECT_UNATTRIBUTED", static_cast<int>(STAT_CONNECT_UNATTRIBUTED));
+	o.Set("STAT_AGG_FULL", static_cast<int>(STAT_AGG_FULL));
 	o.Set("STAT_MAX", static_cast<int>(STAT_MAX));
+	o.Set("LABEL_PID", static_cast<int>(LABEL_PID));
+	o.Set("LABEL_CGROUP", static_cast<int>(LABEL_CGROUP));
+	o.Set("LABEL_PORT", static_cast<int>(LABEL_PORT));
+	o.Set("AGG_OVERFLOW", static_cast<int>(AGG_OVERFLOW));
+	o.Set("AGG_UNATTRIBUTED", static_cast<int>(AGG_UNATTRIBUTED));
 	o.Set("ACCEPT_MODE_LISTENER", static_cast<int>(ACCEPT_MODE_LISTENER));
 	o.Set("ACCEPT_MODE_SYSCALL", static_cast<int>(ACCEPT_MODE_SYSCALL));
 	o.Set("numPossibleCpus", libbpf_num_possible_cpus());
@@ -190,6 +248,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports)
 	exports.Set("ensureFilesystems",
 		    Napi::Function::New(env, EnsureFilesystems, "ensureFilesystems"));
 	exports.Set("setVerbose", Napi::Function::New(env, SetVerboseJs, "setVerbose"));
+	exports.Set("sdNotify", Napi::Function::New(env, SdNotify, "sdNotify"));
 	return exports;
 }
 

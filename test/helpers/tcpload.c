@@ -77,7 +77,8 @@ static const char usage_text[] =
     "  --port P         1..65535 (required)\n"
     "  --count N        connections to make, 1..10000000 (default 1)\n"
     "  --send BYTES     bytes to send on each connection, 0..2^40 (default 0)\n"
-    "  --hold-ms MS     sleep MS milliseconds after sending, before close (default 0)\n"
+    "  --hold-ms MS     sleep MS milliseconds after sending (and printing the connected\n"
+    "                   line), before close (default 0)\n"
     "  --threads T      connecting threads, 1..1024 (default 1); T > 1 implies --quiet\n"
     "  --quiet          no per-connection lines\n"
     "\n"
@@ -782,17 +783,18 @@ static void *client_worker(void *arg)
 		if (getsockname(fd, (struct sockaddr *)&local, &llen) != 0)
 			die(errno, "getsockname");
 		sent = send_all(fd, cl->send);
-		sleep_ms(cl->hold_ms);
-		close(fd);
 		atomic_fetch_add(&cl->connected, 1);
 		atomic_fetch_add(&cl->bytes_sent, sent);
 
+		/* printed before the hold, so a caller can act while the connection is open */
 		if (!cl->quiet) {
 			format_addr(&local, local_text, sizeof(local_text), &local_port);
 			emit("{\"event\":\"connected\",\"pid\":%d,\"local_addr\":\"%s\","
 			     "\"local_port\":%u,\"bytes_sent\":%" PRIu64 "}",
 			     (int)self_pid, local_text, local_port, sent);
 		}
+		sleep_ms(cl->hold_ms);
+		close(fd);
 	}
 	return NULL;
 }

@@ -41,7 +41,8 @@ const REAL_TCP6 = [
 ].join('\n')
 
 test('parseProcNetTcp', async (t) => {
-  const cases: Array<{ name: string; text: string; want: ReturnType<typeof parseProcNetTcp> }> = [
+  type Brief = Array<{ localPort: number; state: number; inode: number }>
+  const cases: Array<{ name: string; text: string; want: Brief }> = [
     { name: 'empty', text: '', want: [] },
     { name: 'header only', text: TCP_HEADER + '\n', want: [] },
     {
@@ -86,9 +87,28 @@ test('parseProcNetTcp', async (t) => {
   ]
   for (const c of cases) {
     await t.test(c.name, () => {
-      assert.deepEqual(parseProcNetTcp(c.text), c.want)
+      const rows = parseProcNetTcp(c.text).map(({ localPort, state, inode }) => ({ localPort, state, inode }))
+      assert.deepEqual(rows, c.want)
     })
   }
+})
+
+test('parseProcNetTcp: addresses in network byte order', () => {
+  const [v4] = parseProcNetTcp(
+    '   0: 0100007F:1F90 0200007F:D431 01 00000000:00000000 00:00000000 00000000 0 0 9 1\n',
+  )
+  assert.ok(v4)
+  assert.deepEqual([...v4.localAddr], [127, 0, 0, 1])
+  assert.deepEqual([...v4.remoteAddr], [127, 0, 0, 2])
+  assert.equal(v4.localPort, 8080)
+  assert.equal(v4.remotePort, 0xd431)
+  // ::1 and ::ffff:10.0.0.1 as tcp6 prints them (each 32-bit word in host order)
+  const [v6] = parseProcNetTcp(
+    '   0: 00000000000000000000000001000000:0050 0000000000000000FFFF00000100000A:C350 01 00000000:00000000 00:00000000 00000000 0 0 9 1\n',
+  )
+  assert.ok(v6)
+  assert.deepEqual([...v6.localAddr], [...Array<number>(15).fill(0), 1])
+  assert.deepEqual([...v6.remoteAddr], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1])
 })
 
 test('parseNsLink', async (t) => {

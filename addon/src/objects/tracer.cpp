@@ -126,6 +126,7 @@ Napi::Function Tracer::Init(Napi::Env env)
 			       InstanceMethod("mapUpdate", &Tracer::JS_mapUpdate),
 			       InstanceMethod("mapDelete", &Tracer::JS_mapDelete),
 			       InstanceMethod("drainStats", &Tracer::JS_drainStats),
+			       InstanceMethod("setGlobal", &Tracer::JS_setGlobal),
 			       InstanceMethod("close", &Tracer::JS_close),
 			   });
 }
@@ -160,9 +161,15 @@ Tracer::Tracer(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Tracer>(info)
 		for (uint32_t i = 0; i < keys.Length(); i++) {
 			std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
 			Napi::Value v = ro.Get(k);
-			uint64_t n = v.IsBigInt() ? v.As<Napi::BigInt>().Uint64Value(nullptr)
-						  : (uint64_t)v.ToNumber().Int64Value();
 			try {
+				if (v.IsBuffer()) {
+					auto b = v.As<Napi::Buffer<uint8_t>>();
+					SetGlobalBytes(env, ".rodata", k, b.Data(), b.Length());
+					continue;
+				}
+				uint64_t n = v.IsBigInt()
+						 ? v.As<Napi::BigInt>().Uint64Value(nullptr)
+						 : (uint64_t)v.ToNumber().Int64Value();
 				SetGlobal(env, ".rodata", k, n);
 			} catch (...) {
 				bpf_object__close(obj_);
@@ -212,7 +219,9 @@ Tracer::~Tracer()
 
 // Writes a global variable of the BPF object: into the initial image before load
 // (.rodata), or into the live map after it (.bss). Offsets come from the BTF datasec.
-void Tracer::SetGlobal(Napi::Env env, const char *section, const std::string &var, uint64_t value)
+// The value must be exactly the variable's size.
+void Tracer::SetGlobalBytes(Napi::Env env, const char *section, const std::string &var,
+			    const uint8_t *bytes, size_t len)
 {
 	bpf_map *map = nullptr;
 	bpf_map *m;
@@ -233,16 +242,17 @@ void Tracer::SetGlobal(Napi::Env env, const char *section, const std::string &va
 		const struct btf_type *vt = btf__type_by_id(btf, vsi->type);
 		if (var != btf__name_by_offset(btf, vt->name_off))
 			continue;
-		if (vsi->size > 8)
-			throw Napi::Error::New(env, "global " + var + " is not a scalar");
-		// little-endian: the low vsi->size bytes of value
+		if (len != vsi->size)
+			throw Napi::RangeError::New(env, "global " + var + " is " +
+							     std::to_string(vsi->size) +
+							     " bytes, got " + std::to_string(len));
 		if (!loaded_) {
 			size_t sz = 0;
 			auto *data = static_cast<const uint8_t *>(bpf_map__initial_value(map, &sz));
 			if (!data || vsi->offset + vsi->size > sz)
 				throw Napi::Error::New(env, "cannot write global " + var);
 			std::vector<uint8_t> image(data, data + sz);
-			memcpy(image.data() + vsi->offset, &value, vsi->size);
+			memcpy(image.data() + vsi->offset, bytes, len);
 			if (bpf_map__set_initial_value(map, image.data(), image.size()))
 				throw Napi::Error::New(env, "cannot write global " + var);
 			return;
@@ -251,12 +261,53 @@ void Tracer::SetGlobal(Napi::Env env, const char *section, const std::string &va
 		int zero = 0, fd = bpf_map__fd(map);
 		if (bpf_map_lookup_elem(fd, &zero, buf.data()))
 			throw MakeBpfError(env, std::string("read ") + section, errno);
-		memcpy(buf.data() + vsi->offset, &value, vsi->size);
+		memcpy(buf.data() + vsi->offset, bytes, len);
 		if (bpf_map_update_elem(fd, &zero, buf.data(), BPF_ANY))
 			throw MakeBpfError(env, std::string("write ") + section, errno);
 		return;
 	}
 	throw Napi::Error::New(env, "the BPF object has no global named " + var + " in " + section);
+}
+
+// A scalar global: the low bytes of value (little-endian), as many as the variable has.
+void Tracer::SetGlobal(Napi::Env env, const char *section, const std::string &var, uint64_t value)
+{
+	size_t size = GlobalSize(env, section, var);
+	if (size > 8)
+		throw Napi::Error::New(env, "global " + var + " is not a scalar");
+	SetGlobalBytes(env, section, var, reinterpret_cast<const uint8_t *>(&value), size);
+}
+
+size_t Tracer::GlobalSize(Napi::Env env, const char *section, const std::string &var)
+{
+	const struct btf *btf = bpf_object__btf(obj_);
+	int id = btf ? btf__find_by_name_kind(btf, section, BTF_KIND_DATASEC) : -1;
+	if (id < 0)
+		throw Napi::Error::New(env,
+				       std::string("BPF object has no ") + section + " section");
+	const struct btf_type *sec = btf__type_by_id(btf, id);
+	const struct btf_var_secinfo *vsi = btf_var_secinfos(sec);
+	for (int i = 0; i < btf_vlen(sec); i++, vsi++) {
+		const struct btf_type *vt = btf__type_by_id(btf, vsi->type);
+		if (var == btf__name_by_offset(btf, vt->name_off))
+			return vsi->size;
+	}
+	throw Napi::Error::New(env, "the BPF object has no global named " + var + " in " + section);
+}
+
+// setGlobal(name, value): change a .bss setting of the loaded program.
+Napi::Value Tracer::JS_setGlobal(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	if (!obj_ || !loaded_)
+		throw Napi::Error::New(env, "tracer is closed");
+	if (!info[0].IsString())
+		throw Napi::TypeError::New(env, "setGlobal(name, value): name must be a string");
+	Napi::Value v = info[1];
+	uint64_t n = v.IsBigInt() ? v.As<Napi::BigInt>().Uint64Value(nullptr)
+				  : (uint64_t)v.ToNumber().Int64Value();
+	SetGlobal(env, ".bss", info[0].As<Napi::String>().Utf8Value(), n);
+	return env.Undefined();
 }
 
 // attach() -> [{ name, section, attached, error?, errno?, hint? }], one per program.
@@ -331,9 +382,16 @@ Napi::Value Tracer::JS_startEvents(const Napi::CallbackInfo &info)
 		}
 	}
 	tsfn_ = BatchTsfn::New(env, info[0].As<Napi::Function>(), "tcptracer-drain", max_queue, 1);
-	SetGlobal(env, ".bss", "events_enabled", 1);
-	running_ = true;
-	drain_ = std::thread(&Tracer::DrainLoop, this);
+	try {
+		SetGlobal(env, ".bss", "events_enabled", 1);
+		running_ = true;
+		drain_ = std::thread(&Tracer::DrainLoop, this);
+	} catch (...) {
+		// without a drain thread nothing may keep the event loop alive
+		running_ = false;
+		tsfn_.Release();
+		throw;
+	}
 	return env.Undefined();
 }
 
@@ -359,6 +417,7 @@ void Tracer::DrainLoop()
 			Batch *e = new Batch();
 			e->err = -n;
 			deliver(e);
+			running_ = false;
 			break;
 		}
 		if (batch_->count) {
@@ -519,7 +578,9 @@ Napi::Value Tracer::JS_mapEntries(const Napi::CallbackInfo &info)
 			continue;
 		}
 		if (err && e != ENOENT) {
-			if (first && (e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP)) {
+			// 524 is the kernel's internal ENOTSUPP, returned for maps without batch
+			// ops
+			if (first && (e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP || e == 524)) {
 				batched = false;
 				break;
 			}

@@ -53,6 +53,10 @@ class Tracer : public Napi::ObjectWrap<Tracer>
 
 	bpf_map *FindMap(Napi::Env env, const Napi::Value &name);
 	void SetGlobal(Napi::Env env, const char *section, const std::string &var, uint64_t value);
+	void SetGlobalBytes(Napi::Env env, const char *section, const std::string &var,
+			    const uint8_t *bytes, size_t len);
+	size_t GlobalSize(Napi::Env env, const char *section, const std::string &var);
+	Napi::Value JS_setGlobal(const Napi::CallbackInfo &info);
 	void StopEvents();
 	void DrainLoop();					 // runs on the drain thread
 	static int OnRecord(void *ctx, void *data, size_t size); // drain thread
