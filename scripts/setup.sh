@@ -9,7 +9,8 @@ die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 
 # build: clang/llvm (BPF object), libbpf/libelf/zlib (addon), make/g++/python3 (node-gyp);
 # run/test: iproute2 (ip netns), clang-format (format check); bpftool only regenerates vmlinux.h
-packages=(clang llvm libbpf-dev libelf-dev zlib1g-dev make g++ python3 pkg-config iproute2 clang-format)
+# and prometheus (promtool and a real server for the integration tests)
+packages=(clang llvm libbpf-dev libelf-dev zlib1g-dev make g++ python3 pkg-config iproute2 clang-format prometheus)
 optional=(bpftool)
 
 as_root() {
@@ -29,6 +30,13 @@ if [ ${#missing[@]} -gt 0 ] || [ ${#opt_missing[@]} -gt 0 ]; then
   say "apt-get install ${missing[*]} ${opt_missing[*]}"
   as_root apt-get update -qq
   if [ ${#missing[@]} -gt 0 ]; then
+    # install services (prometheus) without starting them: the tests run their own instances
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+      trap 'as_root rm -f "$policy"' EXIT
+      printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+      as_root chmod +x "$policy"
+    fi
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   for p in "${opt_missing[@]}"; do

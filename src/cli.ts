@@ -3,25 +3,33 @@
 import { UsageError } from './args.js'
 import { isBpfError, loadBinding } from './native.js'
 import { version } from './paths.js'
+import { runCheckConfig, runDaemon } from './daemon.js'
 import { runTrace } from './trace.js'
 
-const HELP = `Usage: tcptracer-exporter <command> [options]
+const HELP = `Usage: tcptracer-exporter [command] [options]
 
 Commands:
-  trace       print TCP connect, accept and close events live (like BCC's tcptracer)
+  run            serve Prometheus metrics (the default when no command is given)
+  trace          print TCP connect, accept and close events live (like BCC's tcptracer)
+  check-config   validate a config file (--config.file=FILE)
 
 Options:
   -h, --help      show this help (and \`tcptracer-exporter <command> --help\`)
       --version   print version information
 
 Examples:
-  sudo tcptracer-exporter trace
+  sudo tcptracer-exporter --web.listen-address=:19427 --config.file=/etc/tcptracer-exporter.yml
   sudo tcptracer-exporter trace --json -p 1234
+  tcptracer-exporter check-config --config.file=config.example.yml
 `
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv
   switch (cmd) {
+    case 'run':
+      return await runDaemon(rest)
+    case 'check-config':
+      return await runCheckConfig(rest)
     case 'trace':
       return await runTrace(rest)
     case '--version':
@@ -33,13 +41,14 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(`tcptracer-exporter ${version} (libbpf ${libbpf}, node ${process.version})\n`)
       return 0
     }
-    case undefined:
     case '-h':
     case '--help':
     case 'help':
       process.stdout.write(HELP)
-      return cmd === undefined ? 2 : 0
+      return 0
     default:
+      // no command, or flags only: the daemon
+      if (cmd === undefined || cmd.startsWith('--')) return await runDaemon(argv)
       throw new UsageError(`unknown command "${cmd}"`)
   }
 }

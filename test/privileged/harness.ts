@@ -4,6 +4,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { statSync } from 'node:fs'
 import path from 'node:path'
 import { createInterface } from 'node:readline'
+import { after } from 'node:test'
 import { packageRoot } from '../../src/paths.js'
 
 export const CLI = path.join(packageRoot, 'dist', 'src', 'cli.js')
@@ -44,6 +45,12 @@ export class Netns {
 
 export type Json = Record<string, unknown>
 
+/** Every child a test started: whatever a failed test left running is killed when the file ends. */
+const children = new Set<ChildProcess>()
+after(() => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL')
+})
+
 /** A child process whose stdout is JSON lines, collected as they arrive. */
 export class JsonProcess {
   readonly lines: Json[] = []
@@ -52,6 +59,8 @@ export class JsonProcess {
   private waiters: Array<() => void> = []
 
   constructor(readonly child: ChildProcess) {
+    children.add(child)
+    child.on('close', () => children.delete(child))
     createInterface({ input: child.stdout! }).on('line', (l) => {
       if (l.trim() === '') return
       try {
@@ -221,4 +230,106 @@ export function expectedEvents(x: Exchange): string[] {
     )
   }
   return out
+}
+
+/** One sample of a scrape: metric name, labels and value. */
+export interface ScrapedSample {
+  name: string
+  labels: Record<string, string>
+  value: number
+}
+
+/** Parse the Prometheus text format (0.0.4) well enough for assertions; comments are skipped. */
+export function parseExposition(text: string): ScrapedSample[] {
+  const out: ScrapedSample[] = []
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$/.exec(line)
+    if (!m?.[1] || !m[3]) throw new Error(`unparseable exposition line: ${line}`)
+    const labels: Record<string, string> = {}
+    const body = m[2]?.slice(1, -1) ?? ''
+    const re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)",?/g
+    let lm: RegExpExecArray | null
+    while ((lm = re.exec(body))) {
+      labels[lm[1]!] = lm[2]!.replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c))
+    }
+    const v = m[3]
+    out.push({ name: m[1], labels, value: v === '+Inf' ? Infinity : v === '-Inf' ? -Infinity : Number(v) })
+  }
+  return out
+}
+
+/** The value of the one sample matching name and labels (all given labels equal); undefined if none. */
+export function valueOf(
+  samples: ScrapedSample[],
+  name: string,
+  labels: Record<string, string>,
+): number | undefined {
+  const hits = samples.filter(
+    (s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v),
+  )
+  if (hits.length > 1) throw new Error(`${hits.length} samples match ${name} ${JSON.stringify(labels)}`)
+  return hits[0]?.value
+}
+
+export interface Daemon {
+  proc: JsonProcess
+  port: number
+  url: string
+  /** log lines (pino JSON on stderr) */
+  logs(): Json[]
+  stop(signal?: NodeJS.Signals): Promise<number | null>
+}
+
+/** Start `tcptracer-exporter run` on a free loopback port; resolves once it serves metrics. */
+export async function startDaemon(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Daemon> {
+  const child = spawn(
+    process.execPath,
+    [CLI, 'run', '--web.listen-address=127.0.0.1:0', '--log.format=json', ...args],
+    {
+      stdio: 'pipe',
+      env,
+    },
+  )
+  const proc = new JsonProcess(child)
+  const logs = (): Json[] =>
+    proc.stderr
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Json)
+  let exited = false
+  proc.exited.then(
+    () => {
+      exited = true
+    },
+    () => {},
+  )
+  await proc.until(
+    () => exited || logs().some((l) => l['msg'] === 'serving metrics'),
+    20000,
+    'the daemon to serve',
+  )
+  const serving = logs().find((l) => l['msg'] === 'serving metrics')
+  if (!serving) throw new Error(`the daemon exited before serving: ${proc.stderr}`)
+  const port = serving['port'] as number
+  return {
+    proc,
+    port,
+    url: `http://127.0.0.1:${port}`,
+    logs,
+    stop: async (signal = 'SIGTERM') => {
+      child.kill(signal)
+      return await proc.exited
+    },
+  }
+}
+
+export async function scrape(
+  d: Daemon,
+  path = '/metrics',
+): Promise<{ text: string; samples: ScrapedSample[] }> {
+  const res = await fetch(d.url + path)
+  if (res.status !== 200) throw new Error(`GET ${path}: ${res.status} ${await res.text()}`)
+  const text = await res.text()
+  return { text, samples: parseExposition(text) }
 }

@@ -1,0 +1,270 @@
+// `tcptracer-exporter run` (the default command) and `check-config`.
+import { parseArgs } from 'node:util'
+import pino, { type Logger } from 'pino'
+import pretty from 'pino-pretty'
+import { UsageError } from './args.js'
+import { ConfigError, describeChanges, loadConfig, type Config } from './config.js'
+import { Exporter } from './exporter.js'
+import { loadBinding } from './native.js'
+import { version } from './paths.js'
+import { build } from './server.js'
+import { createNotifier, startWatchdog, watchdogIntervalMs } from './systemd.js'
+
+export const DEFAULT_LISTEN_ADDRESS = ':19427'
+
+export const RUN_HELP = `Usage: tcptracer-exporter [run] [flags]
+
+Serve Prometheus metrics for every TCP connect, accept and close on this host.
+
+Flags:
+  --web.listen-address=ADDR  address to listen on, [host]:port (default "${DEFAULT_LISTEN_ADDRESS}": all
+                             interfaces; "127.0.0.1:19427" or "[::1]:19427" for loopback only)
+  --web.telemetry-path=PATH  path of the metrics endpoint (default "/metrics")
+  --config.file=FILE         YAML config file (default: built-in defaults; see config.example.yml)
+  --log.level=LEVEL          trace, debug, info, warn, error or fatal (default "info")
+  --log.format=FORMAT        json, pretty, or auto: pretty on a terminal, else json (default "auto")
+  -h, --help                 show this help
+
+Signals: SIGHUP reloads the config file (an invalid file keeps the running config);
+SIGTERM or SIGINT stop serving, finish in-flight scrapes, detach and exit 0.
+
+Examples:
+  sudo tcptracer-exporter
+  sudo tcptracer-exporter run --web.listen-address=127.0.0.1:19427 --config.file=/etc/tcptracer-exporter.yml
+  tcptracer-exporter check-config --config.file=/etc/tcptracer-exporter.yml
+`
+
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const
+type LogLevel = (typeof LOG_LEVELS)[number]
+
+export interface RunArgs {
+  listenAddress: string
+  host: string
+  port: number
+  telemetryPath: string
+  configFile: string | undefined
+  logLevel: LogLevel
+  logFormat: 'json' | 'pretty' | 'auto'
+  help: boolean
+}
+
+/** "[host]:port": ":9100" (all interfaces), "127.0.0.1:9100", "[::1]:9100", "localhost:9100". */
+export function parseListenAddress(addr: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(addr)
+  const port = m ? Number(m[3]) : NaN
+  if (!m || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new UsageError(
+      `--web.listen-address must be [host]:port, like ":19427", "127.0.0.1:19427" or "[::1]:19427"; got "${addr}"`,
+    )
+  }
+  const host = m[1] ?? m[2] ?? ''
+  return { host: host === '' ? '::' : host, port }
+}
+
+export function parseRunArgs(argv: string[]): RunArgs {
+  let values
+  try {
+    ;({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        'web.listen-address': { type: 'string', default: DEFAULT_LISTEN_ADDRESS },
+        'web.telemetry-path': { type: 'string', default: '/metrics' },
+        'config.file': { type: 'string' },
+        'log.level': { type: 'string', default: 'info' },
+        'log.format': { type: 'string', default: 'auto' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    }))
+  } catch (e) {
+    throw new UsageError((e as Error).message)
+  }
+  const level = values['log.level']
+  if (!(LOG_LEVELS as readonly string[]).includes(level)) {
+    throw new UsageError(`--log.level must be one of ${LOG_LEVELS.join(', ')}; got "${level}"`)
+  }
+  const format = values['log.format']
+  if (format !== 'json' && format !== 'pretty' && format !== 'auto') {
+    throw new UsageError(`--log.format must be json, pretty or auto; got "${format}"`)
+  }
+  const path = values['web.telemetry-path']
+  if (!/^\/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$/.test(path) || ['/', '/healthz', '/readyz'].includes(path)) {
+    throw new UsageError(
+      `--web.telemetry-path must be a URL path like "/metrics", other than /, /healthz and /readyz; got "${path}"`,
+    )
+  }
+  const { host, port } = parseListenAddress(values['web.listen-address'])
+  return {
+    listenAddress: values['web.listen-address'],
+    host,
+    port,
+    telemetryPath: path,
+    configFile: values['config.file'],
+    logLevel: level as LogLevel,
+    logFormat: format,
+    help: values.help,
+  }
+}
+
+export function createLogger(level: LogLevel, format: RunArgs['logFormat']): Logger {
+  const usePretty = format === 'pretty' || (format === 'auto' && process.stderr.isTTY)
+  const base = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }
+  // logs go to stderr: stdout stays free for what commands print
+  return usePretty
+    ? pino(base, pretty({ destination: 2, sync: true, colorize: process.stderr.isTTY }))
+    : pino(base, pino.destination({ dest: 2, sync: true }))
+}
+
+export async function runCheckConfig(argv: string[]): Promise<number> {
+  let values
+  try {
+    ;({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: { 'config.file': { type: 'string' }, help: { type: 'boolean', short: 'h', default: false } },
+    }))
+  } catch (e) {
+    throw new UsageError((e as Error).message)
+  }
+  if (values.help) {
+    process.stdout.write(
+      'Usage: tcptracer-exporter check-config --config.file=FILE\n\nValidate a config file: exit 0 when valid, 2 with every problem when not.\n',
+    )
+    return 0
+  }
+  const file = values['config.file']
+  if (!file) throw new UsageError('check-config needs --config.file=FILE')
+  try {
+    await loadConfig(file)
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`${e.message}\n`)
+      return 2
+    }
+    throw e
+  }
+  process.stdout.write(`${file}: valid\n`)
+  return 0
+}
+
+/** Run the exporter until SIGTERM/SIGINT; resolves with the exit code. */
+export async function runDaemon(argv: string[]): Promise<number> {
+  const args = parseRunArgs(argv)
+  if (args.help) {
+    process.stdout.write(RUN_HELP)
+    return 0
+  }
+  const log = createLogger(args.logLevel, args.logFormat)
+  let config: Config
+  try {
+    config = await loadConfig(args.configFile)
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      log.fatal({ file: e.file, problems: e.problems }, `invalid config:\n${e.message}`)
+      return 2
+    }
+    throw e
+  }
+  const notify = createNotifier(undefined, process.env, {
+    onError: (err: unknown, state: string) => log.warn({ err, state }, 'sd_notify failed'),
+  })
+
+  const binding = loadBinding()
+  if (process.geteuid?.() === 0) {
+    const fs = binding.ensureFilesystems()
+    log.debug({ tracefs: fs.tracefs, bpffs: fs.bpffs }, 'kernel filesystems')
+  }
+  notify.status('loading and attaching BPF programs')
+  const t0 = Date.now()
+  const exporter = await Exporter.start({ config, log: log.child({ component: 'exporter' }) })
+  for (const p of exporter.programs) {
+    if (p.attached) log.info({ program: p.name, hook: p.section }, 'program attached')
+    else log.warn({ program: p.name, hook: p.section, reason: p.error }, 'program not attached')
+  }
+  log.info({ ms: Date.now() - t0, accept_mode: config.accept_mode }, 'tracer ready')
+
+  const app = build({
+    source: exporter,
+    telemetryPath: args.telemetryPath,
+    version,
+    logger: log.child({ component: 'http' }),
+  })
+  // signal handlers first: a SIGHUP or SIGTERM right after READY must find them
+  let reloading = Promise.resolve()
+  let stopWatchdog = (): void => {}
+  const reload = async (): Promise<void> => {
+    notify.reloading()
+    try {
+      const next = await loadConfig(args.configFile)
+      const changes = describeChanges(exporter.currentConfig, next)
+      const { needRestart } = exporter.reload(next)
+      exporter.recordReload(true)
+      log.info({ changes }, changes.length ? 'config reloaded' : 'config reloaded: no changes')
+      if (needRestart.length) {
+        log.warn({ settings: needRestart }, 'these settings take effect only after a restart')
+      }
+    } catch (e) {
+      exporter.recordReload(false)
+      if (e instanceof ConfigError) {
+        log.error(
+          { file: e.file, problems: e.problems },
+          `config reload failed, keeping the running config:\n${e.message}`,
+        )
+      } else {
+        log.error({ err: e }, 'config reload failed, keeping the running config')
+      }
+    }
+    notify.ready('serving metrics')
+  }
+  const onHup = (): void => {
+    reloading = reloading.then(reload)
+  }
+  let resolveExit: (code: number) => void = () => {}
+  const exited = new Promise<number>((resolve) => {
+    resolveExit = resolve
+  })
+  const stop = (signal: string): void => {
+    process.off('SIGTERM', onTerm)
+    process.off('SIGINT', onInt)
+    process.off('SIGHUP', onHup)
+    const t = Date.now()
+    log.info({ signal }, 'shutting down')
+    notify.stopping()
+    stopWatchdog()
+    // stop accepting, let in-flight scrapes finish, then detach
+    reloading
+      .then(() => app.close())
+      .catch((err: unknown) => log.error({ err }, 'closing the HTTP server failed'))
+      .finally(() => {
+        exporter.close()
+        log.info({ ms: Date.now() - t }, 'detached, exiting')
+        resolveExit(0)
+      })
+  }
+  const onTerm = (): void => stop('SIGTERM')
+  const onInt = (): void => stop('SIGINT')
+  process.on('SIGHUP', onHup)
+  process.on('SIGTERM', onTerm)
+  process.on('SIGINT', onInt)
+
+  try {
+    await app.listen({ host: args.host, port: args.port })
+  } catch (e) {
+    process.off('SIGTERM', onTerm)
+    process.off('SIGINT', onInt)
+    process.off('SIGHUP', onHup)
+    exporter.close()
+    const err = e as NodeJS.ErrnoException
+    log.fatal({ err, address: args.listenAddress }, `cannot listen on ${args.listenAddress}: ${err.message}`)
+    return 1
+  }
+  const bound = app.server.address()
+  const port = typeof bound === 'object' && bound ? bound.port : args.port
+  log.info({ address: args.listenAddress, port, path: args.telemetryPath, version }, 'serving metrics')
+  notify.ready(`serving metrics on ${args.listenAddress}${args.telemetryPath}`)
+  const wd = watchdogIntervalMs(process.env, process.pid)
+  if (wd) stopWatchdog = startWatchdog(notify, wd, () => exporter.notReadyReason() === undefined)
+  return await exited
+}

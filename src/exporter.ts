@@ -1,0 +1,460 @@
+// The exporter's core: the tracer in aggregation mode, the label-set bookkeeping,
+// and the metric families computed from both at scrape time.
+import os from 'node:os'
+import { Aggregator, decodeAggEntry, FAIL_REASON_NAMES, type Owner, type Series } from './aggregates.js'
+import { CgroupResolver } from './cgroups.js'
+import type { Config } from './config.js'
+import type { MetricFamily, Sample } from './exposition.js'
+import type { ProgramStatus } from './native.js'
+import { netnsNames } from './netns.js'
+import { AF_INET, discoverSockets, type ConnectionOwner } from './procfs.js'
+import { TcpTracer, type SeedConnection, type TracerOptions } from './tracer.js'
+import { version } from './paths.js'
+
+/** Settings that only take effect when the daemon starts: the kernel objects are sized and built with them. */
+export function restartOnlyChanges(old: Config, next: Config): string[] {
+  const out: string[] = []
+  if (old.accept_mode !== next.accept_mode) out.push('accept_mode')
+  if (old.limits.max_connections !== next.limits.max_connections) out.push('limits.max_connections')
+  if (old.limits.max_kernel_label_sets !== next.limits.max_kernel_label_sets) {
+    out.push('limits.max_kernel_label_sets')
+  }
+  if (old.histogram.buckets_seconds.join() !== next.histogram.buckets_seconds.join()) {
+    out.push('histogram.buckets_seconds')
+  }
+  return out
+}
+
+function isV4Mapped(b: Buffer): boolean {
+  return b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff
+}
+
+export function seedOf(c: ConnectionOwner): SeedConnection {
+  return {
+    netns: c.netns,
+    family: c.family,
+    saddr: c.saddr,
+    daddr: c.daddr,
+    sport: c.sport,
+    dport: c.dport,
+    pid: c.pid,
+    comm: c.comm.slice(0, 15),
+    cgroupId: c.cgroupId,
+    port: c.direction === 'inbound' ? c.sport : c.dport,
+    direction: c.direction,
+  }
+}
+
+function ownerOfSeed(s: SeedConnection): Owner {
+  return {
+    comm: s.comm,
+    netns: s.netns,
+    pid: s.pid,
+    cgroupId: s.cgroupId,
+    port: s.port,
+    ip: s.family === AF_INET || isV4Mapped(s.daddr) ? 4 : 6,
+    direction: s.direction,
+  }
+}
+
+export interface ReloadResult {
+  /** changed settings that need a restart; the old values stay in force */
+  needRestart: string[]
+}
+
+export interface ExporterOptions {
+  config: Config
+  log: {
+    info(o: object, msg: string): void
+    warn(o: object, msg: string): void
+    debug(o: object, msg: string): void
+  }
+  objectPath?: string
+  procRoot?: string
+}
+
+export class Exporter {
+  private config: Config
+  private readonly aggregator: Aggregator
+  private readonly cgroups = new CgroupResolver()
+  private netnsNames = new Map<number, string>()
+  private netnsNamesAt = 0
+  private readonly startedAt = Date.now()
+  private reloads = { success: 0, failure: 0, lastSuccess: true, lastSuccessTime: Date.now() / 1000 }
+  private closed = false
+  readonly programs: ProgramStatus[]
+  /** the last scrape's error reading the kernel maps, for /readyz */
+  lastReadError: string | undefined
+
+  private constructor(
+    private readonly tracer: TcpTracer,
+    opts: ExporterOptions,
+  ) {
+    this.config = opts.config
+    this.programs = tracer.programs
+    this.aggregator = new Aggregator(this.aggregatorOptions(opts.config))
+  }
+
+  /**
+   * Find the sockets that predate us, load and attach the programs, then seed what
+   * we found: listener owners and the open connections for the active gauge.
+   */
+  static async start(opts: ExporterOptions): Promise<Exporter> {
+    const { config, log } = opts
+    const discoverOpts = opts.procRoot ? { procRoot: opts.procRoot } : {}
+    const before = await discoverSockets(discoverOpts)
+    const tracerOpts: TracerOptions = {
+      aggregate: true,
+      acceptMode: config.accept_mode,
+      bucketsSeconds: config.histogram.buckets_seconds,
+      maxConnections: config.limits.max_connections,
+      maxKernelLabelSets: config.limits.max_kernel_label_sets,
+      // the ring buffer is never read in metrics mode: keep it one page
+      ringBufferBytes: 4096,
+      log: (level, message) => {
+        if (level === 'warn') log.warn({ libbpf: true }, message.trim())
+        else log.debug({ libbpf: true }, message.trim())
+      },
+      ...(opts.objectPath ? { objectPath: opts.objectPath } : {}),
+    }
+    const tracer = TcpTracer.open(tracerOpts)
+    let exporter: Exporter | undefined
+    try {
+      tracer.createOverflowEntries()
+      exporter = new Exporter(tracer, opts)
+      exporter.applyKernelSettings(config)
+      tracer.attach()
+      const listeners = tracer.seedListeners(before.listeners)
+
+      // open connections: seed by 4-tuple, then drop those that closed before the kernel could see them
+      const seeds = before.connections.map(seedOf)
+      const added = new Map(tracer.seedConnections(seeds).map((k, i) => [k.toString('hex'), i]))
+      const still = new Set(
+        (await discoverSockets(discoverOpts)).connections.map((c) =>
+          tracer.seedEntry(seedOf(c)).key.toString('hex'),
+        ),
+      )
+      const counts = new Map<string, [Owner, number]>()
+      let gone = 0
+      for (const s of seeds) {
+        const { key } = tracer.seedEntry(s)
+        const hex = key.toString('hex')
+        if (!added.has(hex)) continue
+        if (!still.has(hex) && tracer.unseed(key)) {
+          gone++
+          continue
+        }
+        const o = ownerOfSeed(s)
+        const id = [o.comm, o.netns, o.pid, o.cgroupId, o.port, o.ip, o.direction].join('\0')
+        const c = counts.get(id)
+        if (c) c[1]++
+        else counts.set(id, [o, 1])
+      }
+      exporter.aggregator.setSeeded([...counts.values()])
+      log.info(
+        { listeners, connections: added.size - gone, closedMeanwhile: gone },
+        'seeded sockets that were open before start',
+      )
+      await exporter.refreshNames()
+      return exporter
+    } catch (e) {
+      tracer.close()
+      throw e
+    }
+  }
+
+  private aggregatorOptions(c: Config): ConstructorParameters<typeof Aggregator>[0] {
+    return {
+      labels: c.labels,
+      maxLabelSets: c.limits.max_label_sets,
+      idleExpiryMs: c.limits.idle_expiry,
+      commInclude: c.filters.comm.include,
+      commExclude: c.filters.comm.exclude,
+      nbuckets: c.histogram.buckets_seconds.length,
+      resolveCgroup: (id) => this.cgroups.resolve(id),
+    }
+  }
+
+  private applyKernelSettings(c: Config): void {
+    this.tracer.setLabelMask({
+      pid: c.labels.includes('pid'),
+      cgroup: c.labels.includes('cgroup'),
+      port: c.labels.includes('port'),
+    })
+    this.tracer.setFilters(c.filters.netns, c.filters.ports)
+  }
+
+  /** Apply a new config; settings that need a restart are reported and left as they were. */
+  reload(next: Config): ReloadResult {
+    const needRestart = restartOnlyChanges(this.config, next)
+    const effective: Config = {
+      ...next,
+      accept_mode: this.config.accept_mode,
+      limits: {
+        ...next.limits,
+        max_connections: this.config.limits.max_connections,
+        max_kernel_label_sets: this.config.limits.max_kernel_label_sets,
+      },
+      histogram: this.config.histogram,
+    }
+    this.applyKernelSettings(effective)
+    this.aggregator.reconfigure(this.aggregatorOptions(effective))
+    this.config = effective
+    return { needRestart }
+  }
+
+  recordReload(ok: boolean): void {
+    if (ok) {
+      this.reloads.success++
+      this.reloads.lastSuccessTime = Date.now() / 1000
+    } else {
+      this.reloads.failure++
+    }
+    this.reloads.lastSuccess = ok
+  }
+
+  get currentConfig(): Config {
+    return this.config
+  }
+
+  /** Names of network namespaces: `ip netns` names and container ids. Refreshed at most every 30 s. */
+  private async refreshNames(): Promise<void> {
+    this.netnsNames = await netnsNames()
+    this.netnsNamesAt = Date.now()
+    if (this.config.labels.includes('cgroup')) await this.cgroups.refresh().catch(() => {})
+  }
+
+  /** Why the exporter is not ready, or undefined when it is. */
+  notReadyReason(): string | undefined {
+    if (this.closed) return 'shutting down'
+    const backbone = this.programs.find((p) => p.name === 'handle_set_state')
+    if (!backbone?.attached) {
+      return `program handle_set_state is not attached: ${backbone?.error ?? 'missing'}`
+    }
+    if (this.config.accept_mode === 'syscall') {
+      const missing = this.programs.filter((p) => p.name !== 'handle_set_state' && !p.attached)
+      if (missing.length > 0) {
+        return `accept_mode syscall, but ${missing.map((p) => `${p.name} (${p.error ?? 'not attached'})`).join(', ')}`
+      }
+    }
+    if (this.lastReadError) return `the aggregation map cannot be read: ${this.lastReadError}`
+    try {
+      this.tracer.kernelStats()
+    } catch (e) {
+      return `the kernel counters cannot be read: ${(e as Error).message}`
+    }
+    return undefined
+  }
+
+  /** Every metric family, computed now from the kernel's aggregates. */
+  async collect(): Promise<MetricFamily[]> {
+    if (Date.now() - this.netnsNamesAt > 30_000) await this.refreshNames().catch(() => {})
+    const L = this.tracer.layout
+    const C = this.tracer.constants
+    const nb = this.config.histogram.buckets_seconds.length
+    let entries
+    try {
+      entries = this.tracer.aggregateEntries().map((e) => decodeAggEntry(e.key, e.value, L, C, nb))
+      this.lastReadError = undefined
+    } catch (e) {
+      this.lastReadError = (e as Error).message
+      throw e
+    }
+    const snap = this.aggregator.snapshot(entries)
+    for (const key of snap.expiredKeys) this.tracer.deleteAggregate(key)
+    const stats = this.tracer.kernelStats()
+    return [...this.connectionFamilies(snap.series), ...this.selfFamilies(stats, snap.admitted, snap.folded)]
+  }
+
+  private connectionFamilies(series: readonly Series[]): MetricFamily[] {
+    const bounds = this.config.histogram.buckets_seconds
+    const out = series.filter((s) => s.direction === 'outbound')
+    const inb = series.filter((s) => s.direction === 'inbound')
+    const withDir = (s: Series): Array<[string, string]> => [...s.labels, ['direction', s.direction]]
+    const sample = (labels: Array<[string, string]>, value: number): Sample => ({ labels, value })
+    return [
+      {
+        name: 'tcptracer_connects_total',
+        help: 'Outbound TCP connections established (reached ESTABLISHED), by the process that called connect().',
+        type: 'counter',
+        samples: out.map((s) => sample(s.labels, s.opened)),
+      },
+      {
+        name: 'tcptracer_connect_failures_total',
+        help: 'Outbound TCP connection attempts that never reached ESTABLISHED, by reason: refused, timeout, unreachable, other.',
+        type: 'counter',
+        samples: out.flatMap((s) =>
+          FAIL_REASON_NAMES.map((r, i) => sample([...s.labels, ['reason', r]], s.failed[i] ?? 0)),
+        ),
+      },
+      {
+        name: 'tcptracer_accepts_total',
+        help: 'Inbound TCP connections accepted, by the process that accepted them.',
+        type: 'counter',
+        samples: inb.map((s) => sample(s.labels, s.opened)),
+      },
+      {
+        name: 'tcptracer_closes_total',
+        help: 'Established TCP connections closed, counted against the process that connected or accepted.',
+        type: 'counter',
+        samples: series.map((s) => sample(withDir(s), s.closed)),
+      },
+      {
+        name: 'tcptracer_connection_duration_seconds',
+        help: 'Lifetime of closed TCP connections, from ESTABLISHED to CLOSE.',
+        type: 'histogram',
+        histograms: series.map((s) => ({
+          labels: withDir(s),
+          bounds,
+          counts: s.buckets,
+          sum: s.durationSumNs / 1e9,
+        })),
+      },
+      {
+        name: 'tcptracer_connection_sent_bytes_total',
+        help: 'Payload bytes sent on TCP connections, summed when they close.',
+        type: 'counter',
+        samples: series.map((s) => sample(withDir(s), s.sentBytes)),
+      },
+      {
+        name: 'tcptracer_connection_received_bytes_total',
+        help: 'Payload bytes received on TCP connections, summed when they close.',
+        type: 'counter',
+        samples: series.map((s) => sample(withDir(s), s.receivedBytes)),
+      },
+      {
+        name: 'tcptracer_active_connections',
+        help: 'Open TCP connections, including those already open when the exporter started.',
+        type: 'gauge',
+        samples: series.map((s) => sample(withDir(s), s.active)),
+      },
+    ]
+  }
+
+  private selfFamilies(
+    stats: ReturnType<TcpTracer['kernelStats']>,
+    admitted: number,
+    folded: number,
+  ): MetricFamily[] {
+    const n = Number
+    return [
+      {
+        name: 'tcptracer_build_info',
+        help: 'Build information: the exporter version, the libbpf it runs with and the kernel release.',
+        type: 'info',
+        samples: [
+          {
+            labels: [
+              ['version', version],
+              ['libbpf_version', this.tracer.libbpfVersion],
+              ['kernel', os.release()],
+            ],
+            value: 1,
+          },
+        ],
+      },
+      {
+        name: 'tcptracer_program_attached',
+        help: 'Whether each BPF program is attached (1) or not (0), and to which hook.',
+        type: 'gauge',
+        samples: this.programs.map((p) => ({
+          labels: [
+            ['program', p.name],
+            ['hook', p.section],
+          ],
+          value: p.attached ? 1 : 0,
+        })),
+      },
+      {
+        name: 'tcptracer_events_lost_total',
+        help: 'Per-event records the kernel could not put in the ring buffer (only while events are consumed).',
+        type: 'counter',
+        samples: [{ labels: [], value: n(stats.eventsLost) }],
+      },
+      {
+        name: 'tcptracer_kernel_map_update_failures_total',
+        help: 'Kernel map updates that failed: state = per-connection or listener state (that connection is not counted), aggregates = the aggregation map was full (counted in the overflow series instead).',
+        type: 'counter',
+        samples: [
+          { labels: [['map', 'state']], value: n(stats.mapUpdateFailed) },
+          { labels: [['map', 'aggregates']], value: n(stats.aggregationFull) },
+        ],
+      },
+      {
+        name: 'tcptracer_unattributed_total',
+        help: 'Connections whose owning process could not be determined: accept = listener owner unknown (listener mode) or never returned by accept() (syscall mode); connect = connect() began before the exporter started.',
+        type: 'counter',
+        samples: [
+          { labels: [['kind', 'accept']], value: n(stats.acceptUnattributed) },
+          { labels: [['kind', 'connect']], value: n(stats.connectUnattributed) },
+        ],
+      },
+      {
+        name: 'tcptracer_label_sets_dropped_total',
+        help: 'Label sets folded into the __overflow__ series because limits.max_label_sets was reached.',
+        type: 'counter',
+        samples: [{ labels: [], value: this.aggregator.foldedTotal }],
+      },
+      {
+        name: 'tcptracer_label_sets_expired_total',
+        help: 'Label sets removed after limits.idle_expiry without activity and with no open connection.',
+        type: 'counter',
+        samples: [{ labels: [], value: this.aggregator.expiredTotal }],
+      },
+      {
+        name: 'tcptracer_label_sets',
+        help: 'Label sets tracked now: admitted have their own series, folded are counted in __overflow__.',
+        type: 'gauge',
+        samples: [
+          { labels: [['state', 'admitted']], value: admitted },
+          { labels: [['state', 'folded']], value: folded },
+        ],
+      },
+      {
+        name: 'tcptracer_config_reloads_total',
+        help: 'Config reloads (SIGHUP), by result.',
+        type: 'counter',
+        samples: [
+          { labels: [['result', 'success']], value: this.reloads.success },
+          { labels: [['result', 'failure']], value: this.reloads.failure },
+        ],
+      },
+      {
+        name: 'tcptracer_config_last_reload_successful',
+        help: 'Whether the last config reload succeeded (1) or failed (0).',
+        type: 'gauge',
+        samples: [{ labels: [], value: this.reloads.lastSuccess ? 1 : 0 }],
+      },
+      {
+        name: 'tcptracer_config_last_reload_success_timestamp_seconds',
+        help: 'Time of the last successful config load, in seconds since the epoch.',
+        type: 'gauge',
+        samples: [{ labels: [], value: this.reloads.lastSuccessTime }],
+      },
+      {
+        name: 'tcptracer_start_time_seconds',
+        help: 'Time the exporter started, in seconds since the epoch.',
+        type: 'gauge',
+        samples: [{ labels: [], value: this.startedAt / 1000 }],
+      },
+      {
+        name: 'tcptracer_netns_info',
+        help: 'Names of network namespaces: ip netns names and container:<id>; join on netns.',
+        type: 'info',
+        samples: [...this.netnsNames].map(([ino, name]) => ({
+          labels: [
+            ['netns', String(ino)],
+            ['name', name],
+          ],
+          value: 1,
+        })),
+      },
+    ]
+  }
+
+  /** Detach and free. Idempotent. */
+  close(): void {
+    this.closed = true
+    this.tracer.close()
+  }
+}

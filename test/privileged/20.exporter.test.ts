@@ -1,0 +1,428 @@
+// The exporter on the real kernel: real traffic in namespaces this test creates,
+// exact counters on /metrics, promtool, a real Prometheus, config and signals.
+import assert from 'node:assert/strict'
+import { spawn, spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { after, before, describe, test } from 'node:test'
+import {
+  CLI,
+  JsonProcess,
+  Netns,
+  TCPLOAD,
+  privileged,
+  runClient,
+  scrape,
+  startDaemon,
+  startServer,
+  valueOf,
+  type Daemon,
+  type Netns as NetnsT,
+  type ScrapedSample,
+} from './harness.js'
+
+const { skip } = privileged()
+const SRV = 'tt-srv'
+const CLI_COMM = 'tt-cli'
+
+async function exchange(
+  ns: NetnsT,
+  bind: string,
+  addr: string,
+  n: number,
+  send: number,
+  comm = CLI_COMM,
+): Promise<void> {
+  const server = await startServer(ns, ['--comm', SRV, '--bind', bind, '--count', String(n)])
+  const lines = await runClient(ns, [
+    '--comm',
+    comm,
+    '--addr',
+    addr,
+    '--port',
+    String(server.port),
+    '--count',
+    String(n),
+    '--send',
+    String(send),
+  ])
+  assert.equal(lines.filter((l) => l['event'] === 'connected').length, n)
+  assert.equal(await server.proc.exited, 0)
+}
+
+function promtoolCheck(text: string): void {
+  const r = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' })
+  assert.equal(r.status, 0, `promtool check metrics failed:\n${r.stdout}${r.stderr}`)
+}
+
+describe('exporter on the real kernel', { skip }, () => {
+  let a: NetnsT
+  let b: NetnsT
+  let dir: string
+
+  before(() => {
+    a = new Netns(`tt-ea-${process.pid}`)
+    b = new Netns(`tt-eb-${process.pid}`)
+    dir = mkdtempSync(path.join(tmpdir(), 'tt-exporter-'))
+  })
+  after(() => {
+    a.delete()
+    b.delete()
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  function config(name: string, text: string): string {
+    const file = path.join(dir, name)
+    writeFileSync(file, text)
+    return file
+  }
+
+  test('exact counters, histograms and gauges; promtool is clean; Prometheus reads the same numbers', async () => {
+    const N4 = 20
+    const N6 = 10
+    const file = config('exact.yml', `filters:\n  netns: [${a.inode}, ${b.inode}]\n`)
+
+    // a connection open before the daemon starts: seeded into the active gauge
+    const old = await startServer(a, ['--comm', 'tt-old-srv', '--count', '1'])
+    const oldClient = new JsonProcess(
+      spawn(
+        'ip',
+        [
+          'netns',
+          'exec',
+          a.name,
+          TCPLOAD,
+          'client',
+          '--comm',
+          'tt-old-cli',
+          '--addr',
+          '127.0.0.1',
+          '--port',
+          String(old.port),
+          '--hold-ms',
+          '4000',
+        ],
+        {
+          stdio: 'pipe',
+        },
+      ),
+    )
+    await oldClient.until(
+      () => oldClient.lines.some((l) => l['event'] === 'connected'),
+      10000,
+      'the old connection',
+    )
+
+    const d = await startDaemon([`--config.file=${file}`])
+    try {
+      const ns = (n: NetnsT): string => String(n.inode)
+      const first = (await scrape(d)).samples
+      const active = (s: ScrapedSample[], comm: string, n: NetnsT, direction: string): number | undefined =>
+        valueOf(s, 'tcptracer_active_connections', { comm, netns: ns(n), family: 'ipv4', direction })
+      assert.equal(
+        active(first, 'tt-old-cli', a, 'outbound'),
+        1,
+        `a connection open at start is seeded: ${JSON.stringify(d.logs().filter((l) => String(l['msg']).startsWith('seeded')))} ${JSON.stringify(first.filter((x) => x.name === 'tcptracer_active_connections'))}`,
+      )
+      assert.equal(active(first, 'tt-old-srv', a, 'inbound'), 1)
+
+      for (const n of [a, b]) {
+        await exchange(n, '127.0.0.1', '127.0.0.1', N4, 100)
+        await exchange(n, '::1', '::1', N6, 50)
+      }
+      const refused = await runClient(a, [
+        '--comm',
+        CLI_COMM,
+        '--addr',
+        '127.0.0.1',
+        '--port',
+        '1',
+        '--count',
+        '3',
+      ])
+      assert.equal(refused.filter((l) => l['event'] === 'failed').length, 3)
+      assert.equal(await oldClient.exited, 0)
+      assert.equal(await old.proc.exited, 0)
+
+      const { text, samples: s } = await scrape(d)
+      promtoolCheck(text)
+      for (const n of [a, b]) {
+        for (const [family, count, bytes] of [
+          ['ipv4', N4, 100],
+          ['ipv6', N6, 50],
+        ] as const) {
+          const cli = { comm: CLI_COMM, netns: ns(n), family }
+          const srv = { comm: SRV, netns: ns(n), family }
+          const out = { ...cli, direction: 'outbound' }
+          const inb = { ...srv, direction: 'inbound' }
+          const what = `${n.name} ${family}`
+          assert.equal(valueOf(s, 'tcptracer_connects_total', cli), count, `connects ${what}`)
+          assert.equal(valueOf(s, 'tcptracer_accepts_total', srv), count, `accepts ${what}`)
+          assert.equal(valueOf(s, 'tcptracer_closes_total', out), count, `client closes ${what}`)
+          assert.equal(valueOf(s, 'tcptracer_closes_total', inb), count, `server closes ${what}`)
+          for (const labels of [out, inb]) {
+            assert.equal(valueOf(s, 'tcptracer_connection_duration_seconds_count', labels), count)
+            assert.equal(
+              valueOf(s, 'tcptracer_connection_duration_seconds_bucket', { ...labels, le: '+Inf' }),
+              count,
+            )
+            const sum = valueOf(s, 'tcptracer_connection_duration_seconds_sum', labels) ?? -1
+            assert.ok(sum > 0 && sum < count * 5, `duration sum ${sum} s for ${count} loopback connections`)
+            assert.equal(
+              valueOf(s, 'tcptracer_active_connections', labels),
+              0,
+              'the gauge is back at its baseline',
+            )
+          }
+          assert.equal(valueOf(s, 'tcptracer_connection_sent_bytes_total', out), count * bytes)
+          assert.equal(valueOf(s, 'tcptracer_connection_received_bytes_total', out), 0)
+          assert.equal(valueOf(s, 'tcptracer_connection_received_bytes_total', inb), count * bytes)
+          assert.equal(valueOf(s, 'tcptracer_connection_sent_bytes_total', inb), 0)
+        }
+      }
+      const fail = (reason: string): number | undefined =>
+        valueOf(s, 'tcptracer_connect_failures_total', {
+          comm: CLI_COMM,
+          netns: ns(a),
+          family: 'ipv4',
+          reason,
+        })
+      assert.equal(fail('refused'), 3)
+      assert.equal(fail('timeout'), 0)
+      assert.equal(fail('unreachable'), 0)
+      assert.equal(fail('other'), 0)
+      assert.equal(
+        valueOf(s, 'tcptracer_connect_failures_total', {
+          comm: CLI_COMM,
+          netns: ns(b),
+          reason: 'refused',
+          family: 'ipv4',
+        }),
+        0,
+      )
+      // the seeded connection closed: the gauge is back at 0, and it is not counted as a close
+      assert.equal(active(s, 'tt-old-cli', a, 'outbound'), 0)
+      assert.equal(active(s, 'tt-old-srv', a, 'inbound'), 0)
+      assert.equal(
+        valueOf(s, 'tcptracer_closes_total', { comm: 'tt-old-cli', direction: 'outbound' }) ?? 0,
+        0,
+      )
+      // nothing else was counted in these namespaces
+      const comms = new Set(
+        s
+          .filter((x) => x.name === 'tcptracer_connects_total' || x.name === 'tcptracer_accepts_total')
+          .map((x) => x.labels['comm']),
+      )
+      assert.deepEqual(
+        [...comms].sort(),
+        ['tt-cli', 'tt-old-cli', 'tt-old-srv', 'tt-srv'].filter((c) => comms.has(c)).sort(),
+      )
+      assert.equal(valueOf(s, 'tcptracer_program_attached', { program: 'handle_set_state' }), 1)
+      assert.equal(valueOf(s, 'tcptracer_build_info', {}), 1)
+
+      await checkWithPrometheus(d, [
+        [`sum(tcptracer_connects_total{comm="tt-cli"})`, 2 * (N4 + N6)],
+        [`sum(tcptracer_accepts_total{comm="tt-srv",family="ipv6"})`, 2 * N6],
+        [`tcptracer_accepts_total{comm="tt-srv",netns="${ns(b)}",family="ipv4"}`, N4],
+        [`sum(tcptracer_closes_total{comm=~"tt-cli|tt-srv"})`, 4 * (N4 + N6)],
+        [`sum(tcptracer_connection_duration_seconds_count{comm="tt-srv"})`, 2 * (N4 + N6)],
+        [`sum(tcptracer_connection_sent_bytes_total{comm="tt-cli"})`, 2 * (N4 * 100 + N6 * 50)],
+        [`tcptracer_connect_failures_total{comm="tt-cli",reason="refused",netns="${ns(a)}"}`, 3],
+        [`sum(tcptracer_active_connections{comm=~"tt-.*"})`, 0],
+      ])
+    } finally {
+      assert.equal(await d.stop('SIGTERM'), 0, 'SIGTERM exits 0')
+    }
+    assert.ok(d.logs().some((l) => l['msg'] === 'detached, exiting'))
+  })
+
+  test('past max_label_sets, new label sets fold into __overflow__ and nothing is lost', async () => {
+    const file = config('cap.yml', `limits:\n  max_label_sets: 3\nfilters:\n  netns: [${b.inode}]\n`)
+    const d = await startDaemon([`--config.file=${file}`])
+    try {
+      const server = await startServer(b, ['--comm', SRV, '--count', '5'])
+      for (let i = 1; i <= 5; i++) {
+        await runClient(b, ['--comm', `tt-c${i}`, '--addr', '127.0.0.1', '--port', String(server.port)])
+      }
+      assert.equal(await server.proc.exited, 0)
+      const { text, samples: s } = await scrape(d)
+      promtoolCheck(text)
+      const connects = s.filter((x) => x.name === 'tcptracer_connects_total')
+      const named = connects.filter((x) => x.labels['comm'] !== '__overflow__')
+      const overflow = connects.filter((x) => x.labels['comm'] === '__overflow__')
+      // six label sets (five clients and the server) for three slots
+      assert.equal(valueOf(s, 'tcptracer_label_sets_dropped_total', {}), 3)
+      assert.equal(valueOf(s, 'tcptracer_label_sets', { state: 'admitted' }), 3)
+      assert.equal(overflow.length, 1)
+      assert.equal(
+        connects.reduce((sum, x) => sum + x.value, 0),
+        5,
+        'every connect is still counted',
+      )
+      assert.ok(named.length <= 3)
+      assert.equal(
+        s.filter((x) => x.name === 'tcptracer_accepts_total').reduce((sum, x) => sum + x.value, 0),
+        5,
+      )
+    } finally {
+      assert.equal(await d.stop(), 0)
+    }
+  })
+
+  test('bad config: run and check-config exit 2 naming the path; a good one passes', async () => {
+    const cases: Array<[string, string]> = [
+      ['limits:\n  max_label_sets: many\n', 'limits.max_label_sets'],
+      ['labels: [comm, host]\n', 'labels[1]'],
+      ['bogus: 1\n', 'bogus'],
+      ['labels: [comm\n', '(yaml)'],
+    ]
+    for (const [i, [text, where]] of cases.entries()) {
+      const file = config(`bad${i}.yml`, text)
+      for (const cmd of [
+        ['run', `--config.file=${file}`, '--web.listen-address=127.0.0.1:0'],
+        ['check-config', `--config.file=${file}`],
+      ]) {
+        const r = spawnSync(process.execPath, [CLI, ...cmd], { encoding: 'utf8', timeout: 20000 })
+        assert.equal(r.status, 2, `${cmd[0]} on ${JSON.stringify(text)}: ${r.stderr}`)
+        assert.ok(r.stderr.includes(where), `${cmd[0]} names ${where}: ${r.stderr}`)
+      }
+    }
+    const ok = spawnSync(process.execPath, [CLI, 'check-config', '--config.file=config.example.yml'], {
+      encoding: 'utf8',
+    })
+    assert.equal(ok.status, 0, ok.stderr)
+  })
+
+  test('SIGHUP: an invalid file keeps the daemon serving and is counted; a valid one applies', async () => {
+    const file = config('reload.yml', `filters:\n  netns: [${a.inode}]\n`)
+    const d = await startDaemon([`--config.file=${file}`])
+    try {
+      writeFileSync(file, 'limits: [\n')
+      d.proc.child.kill('SIGHUP')
+      await d.proc.until(
+        () => d.logs().some((l) => String(l['msg']).startsWith('config reload failed')),
+        10000,
+        'the failed reload',
+      )
+      let s = (await scrape(d)).samples
+      assert.equal(valueOf(s, 'tcptracer_config_reloads_total', { result: 'failure' }), 1)
+      assert.equal(valueOf(s, 'tcptracer_config_last_reload_successful', {}), 0)
+      assert.equal((await fetch(`${d.url}/readyz`)).status, 200)
+
+      writeFileSync(file, `labels: [comm, netns, family, port]\nfilters:\n  netns: [${a.inode}]\n`)
+      d.proc.child.kill('SIGHUP')
+      await d.proc.until(() => d.logs().some((l) => l['msg'] === 'config reloaded'), 10000, 'the reload')
+      const server = await startServer(a, ['--comm', SRV, '--count', '2'])
+      await runClient(a, [
+        '--comm',
+        CLI_COMM,
+        '--addr',
+        '127.0.0.1',
+        '--port',
+        String(server.port),
+        '--count',
+        '2',
+      ])
+      assert.equal(await server.proc.exited, 0)
+      s = (await scrape(d)).samples
+      assert.equal(valueOf(s, 'tcptracer_config_reloads_total', { result: 'success' }), 1)
+      assert.equal(valueOf(s, 'tcptracer_config_last_reload_successful', {}), 1)
+      assert.equal(valueOf(s, 'tcptracer_connects_total', { comm: CLI_COMM, port: String(server.port) }), 2)
+      assert.equal(valueOf(s, 'tcptracer_accepts_total', { comm: SRV, port: String(server.port) }), 2)
+    } finally {
+      assert.equal(await d.stop(), 0)
+    }
+  })
+
+  test('systemd notify: READY=1 once attached, STOPPING=1 at shutdown', async () => {
+    const sock = path.join(dir, 'notify.sock')
+    const receiver = new JsonProcess(
+      spawn(
+        'python3',
+        [
+          '-c',
+          `import socket,json,sys
+s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM); s.bind(sys.argv[1]); print(json.dumps({"bound":True}),flush=True)
+while True:
+  m=s.recv(4096).decode(); print(json.dumps({"msg":m}),flush=True)
+  if "STOPPING=1" in m: break`,
+          sock,
+        ],
+        { stdio: 'pipe' },
+      ),
+    )
+    await receiver.until(() => receiver.lines.length > 0, 5000, 'the notify receiver')
+    const d = await startDaemon([], { ...process.env, NOTIFY_SOCKET: sock })
+    await receiver.until(
+      () => receiver.lines.some((l) => String(l['msg']).includes('READY=1')),
+      5000,
+      'READY=1',
+    )
+    assert.equal(await d.stop(), 0)
+    await receiver.exited
+    const msgs = receiver.lines.map((l) => String(l['msg'] ?? ''))
+    assert.ok(
+      msgs.some((m) => m.includes('STOPPING=1')),
+      msgs.join(' | '),
+    )
+  })
+})
+
+/** Run a real Prometheus against the daemon and check each PromQL query's value. */
+async function checkWithPrometheus(d: Daemon, queries: Array<[string, number]>): Promise<void> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'tt-prom-'))
+  const cfg = path.join(dir, 'prometheus.yml')
+  writeFileSync(
+    cfg,
+    `global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tcptracer\n    static_configs:\n      - targets: ['127.0.0.1:${d.port}']\n`,
+  )
+  const prom = new JsonProcess(
+    spawn(
+      'prometheus',
+      [
+        `--config.file=${cfg}`,
+        `--storage.tsdb.path=${path.join(dir, 'data')}`,
+        '--web.listen-address=127.0.0.1:0',
+      ],
+      {
+        stdio: 'pipe',
+      },
+    ),
+  )
+  try {
+    await prom.until(
+      () =>
+        /Listening on.*address=127\.0\.0\.1:(\d+)/.test(prom.stderr) || /Server is ready/.test(prom.stderr),
+      20000,
+      'prometheus',
+    )
+    await prom.until(
+      () => /Listening on.*address=127\.0\.0\.1:\d+/.test(prom.stderr),
+      20000,
+      'prometheus address',
+    )
+    const port = /Listening on.*address=127\.0\.0\.1:(\d+)/.exec(prom.stderr)![1]
+    const query = async (q: string): Promise<number | undefined> => {
+      const res = await fetch(`http://127.0.0.1:${port}/api/v1/query?query=${encodeURIComponent(q)}`)
+      if (!res.ok) return undefined // 503 until the TSDB is open
+      const body = (await res.json()) as { data?: { result?: Array<{ value: [number, string] }> } }
+      const v = body.data?.result?.[0]?.value[1]
+      return v === undefined ? undefined : Number(v)
+    }
+    for (const [q, want] of queries) {
+      const deadline = Date.now() + 30000
+      let got: number | undefined
+      while (Date.now() < deadline) {
+        got = await query(q)
+        if (got === want) break
+        await new Promise((resolve) => setTimeout(resolve, 500))
+      }
+      assert.equal(got, want, `PromQL ${q}`)
+    }
+  } finally {
+    prom.child.kill('SIGTERM')
+    await prom.exited
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
