@@ -4,7 +4,7 @@
 // the cgroup's directory in cgroup2fs. CgroupResolver keeps an inode -> name map built by walking the
 // cgroup2 mount; nameFromCgroupPath turns a cgroup path into a short, stable label value.
 
-import { existsSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import type { BigIntStats, Dirent } from 'node:fs'
 import { readdir, stat } from 'node:fs/promises'
 import path from 'node:path'
@@ -120,7 +120,7 @@ export class CgroupResolver {
   #lastStart = Number.NEGATIVE_INFINITY
 
   constructor(opts: CgroupResolverOptions = {}) {
-    this.#root = opts.cgroupRoot ?? '/sys/fs/cgroup'
+    this.#root = opts.cgroupRoot ?? cgroup2Root()
     this.#maxEntries = Math.max(0, opts.maxEntries ?? DEFAULT_MAX_ENTRIES)
     this.#now = opts.now ?? (() => performance.now())
     this.#fs = opts.fs ?? defaultFs
@@ -222,4 +222,20 @@ export class CgroupResolver {
     }
     return names
   }
+}
+
+/**
+ * Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on
+ * hybrid ones. Falls back to /sys/fs/cgroup.
+ */
+export function cgroup2Root(mounts = '/proc/self/mounts'): string {
+  try {
+    for (const line of readFileSync(mounts, 'utf8').split('\n')) {
+      const [, mountPoint, type] = line.split(' ')
+      if (type === 'cgroup2' && mountPoint) return mountPoint.replace(/\\040/g, ' ')
+    }
+  } catch {
+    // no /proc: the default below
+  }
+  return '/sys/fs/cgroup'
 }

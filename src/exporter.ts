@@ -79,6 +79,7 @@ export class Exporter {
   private readonly cgroups = new CgroupResolver()
   private netnsNames = new Map<number, string>()
   private netnsNamesAt = 0
+  private cgroupsAt = 0
   private readonly startedAt = Date.now()
   private reloads = { success: 0, failure: 0, lastSuccess: true, lastSuccessTime: Date.now() / 1000 }
   private closed = false
@@ -259,6 +260,13 @@ export class Exporter {
     } catch (e) {
       this.lastReadError = (e as Error).message
       throw e
+    }
+    if (this.config.labels.includes('cgroup') && Date.now() - this.cgroupsAt > 1000) {
+      // a cgroup created since the last walk (a new container) is named now, not one scrape later
+      if (entries.some((e) => e.cgroupId !== 0n && this.cgroups.resolve(e.cgroupId) === '')) {
+        this.cgroupsAt = Date.now()
+        await this.cgroups.refresh().catch(() => {})
+      }
     }
     const snap = this.aggregator.snapshot(entries)
     for (const key of snap.expiredKeys) this.tracer.deleteAggregate(key)

@@ -8,6 +8,7 @@
 import { access, readdir, readFile, readlink, stat } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
+import { cgroup2Root } from './cgroups.js'
 
 export const AF_INET = 2
 export const AF_INET6 = 10
@@ -320,7 +321,7 @@ export async function discoverListeners(opts: DiscoverOptions = {}): Promise<Lis
  */
 export async function discoverSockets(opts: DiscoverOptions = {}): Promise<DiscoveredSockets> {
   const procRoot = opts.procRoot ?? '/proc'
-  const cgroupRoot = opts.cgroupRoot ?? '/sys/fs/cgroup'
+  const cgroupRoot = opts.cgroupRoot ?? cgroup2Root()
 
   const pids = (await readdir(procRoot))
     .filter((name) => DEC_RE.test(name))

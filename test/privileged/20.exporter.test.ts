@@ -2,10 +2,11 @@
 // exact counters on /metrics, promtool, a real Prometheus, config and signals.
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
+import { nameFromCgroupPath } from '../../src/cgroups.js'
 import {
   CLI,
   JsonProcess,
@@ -265,6 +266,80 @@ describe('exporter on the real kernel', { skip }, () => {
         s.filter((x) => x.name === 'tcptracer_accepts_total').reduce((sum, x) => sum + x.value, 0),
         5,
       )
+    } finally {
+      assert.equal(await d.stop(), 0)
+    }
+  })
+
+  test('exact under concurrency: 4 client and 4 server threads, 4000 connections', async () => {
+    const N = 4000
+    const file = config('concurrent.yml', `filters:\n  netns: [${b.inode}]\n`)
+    const d = await startDaemon([`--config.file=${file}`])
+    try {
+      const server = await startServer(b, ['--comm', SRV, '--count', String(N), '--threads', '4'])
+      const lines = await runClient(b, [
+        '--comm',
+        CLI_COMM,
+        '--addr',
+        '127.0.0.1',
+        '--port',
+        String(server.port),
+        '--count',
+        String(N),
+        '--threads',
+        '4',
+        '--send',
+        '10',
+      ])
+      assert.equal(lines.find((l) => l['event'] === 'done')?.['connected'], N)
+      assert.equal(await server.proc.exited, 0)
+      const s = (await scrape(d)).samples
+      const cli = { comm: CLI_COMM, netns: String(b.inode), family: 'ipv4' }
+      const srv = { comm: SRV, netns: String(b.inode), family: 'ipv4' }
+      assert.equal(valueOf(s, 'tcptracer_connects_total', cli), N)
+      assert.equal(valueOf(s, 'tcptracer_accepts_total', srv), N)
+      assert.equal(valueOf(s, 'tcptracer_closes_total', { ...cli, direction: 'outbound' }), N)
+      assert.equal(valueOf(s, 'tcptracer_closes_total', { ...srv, direction: 'inbound' }), N)
+      assert.equal(
+        valueOf(s, 'tcptracer_connection_duration_seconds_count', { ...srv, direction: 'inbound' }),
+        N,
+      )
+      assert.equal(
+        valueOf(s, 'tcptracer_connection_received_bytes_total', { ...srv, direction: 'inbound' }),
+        10 * N,
+      )
+      assert.equal(valueOf(s, 'tcptracer_kernel_map_update_failures_total', { map: 'state' }), 0)
+    } finally {
+      assert.equal(await d.stop(), 0)
+    }
+  })
+
+  test('pid and cgroup labels name the owning process and its cgroup', async () => {
+    const file = config('labels.yml', `labels: [comm, pid, cgroup]\nfilters:\n  netns: [${a.inode}]\n`)
+    const d = await startDaemon([`--config.file=${file}`])
+    try {
+      const server = await startServer(a, ['--comm', SRV, '--count', '2'])
+      const cgroupPath = readFileSync(`/proc/${server.pid}/cgroup`, 'utf8')
+        .split('\n')
+        .find((l) => l.startsWith('0::'))
+        ?.slice(3)
+      const lines = await runClient(a, [
+        '--comm',
+        CLI_COMM,
+        '--addr',
+        '127.0.0.1',
+        '--port',
+        String(server.port),
+        '--count',
+        '2',
+      ])
+      const cpid = String(lines.find((l) => l['event'] === 'done')?.['pid'])
+      assert.equal(await server.proc.exited, 0)
+      const s = (await scrape(d)).samples
+      assert.equal(valueOf(s, 'tcptracer_connects_total', { comm: CLI_COMM, pid: cpid }), 2)
+      assert.equal(valueOf(s, 'tcptracer_accepts_total', { comm: SRV, pid: String(server.pid) }), 2)
+      const accept = s.find((x) => x.name === 'tcptracer_accepts_total' && x.labels['comm'] === SRV)
+      assert.equal(accept?.labels['cgroup'], cgroupPath === undefined ? '' : nameFromCgroupPath(cgroupPath))
     } finally {
       assert.equal(await d.stop(), 0)
     }
