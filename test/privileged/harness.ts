@@ -281,16 +281,29 @@ export interface Daemon {
   stop(signal?: NodeJS.Signals): Promise<number | null>
 }
 
+export interface DaemonOptions {
+  /** a command the daemon runs under, e.g. setpriv with a user and capabilities */
+  prefix?: string[]
+  /** the node binary (default: the one running the tests) */
+  node?: string
+}
+
 /** Start `tcptracer-exporter run` on a free loopback port; resolves once it serves metrics. */
-export async function startDaemon(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Daemon> {
-  const child = spawn(
-    process.execPath,
-    [CLI, 'run', '--web.listen-address=127.0.0.1:0', '--log.format=json', ...args],
-    {
-      stdio: 'pipe',
-      env,
-    },
-  )
+export async function startDaemon(
+  args: string[],
+  env: NodeJS.ProcessEnv = process.env,
+  opts: DaemonOptions = {},
+): Promise<Daemon> {
+  const argv = [
+    opts.node ?? process.execPath,
+    CLI,
+    'run',
+    '--web.listen-address=127.0.0.1:0',
+    '--log.format=json',
+    ...args,
+  ]
+  const full = [...(opts.prefix ?? []), ...argv]
+  const child = spawn(full[0]!, full.slice(1), { stdio: 'pipe', env })
   const proc = new JsonProcess(child)
   const logs = (): Json[] =>
     proc.stderr
