@@ -9,8 +9,8 @@ die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 
 # build: clang/llvm (BPF object), libbpf/libelf/zlib (addon), make/g++/python3 (node-gyp);
 # run/test: iproute2 (ip netns), clang-format (format check); bpftool only regenerates vmlinux.h
-# and prometheus (promtool and a real server for the integration tests)
-packages=(clang llvm libbpf-dev libelf-dev zlib1g-dev make g++ python3 pkg-config iproute2 clang-format prometheus)
+# and, for the tests, prometheus (promtool and a real server) and systemd (systemd-analyze)
+packages=(clang llvm libbpf-dev libelf-dev zlib1g-dev make g++ python3 pkg-config iproute2 clang-format prometheus systemd)
 optional=(bpftool)
 
 as_root() {

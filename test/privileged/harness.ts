@@ -286,6 +286,8 @@ export interface DaemonOptions {
   prefix?: string[]
   /** the node binary (default: the one running the tests) */
   node?: string
+  /** the entry point (default: this checkout's dist/src/cli.js) */
+  cli?: string
 }
 
 /** Start `tcptracer-exporter run` on a free loopback port; resolves once it serves metrics. */
@@ -296,7 +298,7 @@ export async function startDaemon(
 ): Promise<Daemon> {
   const argv = [
     opts.node ?? process.execPath,
-    CLI,
+    opts.cli ?? CLI,
     'run',
     '--web.listen-address=127.0.0.1:0',
     '--log.format=json',

@@ -1,0 +1,204 @@
+// The systemd unit: systemd-analyze verify, the install script, and the daemon
+// started the way the unit starts it (its user, its capabilities, its flags),
+// passing the end-to-end check without root.
+import assert from 'node:assert/strict'
+import { execFileSync, spawnSync } from 'node:child_process'
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { after, before, describe, test } from 'node:test'
+import { packageRoot } from '../../src/paths.js'
+import {
+  Netns,
+  privileged,
+  runClient,
+  scrape,
+  startDaemon,
+  startServer,
+  valueOf,
+  type Netns as NetnsT,
+} from './harness.js'
+
+const UNIT = path.join(packageRoot, 'systemd', 'tcptracer-exporter.service')
+const { skip } = privileged()
+
+/** The [Service] settings of the unit, last value of each key. */
+function unitSettings(text: string): Map<string, string> {
+  const out = new Map<string, string>()
+  for (const line of text.split('\n')) {
+    const m = /^([A-Za-z]+)=(.*)$/.exec(line.trim())
+    if (m?.[1] && m[2] !== undefined) out.set(m[1], m[2])
+  }
+  return out
+}
+
+/** Linux capability numbers of the names the unit uses. */
+const CAP_BITS: Record<string, number> = {
+  CAP_DAC_READ_SEARCH: 2,
+  CAP_SYS_PTRACE: 19,
+  CAP_PERFMON: 38,
+  CAP_BPF: 39,
+}
+
+describe('systemd unit', { skip }, () => {
+  let ns: NetnsT
+  let stage: string
+  const settings = unitSettings(readFileSync(UNIT, 'utf8'))
+
+  before(() => {
+    ns = new Netns(`tt-sd-${process.pid}`)
+    stage = mkdtempSync(path.join(tmpdir(), 'tt-install-'))
+    chmodSync(stage, 0o755)
+  })
+  after(() => {
+    ns.delete()
+    rmSync(stage, { recursive: true, force: true })
+  })
+
+  test('systemd-analyze verify is clean', () => {
+    const r = spawnSync('systemd-analyze', ['verify', UNIT], { encoding: 'utf8' })
+    assert.equal(r.status, 0, r.stderr)
+    assert.equal(`${r.stdout}${r.stderr}`.trim(), '', 'no warnings')
+  })
+
+  test('the unit asks for what the exporter needs', () => {
+    assert.equal(settings.get('Type'), 'notify')
+    assert.ok(settings.get('WatchdogSec'))
+    assert.equal(settings.get('Restart'), 'on-failure')
+    assert.equal(settings.get('NoNewPrivileges'), 'yes')
+    assert.equal(settings.get('ProtectSystem'), 'strict')
+    assert.equal(settings.get('ProtectHome'), 'yes')
+    assert.equal(settings.get('PrivateTmp'), 'yes')
+    assert.equal(settings.get('ProtectKernelModules'), 'yes')
+    assert.ok(settings.get('RestrictAddressFamilies'))
+    const filter = settings.get('SystemCallFilter') ?? ''
+    assert.ok(filter.includes('bpf') && filter.includes('perf_event_open'), filter)
+    assert.equal(settings.get('CapabilityBoundingSet'), settings.get('AmbientCapabilities'))
+  })
+
+  test('install.sh stages the daemon, a default config and the unit', () => {
+    execFileSync(path.join(packageRoot, 'scripts', 'install.sh'), ['--no-start'], {
+      env: { ...process.env, DESTDIR: stage },
+      stdio: 'pipe',
+    })
+    for (const f of [
+      'opt/tcptracer-exporter/dist/src/cli.js',
+      'opt/tcptracer-exporter/addon/build/Release/tcptracer.node',
+      'opt/tcptracer-exporter/.output/tcptracer.bpf.o',
+      'opt/tcptracer-exporter/node_modules/fastify/package.json',
+      'etc/tcptracer-exporter/config.yaml',
+      'etc/systemd/system/tcptracer-exporter.service',
+    ]) {
+      assert.ok(existsSync(path.join(stage, f)), `${f} installed`)
+    }
+    assert.ok(
+      !existsSync(path.join(stage, 'opt/tcptracer-exporter/node_modules/typescript')),
+      'no dev dependencies',
+    )
+    const check = spawnSync(
+      process.execPath,
+      [
+        path.join(stage, 'opt/tcptracer-exporter/dist/src/cli.js'),
+        'check-config',
+        `--config.file=${path.join(stage, 'etc/tcptracer-exporter/config.yaml')}`,
+      ],
+      { encoding: 'utf8' },
+    )
+    assert.equal(check.status, 0, check.stderr)
+  })
+
+  test("started the unit's way (its user, only its capabilities, its flags), it counts exactly", async () => {
+    const user = settings.get('User') ?? ''
+    assert.ok(user)
+    if (spawnSync('id', [user]).status !== 0) {
+      execFileSync('useradd', [
+        '--system',
+        '--no-create-home',
+        '--home-dir',
+        '/nonexistent',
+        '--shell',
+        '/usr/sbin/nologin',
+        user,
+      ])
+    }
+    const caps = (settings.get('AmbientCapabilities') ?? '').split(/\s+/).filter(Boolean)
+    const capList = caps.map((c) => `+${c.replace(/^CAP_/, '').toLowerCase()}`).join(',')
+    const prefix = [
+      'setpriv',
+      `--reuid=${user}`,
+      `--regid=${user}`,
+      '--clear-groups',
+      `--inh-caps=-all,${capList}`,
+      `--ambient-caps=-all,${capList}`,
+      `--bounding-set=-all,${capList}`,
+      '--no-new-privs',
+      '--',
+    ]
+    // ExecStart's own flags, with our config and a free loopback port in place of theirs
+    const exec = (settings.get('ExecStart') ?? '').split(/\s+/)
+    const unitFlags = exec
+      .slice(3)
+      .filter((f) => !f.startsWith('--config.file=') && !f.startsWith('--web.listen-address='))
+    const config = path.join(stage, 'test-config.yaml')
+    writeFileSync(config, `filters:\n  netns: [${ns.inode}]\n`)
+    chmodSync(config, 0o644)
+
+    // a listener owned by root from before the daemon: seeding it needs the /proc capabilities
+    const server = await startServer(ns, ['--comm', 'tt-sd-srv', '--count', '20'])
+    const d = await startDaemon(
+      [...unitFlags, `--config.file=${config}`, '--web.listen-address=127.0.0.1:0'],
+      process.env,
+      {
+        prefix,
+        cli: path.join(stage, 'opt/tcptracer-exporter/dist/src/cli.js'),
+      },
+    )
+    try {
+      const status = readFileSync(`/proc/${d.proc.child.pid}/status`, 'utf8')
+      const uid = execFileSync('id', ['-u', user], { encoding: 'utf8' }).trim()
+      assert.match(status, new RegExp(`^Uid:\\s+${uid}\\s`, 'm'), 'runs as the unit user')
+      const want = caps.reduce((m, c) => m | (1n << BigInt(CAP_BITS[c] ?? -1)), 0n)
+      const eff = BigInt(`0x${/^CapEff:\s+([0-9a-f]+)/m.exec(status)?.[1] ?? ''}`)
+      assert.equal(eff, want, `CapEff ${eff.toString(16)} is exactly the unit's ${caps.join(' ')}`)
+
+      const lines = await runClient(ns, [
+        '--comm',
+        'tt-sd-cli',
+        '--addr',
+        '127.0.0.1',
+        '--port',
+        String(server.port),
+        '--count',
+        '20',
+        '--send',
+        '3',
+      ])
+      assert.equal(lines.filter((l) => l['event'] === 'connected').length, 20)
+      assert.equal(await server.proc.exited, 0)
+      const s = (await scrape(d)).samples
+      const base = { netns: String(ns.inode), family: 'ipv4' }
+      assert.equal(valueOf(s, 'tcptracer_connects_total', { ...base, comm: 'tt-sd-cli' }), 20)
+      assert.equal(
+        valueOf(s, 'tcptracer_accepts_total', { ...base, comm: 'tt-sd-srv' }),
+        20,
+        'the pre-existing listener was seeded',
+      )
+      assert.equal(
+        valueOf(s, 'tcptracer_closes_total', { ...base, comm: 'tt-sd-srv', direction: 'inbound' }),
+        20,
+      )
+      assert.equal(
+        valueOf(s, 'tcptracer_connection_received_bytes_total', {
+          ...base,
+          comm: 'tt-sd-srv',
+          direction: 'inbound',
+        }),
+        60,
+      )
+      assert.equal(valueOf(s, 'tcptracer_unattributed_total', { kind: 'accept' }), 0)
+      assert.equal((await fetch(`${d.url}/readyz`)).status, 200)
+    } finally {
+      assert.equal(await d.stop(), 0)
+    }
+  })
+})
