@@ -16,15 +16,8 @@ export const UNATTRIBUTED = '__unattributed__'
 export const FAIL_REASON_NAMES = ['refused', 'timeout', 'unreachable', 'other'] as const
 
 /** One entry of the kernel map, decoded. Counts are Numbers: exact up to 2^53. */
-export interface KernelEntry {
+export interface KernelEntry extends Owner {
   key: Buffer
-  comm: string
-  netns: number
-  pid: number
-  cgroupId: bigint
-  port: number
-  ip: 4 | 6
-  direction: Direction
   overflow: boolean
   unattributed: boolean
   opened: number

@@ -1,4 +1,5 @@
 // Command-line helpers shared by the subcommands.
+import { parseArgs, type ParseArgsConfig } from 'node:util'
 
 /** A bad flag or value: printed with a pointer to --help, exit code 2. */
 export class UsageError extends Error {
@@ -19,4 +20,13 @@ export function parseIntArg(flag: string, raw: string, min: number, max: number)
 
 export function formatUsage(text: string): string {
   return text.endsWith('\n') ? text : `${text}\n`
+}
+
+/** node:util parseArgs, strict and without positionals; its errors become UsageErrors. */
+export function parseFlags<O extends NonNullable<ParseArgsConfig['options']>>(argv: string[], options: O) {
+  try {
+    return parseArgs({ args: argv, strict: true, allowPositionals: false, options }).values
+  } catch (e) {
+    throw new UsageError((e as Error).message)
+  }
 }

@@ -1,8 +1,7 @@
 // `tcptracer-exporter run` (the default command) and `check-config`.
-import { parseArgs } from 'node:util'
 import pino, { type Logger } from 'pino'
 import pretty from 'pino-pretty'
-import { UsageError } from './args.js'
+import { parseFlags, UsageError } from './args.js'
 import { ConfigError, describeChanges, loadConfig, type Config } from './config.js'
 import { Exporter } from './exporter.js'
 import { loadBinding } from './native.js'
@@ -62,24 +61,14 @@ export function parseListenAddress(addr: string): { host: string; port: number }
 }
 
 export function parseRunArgs(argv: string[]): RunArgs {
-  let values
-  try {
-    ;({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        'web.listen-address': { type: 'string', default: DEFAULT_LISTEN_ADDRESS },
-        'web.telemetry-path': { type: 'string', default: '/metrics' },
-        'config.file': { type: 'string' },
-        'log.level': { type: 'string', default: 'info' },
-        'log.format': { type: 'string', default: 'auto' },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    }))
-  } catch (e) {
-    throw new UsageError((e as Error).message)
-  }
+  const values = parseFlags(argv, {
+    'web.listen-address': { type: 'string', default: DEFAULT_LISTEN_ADDRESS },
+    'web.telemetry-path': { type: 'string', default: '/metrics' },
+    'config.file': { type: 'string' },
+    'log.level': { type: 'string', default: 'info' },
+    'log.format': { type: 'string', default: 'auto' },
+    help: { type: 'boolean', short: 'h', default: false },
+  })
   const level = values['log.level']
   if (!(LOG_LEVELS as readonly string[]).includes(level)) {
     throw new UsageError(`--log.level must be one of ${LOG_LEVELS.join(', ')}; got "${level}"`)
@@ -117,17 +106,10 @@ export function createLogger(level: LogLevel, format: RunArgs['logFormat']): Log
 }
 
 export async function runCheckConfig(argv: string[]): Promise<number> {
-  let values
-  try {
-    ;({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: { 'config.file': { type: 'string' }, help: { type: 'boolean', short: 'h', default: false } },
-    }))
-  } catch (e) {
-    throw new UsageError((e as Error).message)
-  }
+  const values = parseFlags(argv, {
+    'config.file': { type: 'string' },
+    help: { type: 'boolean', short: 'h', default: false },
+  })
   if (values.help) {
     process.stdout.write(
       'Usage: tcptracer-exporter check-config --config.file=FILE\n\nValidate a config file: exit 0 when valid, 2 with every problem when not.\n',

@@ -7,7 +7,7 @@ import { readdir, readFile, readlink, stat } from 'node:fs/promises'
 import path from 'node:path'
 
 import { nameFromCgroupPath } from './cgroups.js'
-import { parseNsLink } from './procfs.js'
+import { mapChunked, optional, parseNsLink } from './procfs.js'
 
 export interface NetnsNameOptions {
   /** directory of `ip netns` bind mounts, default '/run/netns' */
@@ -25,31 +25,6 @@ export interface NetnsNameOptions {
 const PID_CONCURRENCY = 64
 const DEC_RE = /^\d+$/
 const SHORT_CONTAINER_ID_RE = /^[0-9a-f]{12}$/
-
-/** Errors that mean the machine is in trouble propagate; anything else means "skip this entry". */
-const SYSTEMIC_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOMEM'])
-
-async function optional<T>(promise: Promise<T>): Promise<T | undefined> {
-  try {
-    return await promise
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException | null)?.code
-    if (code !== undefined && SYSTEMIC_ERRORS.has(code)) throw err
-    return undefined
-  }
-}
-
-async function mapChunked<T, R>(
-  items: readonly T[],
-  size: number,
-  fn: (item: T) => Promise<R>,
-): Promise<R[]> {
-  const out: R[] = []
-  for (let i = 0; i < items.length; i += size) {
-    for (const r of await Promise.all(items.slice(i, i + size).map(fn))) out.push(r)
-  }
-  return out
-}
 
 /** `ip netns` names by netns inode; when several names share a namespace the alphabetically first wins. */
 async function ipNetnsNames(runNetns: string): Promise<Map<number, string>> {

@@ -157,7 +157,8 @@ function tolerate(err: unknown): undefined {
   return undefined
 }
 
-async function optional<T>(promise: Promise<T>): Promise<T | undefined> {
+/** The promise's value, or undefined when it failed for one process or file (see tolerate). */
+export async function optional<T>(promise: Promise<T>): Promise<T | undefined> {
   try {
     return await promise
   } catch (err) {
@@ -165,7 +166,8 @@ async function optional<T>(promise: Promise<T>): Promise<T | undefined> {
   }
 }
 
-async function mapChunked<T, R>(
+/** fn over items, `size` at a time. */
+export async function mapChunked<T, R>(
   items: readonly T[],
   size: number,
   fn: (item: T) => Promise<R>,

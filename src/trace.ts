@@ -1,6 +1,5 @@
 // `tcptracer-exporter trace`: live events, printed the way BCC's tcptracer prints them.
-import { parseArgs } from 'node:util'
-import { formatUsage, parseIntArg, UsageError } from './args.js'
+import { formatUsage, parseFlags, parseIntArg, UsageError } from './args.js'
 import type { TcpEvent } from './events.js'
 import { jsonLine, textHeader, textLine, type TextOptions } from './format.js'
 import { loadBinding } from './native.js'
@@ -49,28 +48,18 @@ export interface TraceArgs {
 }
 
 export function parseTraceArgs(argv: string[]): TraceArgs {
-  let values
-  try {
-    ;({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        timestamp: { type: 'boolean', short: 't', default: false },
-        pid: { type: 'string', short: 'p' },
-        netns: { type: 'string', short: 'N' },
-        verbose: { type: 'boolean', short: 'v', default: false },
-        ipv4: { type: 'boolean', short: '4', default: false },
-        ipv6: { type: 'boolean', short: '6', default: false },
-        json: { type: 'boolean', default: false },
-        'accept-mode': { type: 'string', default: 'listener' },
-        'ringbuf-bytes': { type: 'string' },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    }))
-  } catch (e) {
-    throw new UsageError((e as Error).message)
-  }
+  const values = parseFlags(argv, {
+    timestamp: { type: 'boolean', short: 't', default: false },
+    pid: { type: 'string', short: 'p' },
+    netns: { type: 'string', short: 'N' },
+    verbose: { type: 'boolean', short: 'v', default: false },
+    ipv4: { type: 'boolean', short: '4', default: false },
+    ipv6: { type: 'boolean', short: '6', default: false },
+    json: { type: 'boolean', default: false },
+    'accept-mode': { type: 'string', default: 'listener' },
+    'ringbuf-bytes': { type: 'string' },
+    help: { type: 'boolean', short: 'h', default: false },
+  })
   if (values.ipv4 && values.ipv6) throw new UsageError('-4 and -6 exclude each other')
   const mode = values['accept-mode']
   if (mode !== 'listener' && mode !== 'syscall') {

@@ -231,42 +231,32 @@ void Tracer::SetGlobalBytes(Napi::Env env, const char *section, const std::strin
 		if (bpf_map__is_internal(m) && nl >= sl && strcmp(name + nl - sl, section) == 0)
 			map = m;
 	}
-	const struct btf *btf = bpf_object__btf(obj_);
-	int id = btf ? btf__find_by_name_kind(btf, section, BTF_KIND_DATASEC) : -1;
-	if (!map || id < 0)
+	if (!map)
 		throw Napi::Error::New(env,
 				       std::string("BPF object has no ") + section + " section");
-	const struct btf_type *sec = btf__type_by_id(btf, id);
-	const struct btf_var_secinfo *vsi = btf_var_secinfos(sec);
-	for (int i = 0; i < btf_vlen(sec); i++, vsi++) {
-		const struct btf_type *vt = btf__type_by_id(btf, vsi->type);
-		if (var != btf__name_by_offset(btf, vt->name_off))
-			continue;
-		if (len != vsi->size)
-			throw Napi::RangeError::New(env, "global " + var + " is " +
-							     std::to_string(vsi->size) +
-							     " bytes, got " + std::to_string(len));
-		if (!loaded_) {
-			size_t sz = 0;
-			auto *data = static_cast<const uint8_t *>(bpf_map__initial_value(map, &sz));
-			if (!data || vsi->offset + vsi->size > sz)
-				throw Napi::Error::New(env, "cannot write global " + var);
-			std::vector<uint8_t> image(data, data + sz);
-			memcpy(image.data() + vsi->offset, bytes, len);
-			if (bpf_map__set_initial_value(map, image.data(), image.size()))
-				throw Napi::Error::New(env, "cannot write global " + var);
-			return;
-		}
-		std::vector<uint8_t> buf(bpf_map__value_size(map));
-		int zero = 0, fd = bpf_map__fd(map);
-		if (bpf_map_lookup_elem(fd, &zero, buf.data()))
-			throw MakeBpfError(env, std::string("read ") + section, errno);
-		memcpy(buf.data() + vsi->offset, bytes, len);
-		if (bpf_map_update_elem(fd, &zero, buf.data(), BPF_ANY))
-			throw MakeBpfError(env, std::string("write ") + section, errno);
+	const struct btf_var_secinfo *vsi = FindGlobal(env, section, var);
+	if (len != vsi->size)
+		throw Napi::RangeError::New(env, "global " + var + " is " +
+						     std::to_string(vsi->size) + " bytes, got " +
+						     std::to_string(len));
+	if (!loaded_) {
+		size_t sz = 0;
+		auto *data = static_cast<const uint8_t *>(bpf_map__initial_value(map, &sz));
+		if (!data || vsi->offset + vsi->size > sz)
+			throw Napi::Error::New(env, "cannot write global " + var);
+		std::vector<uint8_t> image(data, data + sz);
+		memcpy(image.data() + vsi->offset, bytes, len);
+		if (bpf_map__set_initial_value(map, image.data(), image.size()))
+			throw Napi::Error::New(env, "cannot write global " + var);
 		return;
 	}
-	throw Napi::Error::New(env, "the BPF object has no global named " + var + " in " + section);
+	std::vector<uint8_t> buf(bpf_map__value_size(map));
+	int zero = 0, fd = bpf_map__fd(map);
+	if (bpf_map_lookup_elem(fd, &zero, buf.data()))
+		throw MakeBpfError(env, std::string("read ") + section, errno);
+	memcpy(buf.data() + vsi->offset, bytes, len);
+	if (bpf_map_update_elem(fd, &zero, buf.data(), BPF_ANY))
+		throw MakeBpfError(env, std::string("write ") + section, errno);
 }
 
 // A scalar global: the low bytes of value (little-endian), as many as the variable has.
@@ -280,6 +270,13 @@ void Tracer::SetGlobal(Napi::Env env, const char *section, const std::string &va
 
 size_t Tracer::GlobalSize(Napi::Env env, const char *section, const std::string &var)
 {
+	return FindGlobal(env, section, var)->size;
+}
+
+// The BTF datasec entry (offset, size) of a global variable.
+const struct btf_var_secinfo *Tracer::FindGlobal(Napi::Env env, const char *section,
+						 const std::string &var)
+{
 	const struct btf *btf = bpf_object__btf(obj_);
 	int id = btf ? btf__find_by_name_kind(btf, section, BTF_KIND_DATASEC) : -1;
 	if (id < 0)
@@ -290,7 +287,7 @@ size_t Tracer::GlobalSize(Napi::Env env, const char *section, const std::string 
 	for (int i = 0; i < btf_vlen(sec); i++, vsi++) {
 		const struct btf_type *vt = btf__type_by_id(btf, vsi->type);
 		if (var == btf__name_by_offset(btf, vt->name_off))
-			return vsi->size;
+			return vsi;
 	}
 	throw Napi::Error::New(env, "the BPF object has no global named " + var + " in " + section);
 }

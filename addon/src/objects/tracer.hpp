@@ -12,6 +12,7 @@ struct bpf_object;
 struct bpf_link;
 struct bpf_map;
 struct ring_buffer;
+struct btf_var_secinfo;
 
 namespace tcptracer
 {
@@ -56,6 +57,8 @@ class Tracer : public Napi::ObjectWrap<Tracer>
 	void SetGlobalBytes(Napi::Env env, const char *section, const std::string &var,
 			    const uint8_t *bytes, size_t len);
 	size_t GlobalSize(Napi::Env env, const char *section, const std::string &var);
+	const struct btf_var_secinfo *FindGlobal(Napi::Env env, const char *section,
+						 const std::string &var);
 	Napi::Value JS_setGlobal(const Napi::CallbackInfo &info);
 	void StopEvents();
 	void DrainLoop();					 // runs on the drain thread
