@@ -244,6 +244,11 @@ export class Aggregator {
     this.seeded = seeded.map(([o, n]) => [o, n])
   }
 
+  /** Keep only the seeded connections that pass `keep` (a reload narrowed the filters). */
+  filterSeeded(keep: (o: Owner) => boolean): void {
+    this.seeded = this.seeded.filter(([o]) => keep(o))
+  }
+
   /** Build this scrape's series from the kernel entries, and decide which label sets expire. */
   snapshot(entries: readonly KernelEntry[]): Snapshot {
     const { nbuckets, maxLabelSets, idleExpiryMs } = this.opts

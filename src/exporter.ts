@@ -57,6 +57,14 @@ function ownerOfSeed(s: SeedConnection): Owner {
   }
 }
 
+/** Whether the config's kernel-side filters let a connection be counted. */
+export function countable(c: Config, s: { netns: number; port: number }): boolean {
+  return (
+    (c.filters.netns.length === 0 || c.filters.netns.includes(s.netns)) &&
+    (c.filters.ports.length === 0 || c.filters.ports.includes(s.port))
+  )
+}
+
 export interface ReloadResult {
   /** changed settings that need a restart; the old values stay in force */
   needRestart: string[]
@@ -128,7 +136,8 @@ export class Exporter {
       const listeners = tracer.seedListeners(before.listeners)
 
       // open connections: seed by 4-tuple, then drop those that closed before the kernel could see them
-      const seeds = before.connections.map(seedOf)
+      // only what the kernel will count: the netns and port filters apply to seeds too
+      const seeds = before.connections.map(seedOf).filter((c) => countable(config, c))
       const added = new Map(tracer.seedConnections(seeds).map((k, i) => [k.toString('hex'), i]))
       const still = new Set(
         (await discoverSockets(discoverOpts)).connections.map((c) =>
@@ -200,6 +209,7 @@ export class Exporter {
     }
     this.applyKernelSettings(effective)
     this.aggregator.reconfigure(this.aggregatorOptions(effective))
+    this.aggregator.filterSeeded((o) => countable(effective, o))
     this.config = effective
     return { needRestart }
   }
