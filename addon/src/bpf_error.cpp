@@ -65,8 +65,10 @@ const char *ErrnoName(int err)
 std::string HintFor(const std::string &op, int err)
 {
 	if ((err == EPERM || err == EACCES) && geteuid() != 0)
-		return "not running as root: run as root, or grant CAP_BPF, CAP_PERFMON and "
-		       "CAP_NET_ADMIN (CAP_SYS_ADMIN on kernels before 5.8)";
+		return "not running as root: run as root, or grant CAP_BPF and CAP_PERFMON (and "
+		       "CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to attribute sockets opened before "
+		       "it "
+		       "started; CAP_SYS_ADMIN on kernels before 5.8)";
 	if (access("/sys/kernel/btf/vmlinux", R_OK) != 0 && (op == "open" || op == "load"))
 		return "this kernel exposes no BTF at /sys/kernel/btf/vmlinux: it needs "
 		       "CONFIG_DEBUG_INFO_BTF=y";

@@ -1,0 +1,596 @@
+// The container image, checked without Docker: the Dockerfile read statically, then the Node.js LTS it
+// names (`FROM node:<major>-bookworm`) fetched from the npm registry and run against the real kernel:
+// the exporter, `trace`, and the exporter as the image runs it (non-root, the image's capabilities only).
+import assert from 'node:assert/strict'
+import { spawn, spawnSync } from 'node:child_process'
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { after, before, describe, test } from 'node:test'
+import { DEFAULT_LISTEN_ADDRESS } from '../../src/daemon.js'
+import { addonPath, bpfObjectPath, packageRoot } from '../../src/paths.js'
+import {
+  CLI,
+  JsonProcess,
+  Netns,
+  TCPLOAD,
+  expectedEvents,
+  identity,
+  privileged,
+  runClient,
+  scrape,
+  sorted,
+  startDaemon,
+  startServer,
+  valueOf,
+  type Daemon,
+  type Exchange,
+  type Netns as NetnsT,
+  type ScrapedSample,
+} from './harness.js'
+
+// ---------------------------------------------------------------------------------------------------------
+// A Dockerfile reader: enough of the format to check ours (comments, line continuations, exec form).
+
+const KNOWN = new Set([
+  'ADD',
+  'ARG',
+  'CMD',
+  'COPY',
+  'ENTRYPOINT',
+  'ENV',
+  'EXPOSE',
+  'FROM',
+  'HEALTHCHECK',
+  'LABEL',
+  'MAINTAINER',
+  'ONBUILD',
+  'RUN',
+  'SHELL',
+  'STOPSIGNAL',
+  'USER',
+  'VOLUME',
+  'WORKDIR',
+])
+
+interface Instruction {
+  line: number
+  keyword: string
+  args: string
+}
+
+interface Stage {
+  name: string | undefined
+  base: string
+  instructions: Instruction[]
+}
+
+/** Instructions in order; comment lines are dropped, also inside continuations, as Docker does. */
+function parseDockerfile(text: string): Instruction[] {
+  const out: Instruction[] = []
+  let buf: string | undefined
+  let start = 0
+  for (const [i, raw] of text.split('\n').entries()) {
+    const line = raw.replace(/\r$/, '')
+    const trimmed = line.trim()
+    if (trimmed === '' || trimmed.startsWith('#')) continue
+    if (buf === undefined) {
+      buf = ''
+      start = i + 1
+    }
+    const cont = /\\[ \t]*$/.exec(line)
+    if (cont) {
+      buf += line.slice(0, cont.index) + ' '
+      continue
+    }
+    buf += line
+    const m = /^\s*(\S+)\s*([\s\S]*)$/.exec(buf)
+    out.push({ line: start, keyword: (m?.[1] ?? '').toUpperCase(), args: (m?.[2] ?? '').trim() })
+    buf = undefined
+  }
+  assert.equal(buf, undefined, 'the Dockerfile ends inside a line continuation')
+  return out
+}
+
+function parseStages(ins: Instruction[]): Stage[] {
+  const out: Stage[] = []
+  for (const i of ins) {
+    if (i.keyword === 'FROM') {
+      const words = i.args.split(/\s+/).filter((w) => !w.startsWith('--'))
+      assert.ok(
+        words.length === 1 || (words.length === 3 && words[1]?.toUpperCase() === 'AS'),
+        `line ${i.line}: FROM ${i.args}`,
+      )
+      out.push({ name: words[2], base: words[0] ?? '', instructions: [] })
+    } else if (out.length > 0) {
+      out[out.length - 1]!.instructions.push(i)
+    } else {
+      assert.equal(i.keyword, 'ARG', `line ${i.line}: only ARG may come before the first FROM`)
+    }
+  }
+  return out
+}
+
+/** The exec form (a JSON array of strings) of CMD, ENTRYPOINT, HEALTHCHECK ... CMD. */
+function execForm(args: string): string[] {
+  const v = JSON.parse(args) as unknown
+  assert.ok(Array.isArray(v) && v.every((x) => typeof x === 'string'), `not the exec form: ${args}`)
+  return v as string[]
+}
+
+const unquote = (s: string): string => (/^"[\s\S]*"$/.test(s) ? (JSON.parse(s) as string) : s)
+
+/** ARG defaults, then LABEL pairs with ${ARG} substituted. */
+function labelsOf(stage: Stage): Map<string, string> {
+  const args = new Map<string, string>()
+  const labels = new Map<string, string>()
+  for (const i of stage.instructions) {
+    if (i.keyword === 'ARG') {
+      const m = /^([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$/.exec(i.args)
+      assert.ok(m?.[1], `line ${i.line}: ARG ${i.args}`)
+      args.set(m[1], unquote(m[2] ?? ''))
+    } else if (i.keyword === 'LABEL') {
+      for (const m of i.args.matchAll(/([\w.-]+)=("(?:[^"\\]|\\.)*"|\S+)/g)) {
+        const value = unquote(m[2]!).replace(/\$\{(\w+)\}|\$(\w+)/g, (_, a?: string, b?: string) => {
+          return args.get((a ?? b)!) ?? ''
+        })
+        labels.set(m[1]!, value)
+      }
+    }
+  }
+  return labels
+}
+
+/** Packages named by `apt-get install` in a stage's RUN instructions. */
+function aptPackages(stage: Stage): string[] {
+  const out: string[] = []
+  for (const i of stage.instructions.filter((x) => x.keyword === 'RUN')) {
+    for (const m of i.args.matchAll(/apt-get install((?:\s+(?!&&|;|\|)[^\s]+)+)/g)) {
+      out.push(
+        ...m[1]!
+          .trim()
+          .split(/\s+/)
+          .filter((w) => !w.startsWith('-')),
+      )
+    }
+  }
+  return out
+}
+
+const dockerfileText = readFileSync(path.join(packageRoot, 'Dockerfile'), 'utf8')
+const pkg = JSON.parse(readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as {
+  name: string
+  version: string
+  license: string
+}
+
+/** The HEALTHCHECK's command (exec form) and the capabilities node is given (`setcap <caps>=ep`). */
+function runtimeSpecifics(): { health: string[]; caps: string[] } {
+  const runtime = parseStages(parseDockerfile(dockerfileText)).at(-1)!
+  const health = runtime.instructions.findLast((i) => i.keyword === 'HEALTHCHECK')
+  const hc = /^((?:--\S+\s+)*)CMD\s+(.*)$/.exec(health?.args ?? '')
+  assert.ok(hc?.[2], `HEALTHCHECK [options] CMD [...]: ${health?.args}`)
+  const runs = runtime.instructions.filter((i) => i.keyword === 'RUN').map((i) => i.args)
+  const setcap = /setcap\s+(\S+)=ep\s/.exec(runs.join('\n'))
+  assert.ok(setcap?.[1], 'the runtime stage sets file capabilities on node')
+  return { health: execForm(hc[2]), caps: setcap[1].split(',') }
+}
+
+/** The Node.js major the image is built on: `FROM node:<major>-bookworm`. */
+function imageNodeMajor(): number {
+  const m = /^FROM\s+node:(\d+)-bookworm\s/m.exec(dockerfileText)
+  assert.ok(m?.[1], 'the Dockerfile builds FROM node:<major>-bookworm')
+  return Number(m[1])
+}
+
+describe('Dockerfile', () => {
+  const ins = parseDockerfile(dockerfileText)
+  const stages = parseStages(ins)
+  const stage = (name: string): Stage => {
+    const s = stages.find((x) => x.name === name)
+    assert.ok(s, `a stage named ${name}`)
+    return s
+  }
+  const runs = (s: Stage): string =>
+    s.instructions
+      .filter((i) => i.keyword === 'RUN')
+      .map((i) => i.args)
+      .join('\n')
+  const workdir = (s: Stage): string => s.instructions.findLast((i) => i.keyword === 'WORKDIR')?.args ?? '/'
+
+  test('every instruction is one Docker knows; a build and a runtime stage on one even (LTS) Node major', () => {
+    for (const i of ins) assert.ok(KNOWN.has(i.keyword), `line ${i.line}: unknown instruction ${i.keyword}`)
+    assert.deepEqual(
+      stages.map((s) => s.name),
+      ['build', 'runtime'],
+    )
+    const major = imageNodeMajor()
+    assert.equal(major % 2, 0, 'odd Node majors never become LTS')
+    assert.equal(stage('build').base, `node:${major}-bookworm`)
+    assert.equal(stage('runtime').base, `node:${major}-bookworm-slim`)
+  })
+
+  test('build: the build packages, npm ci, the build the tests use, dev dependencies pruned, a smoke test', () => {
+    const b = stage('build')
+    const apt = aptPackages(b)
+    for (const p of [
+      'clang',
+      'llvm',
+      'libbpf-dev',
+      'libelf-dev',
+      'zlib1g-dev',
+      'make',
+      'g++',
+      'python3',
+      'pkg-config',
+    ]) {
+      assert.ok(apt.includes(p), `the build stage installs ${p}: ${apt.join(' ')}`)
+    }
+    const text = runs(b)
+    const at = (re: RegExp): number => {
+      const m = re.exec(text)
+      assert.ok(m, `the build stage runs ${re}`)
+      return m.index
+    }
+    const order = [
+      at(/\bnpm ci\b/),
+      at(/\bnpm run build\b/),
+      at(/\bnpm prune --omit=dev\b/),
+      at(/\bnode dist\/src\/cli\.js --version\b/),
+    ]
+    assert.deepEqual(
+      order,
+      [...order].sort((x, y) => x - y),
+      'npm ci, npm run build, npm prune, --version',
+    )
+  })
+
+  test('runtime: only runtime libraries, the layout src/paths.ts expects, non-root, port, health, labels', () => {
+    const b = stage('build')
+    const r = stage('runtime')
+    const apt = aptPackages(r)
+    for (const p of ['libbpf1', 'libelf1', 'zlib1g']) assert.ok(apt.includes(p), `the runtime installs ${p}`)
+    for (const p of apt) {
+      assert.ok(
+        !p.endsWith('-dev') && !['clang', 'llvm', 'g++', 'make', 'iproute2'].includes(p),
+        `runtime has ${p}`,
+      )
+    }
+
+    // every artifact lands at the same path under the app directory as under the package root here
+    const app = workdir(r)
+    const copies = r.instructions
+      .filter((i) => i.keyword === 'COPY' && i.args.startsWith('--from=build '))
+      .map((i) => {
+        const [src, dest] = i.args.split(/\s+/).slice(1)
+        return { src: src ?? '', dest: path.posix.resolve(app, dest ?? '') }
+      })
+    for (const rel of [
+      'package.json',
+      'node_modules',
+      'dist',
+      path.relative(packageRoot, addonPath),
+      path.relative(packageRoot, bpfObjectPath),
+    ]) {
+      const src = path.posix.join(workdir(b), rel)
+      assert.ok(
+        copies.some((c) => c.src.replace(/\/$/, '') === src && c.dest === path.posix.join(app, rel)),
+        `COPY --from=build ${src} to ${path.posix.join(app, rel)}: ${JSON.stringify(copies)}`,
+      )
+    }
+    assert.ok(
+      r.instructions.some(
+        (i) =>
+          i.keyword === 'COPY' &&
+          /^config\.example\.yml\s+\/etc\/tcptracer-exporter\/config\.yaml$/.test(i.args),
+      ),
+      'config.example.yml is the default config',
+    )
+
+    const entry = r.instructions.findLast((i) => i.keyword === 'ENTRYPOINT')
+    assert.ok(entry, 'an ENTRYPOINT')
+    assert.deepEqual(execForm(entry.args), ['node', path.posix.join(app, path.relative(packageRoot, CLI))])
+    const cmd = r.instructions.findLast((i) => i.keyword === 'CMD')
+    assert.ok(cmd, 'a CMD')
+    assert.deepEqual(execForm(cmd.args), ['run', '--config.file=/etc/tcptracer-exporter/config.yaml'])
+
+    const user = r.instructions.findLast((i) => i.keyword === 'USER')?.args
+    assert.ok(user !== undefined && !/^(root|0)(:|$)/.test(user), `runs as a non-root user: ${user}`)
+    const uid = user.split(':')[0]
+    assert.match(runs(r), new RegExp(`useradd [^\\n]*--uid ${uid}\\b`), `the image creates uid ${uid}`)
+
+    const port = DEFAULT_LISTEN_ADDRESS.split(':').pop()!
+    const exposed = r.instructions.filter((i) => i.keyword === 'EXPOSE').flatMap((i) => i.args.split(/\s+/))
+    assert.ok(
+      exposed.includes(port) || exposed.includes(`${port}/tcp`),
+      `EXPOSE ${port}: ${exposed.join(' ')}`,
+    )
+    const probe = runtimeSpecifics().health
+    assert.equal(probe[0], 'node', 'the health check runs node itself: the slim image has no curl')
+    assert.ok(probe.join(' ').includes(`127.0.0.1:${port}/healthz`), probe.join(' '))
+
+    const labels = labelsOf(r)
+    assert.equal(labels.get('org.opencontainers.image.title'), pkg.name)
+    assert.equal(labels.get('org.opencontainers.image.licenses'), pkg.license)
+    assert.equal(
+      labels.get('org.opencontainers.image.version'),
+      pkg.version,
+      'ARG VERSION follows package.json',
+    )
+    for (const k of ['description', 'source']) assert.ok(labels.has(`org.opencontainers.image.${k}`), k)
+  })
+
+  test('node gets the capabilities the documented `docker run` adds, and only those', () => {
+    const granted = runtimeSpecifics()
+      .caps.map((c) => c.replace(/^cap_/, '').toUpperCase())
+      .sort()
+    const comments = dockerfileText
+      .split('\n')
+      .filter((l) => l.trimStart().startsWith('#'))
+      .join('\n')
+    const added = [...comments.matchAll(/--cap-add=(\w+)/g)].map((m) => m[1]!)
+    assert.ok(comments.includes('--cap-drop=ALL'), 'the docker run example drops every other capability')
+    assert.deepEqual([...new Set(added)].sort(), granted)
+  })
+
+  test('.dockerignore keeps dependencies, build outputs, the Node cache and .git out of the context', () => {
+    const entries = readFileSync(path.join(packageRoot, '.dockerignore'), 'utf8')
+      .split('\n')
+      .map((l) => l.trim().replace(/^\/|\/$/g, ''))
+      .filter((l) => l !== '' && !l.startsWith('#'))
+    for (const e of [
+      'node_modules',
+      'dist',
+      '.output',
+      'addon/build',
+      'test/helpers/bin',
+      'bench/results',
+      '.cache',
+      '.git',
+    ]) {
+      assert.ok(entries.includes(e), `.dockerignore has ${e}`)
+    }
+  })
+})
+
+// ---------------------------------------------------------------------------------------------------------
+// The image's Node, fetched as the npm package node-<platform>-<arch> into .cache/ (git-ignored), once.
+
+function nodeVersion(bin: string): string {
+  const r = spawnSync(bin, ['--version'], { encoding: 'utf8' })
+  return r.status === 0 ? r.stdout.trim() : ''
+}
+
+function fetchNode(major: number): string {
+  const name = `node-${process.platform}-${process.arch}`
+  const dir = path.join(packageRoot, '.cache', 'node-lts', String(major))
+  const bin = (root: string): string => path.join(root, 'node_modules', name, 'bin', 'node')
+  if (nodeVersion(bin(dir)).startsWith(`v${major}.`)) return bin(dir)
+  mkdirSync(path.dirname(dir), { recursive: true })
+  const tmp = mkdtempSync(`${dir}.tmp-`)
+  try {
+    // npm's own variables (set when the tests run under `npm run`) would point it at this package
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^npm_/i.test(k)))
+    const args = ['install', '--no-save', '--no-package-lock', '--no-audit', '--no-fund', '--loglevel=error']
+    const r = spawnSync('npm', [...args, '--prefix', tmp, `${name}@^${major}`], {
+      encoding: 'utf8',
+      env,
+      timeout: 240_000,
+    })
+    assert.equal(r.status, 0, `npm install ${name}@^${major} failed: ${r.stderr}${r.error?.message ?? ''}`)
+    assert.ok(nodeVersion(bin(tmp)).startsWith(`v${major}.`), `${bin(tmp)} is not Node ${major}`)
+    chmodSync(tmp, 0o755) // mkdtemp's 0700 would keep the unprivileged test below out
+    rmSync(dir, { recursive: true, force: true })
+    try {
+      renameSync(tmp, dir)
+    } catch (e) {
+      // another run put it there first
+      if (!nodeVersion(bin(dir)).startsWith(`v${major}.`)) throw e
+    }
+    return bin(dir)
+  } finally {
+    rmSync(tmp, { recursive: true, force: true })
+  }
+}
+
+const { skip } = privileged()
+const SRV = 'tt-lts-srv'
+const CLI_COMM = 'tt-lts-cli'
+
+describe(`the project under the image's Node LTS`, { skip }, () => {
+  const major = imageNodeMajor()
+  let node: string
+  let ns: NetnsT
+  let dir: string
+
+  before(
+    () => {
+      node = fetchNode(major)
+      ns = new Netns(`tt-lts-${process.pid}`)
+      // readable by the unprivileged user of the last test
+      dir = mkdtempSync(path.join(tmpdir(), 'tt-lts-'))
+      chmodSync(dir, 0o755)
+    },
+    { timeout: 300_000 },
+  )
+  after(() => {
+    ns?.delete()
+    if (dir) rmSync(dir, { recursive: true, force: true })
+  })
+
+  function config(name: string): string {
+    const file = path.join(dir, name)
+    writeFileSync(file, `filters:\n  netns: [${ns.inode}]\n`, { mode: 0o644 })
+    return file
+  }
+
+  /** n connections from CLI_COMM to SRV in ns, `send` bytes each. */
+  async function exchange(n: number, send: number): Promise<Exchange> {
+    const server = await startServer(ns, ['--comm', SRV, '--count', String(n)])
+    const clientLines = await runClient(ns, [
+      '--comm',
+      CLI_COMM,
+      '--addr',
+      '127.0.0.1',
+      '--port',
+      String(server.port),
+      '--count',
+      String(n),
+      '--send',
+      String(send),
+    ])
+    assert.equal(clientLines.filter((l) => l['event'] === 'connected').length, n)
+    assert.equal(await server.proc.exited, 0)
+    return {
+      ns,
+      server,
+      serverAddr: '127.0.0.1',
+      serverComm: SRV,
+      clientComm: CLI_COMM,
+      clientLines,
+      sent: send,
+    }
+  }
+
+  function assertExact(s: ScrapedSample[], n: number, send: number): void {
+    const cli = { comm: CLI_COMM, netns: String(ns.inode), family: 'ipv4' }
+    const srv = { comm: SRV, netns: String(ns.inode), family: 'ipv4' }
+    assert.equal(valueOf(s, 'tcptracer_connects_total', cli), n, 'connects')
+    assert.equal(valueOf(s, 'tcptracer_accepts_total', srv), n, 'accepts')
+    assert.equal(valueOf(s, 'tcptracer_closes_total', { ...cli, direction: 'outbound' }), n, 'client closes')
+    assert.equal(valueOf(s, 'tcptracer_closes_total', { ...srv, direction: 'inbound' }), n, 'server closes')
+    assert.equal(
+      valueOf(s, 'tcptracer_connection_sent_bytes_total', { ...cli, direction: 'outbound' }),
+      n * send,
+    )
+    assert.equal(
+      valueOf(s, 'tcptracer_connection_received_bytes_total', { ...srv, direction: 'inbound' }),
+      n * send,
+    )
+  }
+
+  test(`the fetched node is Node ${major}`, () => {
+    assert.ok(nodeVersion(node).startsWith(`v${major}.`), `${node}: ${nodeVersion(node)}`)
+  })
+
+  test('the exporter counts exactly', async () => {
+    const d = await startDaemon([`--config.file=${config('exact.yml')}`], process.env, { node })
+    try {
+      await exchange(10, 64)
+      const s = (await scrape(d)).samples
+      assertExact(s, 10, 64)
+      assert.equal(valueOf(s, 'tcptracer_build_info', { version: pkg.version }), 1)
+      assert.equal(
+        valueOf(s, 'nodejs_version_info', { major: String(major) }),
+        1,
+        'the daemon runs on that node',
+      )
+    } finally {
+      assert.equal(await d.stop('SIGTERM'), 0, 'SIGTERM exits 0')
+    }
+  })
+
+  test('trace --json prints the banner on stderr, the exact events, and exits 0 on SIGINT', async () => {
+    const p = new JsonProcess(
+      spawn(node, [CLI, 'trace', '--json', '--netns', String(ns.inode)], { stdio: 'pipe' }),
+    )
+    let exited = false
+    p.exited.then(
+      () => {
+        exited = true
+      },
+      () => {},
+    )
+    await p.until(() => p.stderr.includes('Tracing TCP') || exited, 15000, 'the trace banner')
+    assert.ok(p.stderr.includes('Tracing TCP'), `the banner, on stderr: ${p.stderr}`)
+    const x = await exchange(3, 10)
+    const want = sorted(expectedEvents(x))
+    await p.until(() => p.lines.length >= want.length, 10000, `${want.length} events`)
+    p.child.kill('SIGINT')
+    assert.equal(await p.exited, 0, `trace exits 0 on SIGINT: ${p.stderr}`)
+    assert.deepEqual(sorted(p.lines.map(identity)), want)
+  })
+
+  test('as the image runs it: uid 10001 with only the capabilities the Dockerfile grants', async () => {
+    // The image gives them to node as file capabilities (Docker sets no ambient capabilities); here
+    // setpriv gives the same set as ambient capabilities, with nothing else in the bounding set.
+    const { health, caps: granted } = runtimeSpecifics()
+    const caps = granted.map((c) => `+${c.replace(/^cap_/, '')}`).join(',')
+    const prefix = [
+      'setpriv',
+      '--reuid=10001',
+      '--regid=10001',
+      '--clear-groups',
+      `--inh-caps=-all,${caps}`,
+      `--ambient-caps=-all,${caps}`,
+      `--bounding-set=-all,${caps}`,
+    ]
+    // a connection of root's processes, open before the daemon starts: found through /proc
+    const old = await startServer(ns, ['--comm', 'tt-lts-old-srv', '--count', '1'])
+    const oldClient = new JsonProcess(
+      spawn(
+        'ip',
+        [
+          'netns',
+          'exec',
+          ns.name,
+          TCPLOAD,
+          'client',
+          '--comm',
+          'tt-lts-old-cli',
+          '--addr',
+          '127.0.0.1',
+          '--port',
+          String(old.port),
+          '--hold-ms',
+          '3000',
+        ],
+        { stdio: 'pipe' },
+      ),
+    )
+    await oldClient.until(
+      () => oldClient.lines.some((l) => l['event'] === 'connected'),
+      10000,
+      'the old connection',
+    )
+    let d: Daemon | undefined
+    try {
+      d = await startDaemon([`--config.file=${config('image.yml')}`], process.env, { node, prefix })
+      const status = readFileSync(`/proc/${d.proc.child.pid}/status`, 'utf8')
+      assert.match(status, /^Uid:\s+10001\s/m)
+      const first = (await scrape(d)).samples
+      const active = (comm: string, direction: string): number | undefined =>
+        valueOf(first, 'tcptracer_active_connections', { comm, netns: String(ns.inode), direction })
+      assert.equal(active('tt-lts-old-cli', 'outbound'), 1, 'the older connection is seeded')
+      assert.equal(active('tt-lts-old-srv', 'inbound'), 1)
+
+      await exchange(5, 32)
+      assertExact((await scrape(d)).samples, 5, 32)
+
+      // the image's HEALTHCHECK command, pointed at this daemon's port
+      const [, ...probeArgs] = health.map((a) => a.replace(/127\.0\.0\.1:\d+/, `127.0.0.1:${d!.port}`))
+      const probe = spawnSync(node, probeArgs, { encoding: 'utf8', timeout: 10000 })
+      assert.equal(probe.status, 0, `the health check passes: ${probe.stderr}`)
+    } finally {
+      if (d) assert.equal(await d.stop('SIGTERM'), 0, 'SIGTERM exits 0')
+      assert.equal(await oldClient.exited, 0)
+      assert.equal(await old.proc.exited, 0)
+    }
+  })
+
+  test('the fetched node is cached: a second fetch installs nothing', () => {
+    const t0 = Date.now()
+    assert.equal(fetchNode(major), node)
+    assert.ok(Date.now() - t0 < 5000, 'no second download')
+    assert.ok(existsSync(node))
+  })
+})
