@@ -6,6 +6,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
+import { Prometheus, until } from './prometheus.js'
 import { nameFromCgroupPath } from '../../src/cgroups.js'
 import {
   CLI,
@@ -229,7 +230,7 @@ describe('exporter on the real kernel', { skip }, () => {
         [`sum(tcptracer_closes_total{comm=~"tt-cli|tt-srv"})`, 4 * (N4 + N6)],
         [`sum(tcptracer_connection_duration_seconds_count{comm="tt-srv"})`, 2 * (N4 + N6)],
         [`sum(tcptracer_connection_sent_bytes_total{comm="tt-cli"})`, 2 * (N4 * 100 + N6 * 50)],
-        [`tcptracer_connect_failures_total{comm="tt-cli",reason="refused",netns="${ns(a)}"}`, 3],
+        [`tcptracer_connect_failures_total{comm="tt-cli",reason="refused",netns="${ns(a)}",family="ipv4"}`, 3],
         [`sum(tcptracer_active_connections{comm=~"tt-.*"})`, 0],
       ])
     } finally {
@@ -458,58 +459,17 @@ while True:
 
 /** Run a real Prometheus against the daemon and check each PromQL query's value. */
 async function checkWithPrometheus(d: Daemon, queries: Array<[string, number]>): Promise<void> {
-  const dir = mkdtempSync(path.join(tmpdir(), 'tt-prom-'))
-  const cfg = path.join(dir, 'prometheus.yml')
-  writeFileSync(
-    cfg,
-    `global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tcptracer\n    static_configs:\n      - targets: ['127.0.0.1:${d.port}']\n`,
-  )
-  const prom = new JsonProcess(
-    spawn(
-      'prometheus',
-      [
-        `--config.file=${cfg}`,
-        `--storage.tsdb.path=${path.join(dir, 'data')}`,
-        '--web.listen-address=127.0.0.1:0',
-      ],
-      {
-        stdio: 'pipe',
-      },
-    ),
-  )
+  const prom = await Prometheus.start(d, [])
   try {
-    await prom.until(
-      () =>
-        /Listening on.*address=127\.0\.0\.1:(\d+)/.test(prom.stderr) || /Server is ready/.test(prom.stderr),
-      20000,
-      'prometheus',
-    )
-    await prom.until(
-      () => /Listening on.*address=127\.0\.0\.1:\d+/.test(prom.stderr),
-      20000,
-      'prometheus address',
-    )
-    const port = /Listening on.*address=127\.0\.0\.1:(\d+)/.exec(prom.stderr)![1]
-    const query = async (q: string): Promise<number | undefined> => {
-      const res = await fetch(`http://127.0.0.1:${port}/api/v1/query?query=${encodeURIComponent(q)}`)
-      if (!res.ok) return undefined // 503 until the TSDB is open
-      const body = (await res.json()) as { data?: { result?: Array<{ value: [number, string] }> } }
-      const v = body.data?.result?.[0]?.value[1]
-      return v === undefined ? undefined : Number(v)
-    }
     for (const [q, want] of queries) {
-      const deadline = Date.now() + 30000
-      let got: number | undefined
-      while (Date.now() < deadline) {
-        got = await query(q)
-        if (got === want) break
-        await new Promise((resolve) => setTimeout(resolve, 500))
-      }
+      // until the scrapes after the workload are in: the value settles on the exact number
+      const got = await until(`PromQL ${q} = ${want}`, 30000, async () => {
+        const v = await prom.value(q)
+        return v === want ? v : undefined
+      }).catch(async () => await prom.value(q))
       assert.equal(got, want, `PromQL ${q}`)
     }
   } finally {
-    prom.child.kill('SIGTERM')
-    await prom.exited
-    rmSync(dir, { recursive: true, force: true })
+    await prom.stop()
   }
 }
