@@ -230,7 +230,10 @@ describe('exporter on the real kernel', { skip }, () => {
         [`sum(tcptracer_closes_total{comm=~"tt-cli|tt-srv"})`, 4 * (N4 + N6)],
         [`sum(tcptracer_connection_duration_seconds_count{comm="tt-srv"})`, 2 * (N4 + N6)],
         [`sum(tcptracer_connection_sent_bytes_total{comm="tt-cli"})`, 2 * (N4 * 100 + N6 * 50)],
-        [`tcptracer_connect_failures_total{comm="tt-cli",reason="refused",netns="${ns(a)}",family="ipv4"}`, 3],
+        [
+          `tcptracer_connect_failures_total{comm="tt-cli",reason="refused",netns="${ns(a)}",family="ipv4"}`,
+          3,
+        ],
         [`sum(tcptracer_active_connections{comm=~"tt-.*"})`, 0],
       ])
     } finally {
