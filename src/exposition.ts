@@ -70,6 +70,8 @@ export const CONTENT_TYPES: Record<Format, string> = {
 export interface RenderOptions {
   /** end an OpenMetrics exposition with `# EOF` (default true); ignored for the text format */
   eof?: boolean
+  /** print the # HELP and # TYPE lines (default true); false continues a family begun by an earlier call */
+  headers?: boolean
 }
 
 const METRIC_NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/
@@ -229,7 +231,9 @@ export function render(families: readonly MetricFamily[], format: Format, opts: 
     if (seen.has(family)) throw new Error(`metric family ${family} rendered twice`)
     seen.add(family)
 
-    if (om) {
+    if (opts.headers === false) {
+      // a continuation: the caller printed this family's header with its first part
+    } else if (om) {
       out.push('# TYPE ' + family + ' ' + typeWord + '\n')
       if (help !== '') out.push('# HELP ' + family + ' ' + escapeLabelValue(help) + '\n')
     } else {
@@ -316,5 +320,30 @@ export function negotiate(accept: string | undefined): Format {
     return omQ > 0 && omQ >= textQ ? 'openmetrics' : 'prometheus'
   } catch {
     return 'prometheus'
+  }
+}
+
+/**
+ * The exposition as a sequence of chunks of at most about `perChunk` samples, so a large scrape is
+ * streamed instead of held as one string (and its UTF-8 copy) in memory.
+ */
+export function* renderChunks(
+  families: readonly MetricFamily[],
+  format: Format,
+  perChunk = 2000,
+): Generator<string> {
+  for (const f of families) {
+    const items: readonly unknown[] = (f.type === 'histogram' ? f.histograms : f.samples) ?? []
+    if (items.length <= perChunk) {
+      yield render([f], format, { eof: false })
+      continue
+    }
+    for (let i = 0; i < items.length; i += perChunk) {
+      const part: MetricFamily =
+        f.type === 'histogram'
+          ? { ...f, histograms: f.histograms?.slice(i, i + perChunk) ?? [] }
+          : { ...f, samples: f.samples?.slice(i, i + perChunk) ?? [] }
+      yield render([part], format, { eof: false, headers: i === 0 })
+    }
   }
 }

@@ -1,8 +1,9 @@
 // The HTTP side: /metrics, /healthz, /readyz and the landing page. build()
 // returns the app without listening, so tests drive it through inject().
+import { Readable } from 'node:stream'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import { collectDefaultMetrics, Registry, type RegistryContentType } from 'prom-client'
-import { CONTENT_TYPES, negotiate, render, type Format, type MetricFamily } from './exposition.js'
+import { CONTENT_TYPES, negotiate, renderChunks, type Format, type MetricFamily } from './exposition.js'
 import type { ProgramStatus } from './native.js'
 
 export interface MetricsSource {
@@ -63,10 +64,14 @@ export function build(opts: ServerOptions): FastifyInstance {
   app.get(telemetryPath, { logLevel: 'warn' }, async (req, reply) => {
     const format = negotiate(req.headers.accept)
     const families = await source.collect()
-    if (!registries) return reply.type(CONTENT_TYPES[format]).send(render(families, format))
-    const ours = render(families, format, { eof: false })
-    const theirs = await registries[format].metrics()
-    return reply.type(CONTENT_TYPES[format]).send(ours + theirs)
+    // streamed in chunks: a large exposition is never one string in memory
+    const registry = registries?.[format]
+    async function* body(): AsyncGenerator<string> {
+      yield* renderChunks(families, format)
+      if (registry) yield await registry.metrics()
+      else if (format === 'openmetrics') yield '# EOF\n'
+    }
+    return reply.type(CONTENT_TYPES[format]).send(Readable.from(body(), { objectMode: false }))
   })
 
   app.get('/healthz', { logLevel: 'warn' }, async (_req, reply) =>
