@@ -546,6 +546,19 @@ static __always_inline void on_closed(struct sock *sk, __u16 family, __u32 netns
 	bpf_map_delete_elem(&conns, &key);
 }
 
+/*
+ * A listener's new child socket: any entry under its address belongs to a freed
+ * socket whose CLOSE we never saw (the kernel's recursion guard skips a program
+ * run that interrupts the same program on the same CPU). Without this, a stale
+ * outbound entry would make the accept look like a simultaneous open.
+ */
+static __always_inline void on_child_created(struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+
+	bpf_map_delete_elem(&conns, &key);
+}
+
 SEC("raw_tp/inet_sock_set_state")
 int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 {
@@ -567,6 +580,8 @@ int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 		on_connected(sk, family, netns);
 	else if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV)
 		on_accepted(sk, family, netns);
+	else if (newstate == TCP_SYN_RECV && oldstate == TCP_LISTEN)
+		on_child_created(sk);
 	else if (newstate == TCP_LISTEN)
 		on_listen(sk, family, netns);
 	else if (newstate == TCP_CLOSE && oldstate == TCP_LISTEN)
