@@ -11,7 +11,7 @@ die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 # run/test: iproute2 (ip netns), clang-format (format check); bpftool only regenerates vmlinux.h
 # and, for the tests, prometheus (promtool and a real server) and systemd (systemd-analyze)
 packages=(clang llvm libbpf-dev libelf-dev zlib1g-dev make g++ python3 pkg-config iproute2 clang-format prometheus systemd)
-optional=(bpftool)
+optional=(bpftool bpftrace)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"
@@ -41,7 +41,7 @@ if [ ${#missing[@]} -gt 0 ] || [ ${#opt_missing[@]} -gt 0 ]; then
   fi
   for p in "${opt_missing[@]}"; do
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null 2>&1 ||
-      say "optional package $p is not available here (only needed by scripts/gen-vmlinux.sh)"
+      say "optional package $p is not available here (bpftool: scripts/gen-vmlinux.sh; bpftrace: npm run bench)"
   done
 fi
 
