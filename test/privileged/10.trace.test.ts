@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 import {
+  exchange as runExchange,
   expectedEvents,
   identity,
   Netns,
@@ -24,31 +25,8 @@ const CLI = 'tt-cli'
 const UNFILTERED = ['--ringbuf-bytes', String(16 << 20)]
 
 /** One server and one client in `ns`: N connections, `sent` bytes each, both sides close. */
-async function exchange(
-  ns: NetnsT,
-  bind: string,
-  addr: string,
-  sent: number,
-  extra: string[] = [],
-): Promise<Exchange> {
-  const server = await startServer(ns, ['--comm', SRV, '--bind', bind, '--count', String(N)])
-  const clientLines = await runClient(ns, [
-    '--comm',
-    CLI,
-    '--addr',
-    addr,
-    '--port',
-    String(server.port),
-    '--count',
-    String(N),
-    '--send',
-    String(sent),
-    ...extra,
-  ])
-  assert.equal(await server.proc.exited, 0, server.proc.stderr)
-  // a dual-stack listener reports an IPv4 peer as IPv4, like the tracer
-  const serverAddr = bind === '::' ? addr : bind
-  return { ns, server, serverAddr, serverComm: SRV, clientComm: CLI, clientLines, sent }
+async function exchange(ns: NetnsT, bind: string, addr: string, sent: number): Promise<Exchange> {
+  return await runExchange(ns, { n: N, send: sent, bind, addr, serverComm: SRV, clientComm: CLI })
 }
 
 function inNs(events: Json[], ...ns: NetnsT[]): Json[] {

@@ -10,6 +10,7 @@ import { Prometheus, until } from './prometheus.js'
 import { nameFromCgroupPath } from '../../src/cgroups.js'
 import {
   CLI,
+  exchange as runExchange,
   JsonProcess,
   Netns,
   TCPLOAD,
@@ -28,29 +29,8 @@ const { skip } = privileged()
 const SRV = 'tt-srv'
 const CLI_COMM = 'tt-cli'
 
-async function exchange(
-  ns: NetnsT,
-  bind: string,
-  addr: string,
-  n: number,
-  send: number,
-  comm = CLI_COMM,
-): Promise<void> {
-  const server = await startServer(ns, ['--comm', SRV, '--bind', bind, '--count', String(n)])
-  const lines = await runClient(ns, [
-    '--comm',
-    comm,
-    '--addr',
-    addr,
-    '--port',
-    String(server.port),
-    '--count',
-    String(n),
-    '--send',
-    String(send),
-  ])
-  assert.equal(lines.filter((l) => l['event'] === 'connected').length, n)
-  assert.equal(await server.proc.exited, 0)
+async function exchange(ns: NetnsT, bind: string, addr: string, n: number, send: number): Promise<void> {
+  await runExchange(ns, { n, send, bind, addr, serverComm: SRV, clientComm: CLI_COMM })
 }
 
 function promtoolCheck(text: string): void {

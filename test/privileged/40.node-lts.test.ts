@@ -22,11 +22,11 @@ import {
   CLI,
   JsonProcess,
   Netns,
+  exchange as runExchange,
   TCPLOAD,
   expectedEvents,
   identity,
   privileged,
-  runClient,
   scrape,
   sorted,
   startDaemon,
@@ -435,30 +435,7 @@ describe(`the project under the image's Node LTS`, { skip }, () => {
 
   /** n connections from CLI_COMM to SRV in ns, `send` bytes each. */
   async function exchange(n: number, send: number): Promise<Exchange> {
-    const server = await startServer(ns, ['--comm', SRV, '--count', String(n)])
-    const clientLines = await runClient(ns, [
-      '--comm',
-      CLI_COMM,
-      '--addr',
-      '127.0.0.1',
-      '--port',
-      String(server.port),
-      '--count',
-      String(n),
-      '--send',
-      String(send),
-    ])
-    assert.equal(clientLines.filter((l) => l['event'] === 'connected').length, n)
-    assert.equal(await server.proc.exited, 0)
-    return {
-      ns,
-      server,
-      serverAddr: '127.0.0.1',
-      serverComm: SRV,
-      clientComm: CLI_COMM,
-      clientLines,
-      sent: send,
-    }
+    return await runExchange(ns, { n, send, serverComm: SRV, clientComm: CLI_COMM })
   }
 
   function assertExact(s: ScrapedSample[], n: number, send: number): void {

@@ -348,3 +348,47 @@ export async function scrape(
   const text = await res.text()
   return { text, samples: parseExposition(text) }
 }
+
+export interface ExchangeOptions {
+  n: number
+  send: number
+  /** where the server listens (default 127.0.0.1) and the client connects (default: bind) */
+  bind?: string
+  addr?: string
+  serverComm: string
+  clientComm: string
+}
+
+/** A tcpload server and client in `ns`: n connections of `send` bytes, both sides close. */
+export async function exchange(ns: Netns, o: ExchangeOptions): Promise<Exchange> {
+  const bind = o.bind ?? '127.0.0.1'
+  const addr = o.addr ?? bind
+  const server = await startServer(ns, ['--comm', o.serverComm, '--bind', bind, '--count', String(o.n)])
+  const clientLines = await runClient(ns, [
+    '--comm',
+    o.clientComm,
+    '--addr',
+    addr,
+    '--port',
+    String(server.port),
+    '--count',
+    String(o.n),
+    '--send',
+    String(o.send),
+  ])
+  const connected = clientLines.filter((l) => l['event'] === 'connected').length
+  if (connected !== o.n) throw new Error(`${connected} of ${o.n} connections were made`)
+  const code = await server.proc.exited
+  if (code !== 0) throw new Error(`tcpload server exited with ${code}: ${server.proc.stderr}`)
+  // a dual-stack listener reports an IPv4 peer as IPv4, like the tracer
+  const serverAddr = bind === '::' ? addr : bind
+  return {
+    ns,
+    server,
+    serverAddr,
+    serverComm: o.serverComm,
+    clientComm: o.clientComm,
+    clientLines,
+    sent: o.send,
+  }
+}
