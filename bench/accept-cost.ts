@@ -23,7 +23,7 @@ import { parseArgs, promisify } from 'node:util'
 import * as prettier from 'prettier'
 
 import { packageRoot } from '../src/paths.js'
-import { BACKBONE_PROGRAM, SYSCALL_ACCEPT_PROGRAMS, TcpTracer } from '../src/tracer.js'
+import { ACCEPT_PROGRAMS, BACKBONE_PROGRAM, TcpTracer } from '../src/tracer.js'
 
 const SETUPS = ['none', 'listener', 'syscall'] as const
 type Setup = (typeof SETUPS)[number]
@@ -352,7 +352,7 @@ function attach(setup: Setup): TcpTracer | null {
       .filter((p) => p.attached)
       .map((p) => p.name)
       .sort()
-    const want = [BACKBONE_PROGRAM, ...(setup === 'syscall' ? SYSCALL_ACCEPT_PROGRAMS : [])].sort()
+    const want = [BACKBONE_PROGRAM, ...ACCEPT_PROGRAMS[setup]].sort()
     if (attached.join() !== want.join()) {
       throw new Error(`setup ${setup}: attached [${attached.join(', ')}], expected [${want.join(', ')}]`)
     }

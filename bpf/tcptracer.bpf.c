@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
  * tcptracer: every TCP connect, accept and close, attributed to a process and a
- * network namespace, using tracepoints only (no kprobes, no fentry).
+ * network namespace.
  *
  * The backbone is sock:inet_sock_set_state, attached as a raw tracepoint: it
  * needs no tracefs and passes the socket pointer without copying arguments.
+ * Accepts are attributed by one of three optional hooks (accept_mode): the
+ * return of inet_csk_accept() (fexit, or a kretprobe where fentry is missing),
+ * the accept()/accept4() syscall exits, or else the listening socket's owner.
+ * The addon loads only the programs of the chosen mode.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -24,6 +28,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define ECONNREFUSED 111
 #define EHOSTUNREACH 113
 #define EEXIST	     17
+/* include/linux/sched.h: the task is an io_uring worker thread */
+#define PF_IO_WORKER 0x00000010
 
 /* Load-time settings, written by the addon before load. 0 disables a filter. */
 const volatile __u32 filter_pid = 0;
@@ -161,6 +167,19 @@ static __always_inline void current_owner(struct owner *o)
 	o->pid = bpf_get_current_pid_tgid() >> 32;
 	o->cgroup_id = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
+}
+
+/*
+ * An io_uring worker ("iou-wrk-PID") is a thread of the process that submitted the
+ * request: name the process, not the worker. Only the accept hooks can run there.
+ */
+static __always_inline void current_owner_of_request(struct owner *o)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	current_owner(o);
+	if (BPF_CORE_READ(task, flags) & PF_IO_WORKER)
+		BPF_CORE_READ_STR_INTO(&o->comm, task, group_leader, comm);
 }
 
 static __always_inline bool is_v4_mapped(const __u32 *a)
@@ -509,12 +528,12 @@ static __always_inline void on_accepted(struct sock *sk, __u16 family, __u32 net
 		c.reported = 1;
 	}
 	/*
-	 * ACCEPT_MODE_SYSCALL: the accept() exit handler fills the owner and reports.
+	 * ACCEPT_MODE_SYSCALL and _KERNEL: the accept hook fills the owner and reports.
 	 * It may have run already: the child joins the accept queue just before this
 	 * transition, so accept() on another CPU can return first. Then it owns the entry.
 	 */
 	err = bpf_map_update_elem(&conns, &key, &c,
-				  accept_mode == ACCEPT_MODE_SYSCALL ? BPF_NOEXIST : BPF_ANY);
+				  accept_mode == ACCEPT_MODE_LISTENER ? BPF_ANY : BPF_NOEXIST);
 	if (err == -EEXIST)
 		return;
 	if (err) {
@@ -540,7 +559,7 @@ static __always_inline void on_closed(struct sock *sk, __u16 family, __u32 netns
 	else if (c->reported)
 		record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0);
 	else if (c->direction == DIRECTION_INBOUND)
-		/* syscall mode: established, never returned by accept()/accept4() */
+		/* syscall or kernel mode: established, never returned by an accept */
 		stat_inc(STAT_ACCEPT_UNATTRIBUTED);
 	/* terminal state: drop the socket's entry */
 	bpf_map_delete_elem(&conns, &key);
@@ -592,37 +611,18 @@ int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 }
 
 /*
- * ACCEPT_MODE_SYSCALL: charge the accept to the process that accept()ed it.
- * fd -> task->files->fdt->fd[fd] -> file->private_data (struct socket) -> sk is
- * the same pointer inet_sock_set_state saw. Enabling any syscalls:* tracepoint
- * puts every syscall of every process on the slow path, so these two programs
- * are loaded only in this mode. io_uring accepts bypass them.
+ * ACCEPT_MODE_SYSCALL and ACCEPT_MODE_KERNEL: charge the accept to the process
+ * that accept()ed it. `sk` is the new connection's socket, the same pointer
+ * inet_sock_set_state saw.
  */
-static __always_inline int on_accept_exit(long ret)
+static __always_inline int on_accept_return(struct sock *sk)
 {
-	struct task_struct *task;
-	struct fdtable *fdt;
-	struct file **fds, *file;
-	struct socket *sock;
-	struct sock *sk;
 	struct conn *c, n = {.direction = DIRECTION_INBOUND, .reported = 1};
 	__u64 key;
 	__u16 family;
 	__u32 netns;
 	long err;
 
-	if (ret < 0)
-		return 0;
-	/* the new fd's socket */
-	task = (struct task_struct *)bpf_get_current_task();
-	fdt = BPF_CORE_READ(task, files, fdt);
-	if (ret >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
-	fds = BPF_CORE_READ(fdt, fd);
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[ret]) || !file)
-		return 0;
-	sock = BPF_CORE_READ(file, private_data);
-	sk = BPF_CORE_READ(sock, sk);
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
@@ -638,7 +638,7 @@ static __always_inline int on_accept_exit(long ret)
 		/* the usual order: the handshake completed, then accept() returned */
 		if (c->reported || c->direction != DIRECTION_INBOUND)
 			return 0;
-		current_owner(&c->owner);
+		current_owner_of_request(&c->owner);
 		if (filter_pid && c->owner.pid != filter_pid) {
 			bpf_map_delete_elem(&conns, &key);
 			return 0;
@@ -654,7 +654,7 @@ static __always_inline int on_accept_exit(long ret)
 	 */
 	if (BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_SYN_RECV)
 		return 0;
-	current_owner(&n.owner);
+	current_owner_of_request(&n.owner);
 	if (filter_pid && n.owner.pid != filter_pid)
 		return 0;
 	n.established_ns = bpf_ktime_get_ns();
@@ -676,6 +676,57 @@ static __always_inline int on_accept_exit(long ret)
 	}
 	record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, &n, 0);
 	return 0;
+}
+
+/*
+ * ACCEPT_MODE_KERNEL: inet_csk_accept() returns the new socket in the accepting
+ * task, whatever the path: accept(), accept4(), io_uring (inline, task work or an
+ * io-wq worker), or an accept() that began before we attached.
+ * Its arguments changed in 6.10; the return value is read without naming them.
+ */
+SEC("fexit/inet_csk_accept")
+int handle_accept_fexit(__u64 *ctx)
+{
+	__u64 ret = 0;
+
+	if (bpf_get_func_ret(ctx, &ret))
+		return 0;
+	return on_accept_return((struct sock *)ret);
+}
+
+/* The same where fentry is missing but kprobes work. */
+SEC("kretprobe/inet_csk_accept")
+int BPF_KRETPROBE(handle_accept_kretprobe, struct sock *sk)
+{
+	return on_accept_return(sk);
+}
+
+/*
+ * ACCEPT_MODE_SYSCALL, for kernels without kprobes and fentry: the syscall exits.
+ * fd -> task->files->fdt->fd[fd] -> file->private_data (struct socket) -> sk.
+ * Enabling any syscalls:* tracepoint puts every syscall of every process on the
+ * slow path, so these two programs are loaded only in this mode. io_uring accepts
+ * bypass them.
+ */
+static __always_inline int on_accept_exit(long ret)
+{
+	struct task_struct *task;
+	struct fdtable *fdt;
+	struct file **fds, *file;
+	struct socket *sock;
+
+	if (ret < 0)
+		return 0;
+	/* the new fd's socket */
+	task = (struct task_struct *)bpf_get_current_task();
+	fdt = BPF_CORE_READ(task, files, fdt);
+	if (ret >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[ret]) || !file)
+		return 0;
+	sock = BPF_CORE_READ(file, private_data);
+	return on_accept_return(BPF_CORE_READ(sock, sk));
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept4")

@@ -34,6 +34,7 @@ enum accept_mode {
 	ACCEPT_MODE_LISTENER = 0, /* owner of the listening socket, captured at listen() */
 	ACCEPT_MODE_SYSCALL =
 	    1, /* caller of accept()/accept4(), from the syscall exit tracepoints */
+	ACCEPT_MODE_KERNEL = 2, /* caller of inet_csk_accept(), from fexit or a kretprobe */
 };
 
 /* Indexes into the per-CPU "stats" array. */
@@ -43,7 +44,8 @@ enum stat_index {
 	/*
 	 * listener mode: an accept whose listener's owner was unknown (reported with pid 0);
 	 * syscall mode: an inbound connection closed without accept()/accept4() returning it
-	 * (io_uring accepts, or closed while still in the accept queue)
+	 * (io_uring accepts, or closed while still in the accept queue);
+	 * kernel mode: closed without inet_csk_accept() returning it (still in the accept queue)
 	 */
 	STAT_ACCEPT_UNATTRIBUTED = 2,
 	STAT_CONNECT_UNATTRIBUTED = 3, /* established outbound socket with no connect() seen */

@@ -2,6 +2,7 @@
 // tcptracer-exporter: entry point and subcommand dispatch.
 import { UsageError } from './args.js'
 import { isBpfError, loadBinding } from './native.js'
+import { BtfFileError } from './tracer.js'
 import { version } from './paths.js'
 import { runCheckConfig, runDaemon } from './daemon.js'
 import { runTrace } from './trace.js'
@@ -60,6 +61,9 @@ main(process.argv.slice(2)).then(
   (e: unknown) => {
     if (e instanceof UsageError) {
       process.stderr.write(`tcptracer-exporter: ${e.message}\nRun "tcptracer-exporter --help" for usage.\n`)
+      process.exitCode = 2
+    } else if (e instanceof BtfFileError) {
+      process.stderr.write(`tcptracer-exporter: ${e.message}\n`)
       process.exitCode = 2
     } else if (isBpfError(e)) {
       process.stderr.write(`tcptracer-exporter: ${e.message}\n`)

@@ -13,9 +13,14 @@ import { z } from 'zod'
 export const LABELS = ['comm', 'netns', 'family', 'pid', 'cgroup', 'port'] as const
 export type Label = (typeof LABELS)[number]
 
-/** How accepted connections are attributed to a process; see docs/tracer.md. */
-export const ACCEPT_MODES = ['listener', 'syscall'] as const
+/**
+ * How accepted connections are attributed to a process; see docs/tracer.md.
+ * `auto` takes the first of fexit, kprobe and listener that this kernel attaches.
+ */
+export const ACCEPT_MODES = ['auto', 'fexit', 'kprobe', 'syscall', 'listener'] as const
 export type AcceptMode = (typeof ACCEPT_MODES)[number]
+/** An accept hook actually in use. */
+export type AcceptHook = Exclude<AcceptMode, 'auto'>
 
 const DEFAULT_LABELS: readonly Label[] = ['comm', 'netns', 'family']
 const DEFAULT_BUCKETS: readonly number[] = [
@@ -199,10 +204,21 @@ export const configSchema = section(
       })
       .default(() => [...DEFAULT_LABELS]),
 
-    /** Accept attribution: `listener` (the listen() caller) or `syscall` (the accept() caller). */
+    /**
+     * Accept attribution: the accept() caller from `fexit` or `kprobe` on inet_csk_accept or
+     * the `syscall` exits, or the `listener` (the listen() caller); `auto` probes in that order
+     * (without syscall, which slows every syscall).
+     */
     accept_mode: z
       .enum(ACCEPT_MODES, { error: expected(`one of ${ACCEPT_MODES.join(', ')}`) })
-      .default('listener'),
+      .default('auto'),
+
+    /** The kernel's BTF from a file, for kernels without /sys/kernel/btf/vmlinux; null: the kernel's own. */
+    btf_path: z
+      .string({ error: expected('a file path') })
+      .min(1, { error: 'must not be empty' })
+      .nullable()
+      .default(null),
 
     limits: section({
       /** Cap on distinct label sets per metric. */
@@ -440,6 +456,7 @@ const patterns = (res: readonly RegExp[]): string => list(res.map((re) => JSON.s
 const SETTINGS: ReadonlyArray<[path: string, render: (c: Config) => string]> = [
   ['labels', (c) => list(c.labels)],
   ['accept_mode', (c) => c.accept_mode],
+  ['btf_path', (c) => c.btf_path ?? '(none)'],
   ['limits.max_label_sets', (c) => String(c.limits.max_label_sets)],
   ['limits.idle_expiry', (c) => formatDuration(c.limits.idle_expiry)],
   ['limits.max_connections', (c) => String(c.limits.max_connections)],

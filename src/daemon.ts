@@ -163,7 +163,15 @@ export async function runDaemon(argv: string[]): Promise<number> {
   const exporter = await Exporter.start({ config, log: log.child({ component: 'exporter' }) })
   for (const p of exporter.programs) {
     if (p.attached) log.info({ program: p.name, hook: p.section }, 'program attached')
-    else log.warn({ program: p.name, hook: p.section, reason: p.error }, 'program not attached')
+    else if (p.error === 'disabled by configuration') {
+      log.debug({ program: p.name, hook: p.section }, 'program not used in this accept mode')
+    } else log.warn({ program: p.name, hook: p.section, reason: p.error }, 'program not attached')
+  }
+  for (const h of exporter.hooks) {
+    for (const r of h.rejected ?? []) {
+      log.info({ hook: h.hook, mode: r.mode, reason: r.error }, 'hook mode not available')
+    }
+    log.info({ hook: h.hook, mode: h.mode }, 'hook mode chosen')
   }
   log.info({ ms: Date.now() - t0, accept_mode: config.accept_mode }, 'tracer ready')
 

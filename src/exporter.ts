@@ -8,13 +8,15 @@ import type { MetricFamily, Sample } from './exposition.js'
 import type { ProgramStatus } from './native.js'
 import { netnsNames } from './netns.js'
 import { AF_INET, discoverSockets, type ConnectionOwner } from './procfs.js'
-import { TcpTracer, type SeedConnection, type TracerOptions } from './tracer.js'
+import { ACCEPT_PROGRAMS, TcpTracer, type SeedConnection, type TracerOptions } from './tracer.js'
+import type { HookStatus } from './server.js'
 import { version } from './paths.js'
 
 /** Settings that only take effect when the daemon starts: the kernel objects are sized and built with them. */
 export function restartOnlyChanges(old: Config, next: Config): string[] {
   const out: string[] = []
   if (old.accept_mode !== next.accept_mode) out.push('accept_mode')
+  if (old.btf_path !== next.btf_path) out.push('btf_path')
   if (old.limits.max_connections !== next.limits.max_connections) out.push('limits.max_connections')
   if (old.limits.max_kernel_label_sets !== next.limits.max_kernel_label_sets) {
     out.push('limits.max_kernel_label_sets')
@@ -23,6 +25,12 @@ export function restartOnlyChanges(old: Config, next: Config): string[] {
     out.push('histogram.buckets_seconds')
   }
   return out
+}
+
+/** The tracer's hooks, with the accept candidates `auto` rejected before its choice. */
+export function hookStatus(tracer: Pick<TcpTracer, 'hooks' | 'hookProbes'>): HookStatus[] {
+  const rejected = tracer.hookProbes.filter((p) => !p.ok).map((p) => ({ mode: p.mode, error: p.error ?? '' }))
+  return tracer.hooks().map((h) => (h.hook === 'accept' && rejected.length > 0 ? { ...h, rejected } : h))
 }
 
 function isV4Mapped(b: Buffer): boolean {
@@ -92,6 +100,7 @@ export class Exporter {
   private reloads = { success: 0, failure: 0, lastSuccess: true, lastSuccessTime: Date.now() / 1000 }
   private closed = false
   readonly programs: ProgramStatus[]
+  readonly hooks: HookStatus[]
   /** the last scrape's error reading the kernel maps, for /readyz */
   lastReadError: string | undefined
 
@@ -101,6 +110,7 @@ export class Exporter {
   ) {
     this.config = opts.config
     this.programs = tracer.programs
+    this.hooks = hookStatus(tracer)
     this.aggregator = new Aggregator(this.aggregatorOptions(opts.config))
   }
 
@@ -115,6 +125,7 @@ export class Exporter {
     const tracerOpts: TracerOptions = {
       aggregate: true,
       acceptMode: config.accept_mode,
+      ...(config.btf_path === null ? {} : { btfPath: config.btf_path }),
       bucketsSeconds: config.histogram.buckets_seconds,
       maxConnections: config.limits.max_connections,
       maxKernelLabelSets: config.limits.max_kernel_label_sets,
@@ -200,6 +211,7 @@ export class Exporter {
     const effective: Config = {
       ...next,
       accept_mode: this.config.accept_mode,
+      btf_path: this.config.btf_path,
       limits: {
         ...next.limits,
         max_connections: this.config.limits.max_connections,
@@ -242,11 +254,10 @@ export class Exporter {
     if (!backbone?.attached) {
       return `program handle_set_state is not attached: ${backbone?.error ?? 'missing'}`
     }
-    if (this.config.accept_mode === 'syscall') {
-      const missing = this.programs.filter((p) => p.name !== 'handle_set_state' && !p.attached)
-      if (missing.length > 0) {
-        return `accept_mode syscall, but ${missing.map((p) => `${p.name} (${p.error ?? 'not attached'})`).join(', ')}`
-      }
+    const hook = this.tracer.acceptHook
+    const missing = this.programs.filter((p) => ACCEPT_PROGRAMS[hook].includes(p.name) && !p.attached)
+    if (missing.length > 0) {
+      return `accept_mode ${hook}, but ${missing.map((p) => `${p.name} (${p.error ?? 'not attached'})`).join(', ')}`
     }
     if (this.lastReadError) return `the aggregation map cannot be read: ${this.lastReadError}`
     try {
@@ -384,6 +395,18 @@ export class Exporter {
         })),
       },
       {
+        name: 'tcptracer_hook_info',
+        help: 'How each part of the tracer is hooked into the kernel: hook="state" is the connection state backbone, hook="accept" attributes accepts (fexit, kprobe, syscall or listener).',
+        type: 'info',
+        samples: this.hooks.map((h) => ({
+          labels: [
+            ['hook', h.hook],
+            ['mode', h.mode],
+          ],
+          value: 1,
+        })),
+      },
+      {
         name: 'tcptracer_events_lost_total',
         help: 'Per-event records the kernel could not put in the ring buffer (only while events are consumed).',
         type: 'counter',
@@ -400,7 +423,7 @@ export class Exporter {
       },
       {
         name: 'tcptracer_unattributed_total',
-        help: 'Connections whose owning process could not be determined: accept = listener owner unknown (listener mode) or never returned by accept() (syscall mode); connect = connect() began before the exporter started.',
+        help: 'Connections whose owning process could not be determined: accept = listener owner unknown (listener mode), or never returned by an accept the hook sees (syscall mode: io_uring accepts; every mode: closed while still queued); connect = connect() began before the exporter started.',
         type: 'counter',
         samples: [
           { labels: [['kind', 'accept']], value: n(stats.acceptUnattributed) },

@@ -78,6 +78,7 @@ export interface NativeConstants {
   AGG_UNATTRIBUTED: number
   ACCEPT_MODE_LISTENER: number
   ACCEPT_MODE_SYSCALL: number
+  ACCEPT_MODE_KERNEL: number
   numPossibleCpus: number
 }
 
@@ -116,12 +117,16 @@ export interface NativeTracerOptions {
   rodata?: Record<string, number | bigint | Buffer>
   maxEntries?: Record<string, number>
   disabledPrograms?: string[]
+  /** the kernel's BTF from this file instead of /sys/kernel/btf/vmlinux */
+  btfPath?: string
   log?: LibbpfLog
 }
 
 export declare class NativeTracer {
   constructor(objectPath: string, options?: NativeTracerOptions)
   attach(): ProgramStatus[]
+  /** attach one program and detach it again: whether this kernel lets it attach */
+  probeAttach(name: string): ProgramStatus
   startEvents(callback: BatchCallback, options?: { maxQueue?: number; maxBatch?: number }): void
   stopEvents(): void
   mapInfo(name: string): MapInfo

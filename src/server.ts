@@ -11,6 +11,15 @@ export interface MetricsSource {
   /** undefined when ready */
   notReadyReason(): string | undefined
   readonly programs: readonly ProgramStatus[]
+  /** where each part of the tracer is attached, and for accepts what else was tried */
+  readonly hooks: readonly HookStatus[]
+}
+
+export interface HookStatus {
+  hook: string
+  mode: string
+  /** the candidates tried before this one, and why each failed */
+  rejected?: ReadonlyArray<{ mode: string; error: string }>
 }
 
 export interface ServerOptions {
@@ -86,9 +95,10 @@ export function build(opts: ServerOptions): FastifyInstance {
       attached: p.attached,
       ...(p.error ? { error: p.error } : {}),
     }))
+    const hooks = source.hooks
     return reply
       .code(reason ? 503 : 200)
-      .send(reason ? { status: 'not ready', reason, programs } : { status: 'ready', programs })
+      .send(reason ? { status: 'not ready', reason, hooks, programs } : { status: 'ready', hooks, programs })
   })
 
   app.get('/', async (_req, reply) => {
@@ -97,6 +107,12 @@ export function build(opts: ServerOptions): FastifyInstance {
       .map(
         (p) =>
           `<tr><td>${escapeHtml(p.name)}</td><td>${escapeHtml(p.section)}</td><td>${p.attached ? 'attached' : `not attached: ${escapeHtml(p.error ?? '')}`}</td></tr>`,
+      )
+      .join('\n')
+    const hookRows = source.hooks
+      .map(
+        (h) =>
+          `<tr><td>${escapeHtml(h.hook)}</td><td>${escapeHtml(h.mode)}</td><td>${(h.rejected ?? []).map((r) => `${escapeHtml(r.mode)}: ${escapeHtml(r.error)}`).join('<br>')}</td></tr>`,
       )
       .join('\n')
     const path = escapeHtml(telemetryPath)
@@ -113,6 +129,10 @@ export function build(opts: ServerOptions): FastifyInstance {
 <li><a href="/healthz">/healthz</a>: liveness</li>
 <li><a href="/readyz">/readyz</a>: readiness, with the attach status of every program</li>
 </ul>
+<h2>Hooks</h2>
+<table><tr><th>hook</th><th>mode</th><th>not available here</th></tr>
+${hookRows}
+</table>
 <h2>BPF programs</h2>
 <table><tr><th>program</th><th>hook</th><th>status</th></tr>
 ${rows}

@@ -4,7 +4,12 @@ import type { TcpEvent } from './events.js'
 import { jsonLine, textHeader, textLine, type TextOptions } from './format.js'
 import { loadBinding } from './native.js'
 import { discoverListeners } from './procfs.js'
-import { TcpTracer, type AcceptMode } from './tracer.js'
+import { ACCEPT_MODES, type AcceptMode } from './config.js'
+import { TcpTracer } from './tracer.js'
+
+function isAcceptMode(s: string | undefined): s is AcceptMode {
+  return (ACCEPT_MODES as readonly string[]).includes(s ?? '')
+}
 
 export const TRACE_HELP = `Usage: tcptracer-exporter trace [options]
 
@@ -20,9 +25,14 @@ Options:
   -4, --ipv4               IPv4 only (IPv4-mapped IPv6 counts as IPv4)
   -6, --ipv6               IPv6 only
       --json               one JSON object per line instead of columns
-      --accept-mode MODE   listener (default): charge accepts to the listening socket's
-                           owner; syscall: to the accept() caller, exact but every
-                           syscall on the host gets slower while attached
+      --accept-mode MODE   who accepts are charged to. auto (default): the first of
+                           fexit, kprobe, listener this kernel attaches. fexit, kprobe:
+                           the accept() caller, from inet_csk_accept (io_uring too);
+                           syscall: the accept() caller, from the syscall exits (every
+                           syscall on the host gets slower); listener: the listening
+                           socket's owner
+      --btf FILE           the kernel's BTF from FILE, for kernels without
+                           /sys/kernel/btf/vmlinux
       --ringbuf-bytes N    ring buffer size, a power of two (default 1048576)
   -h, --help               show this help
 
@@ -43,6 +53,7 @@ export interface TraceArgs {
   ip: 0 | 4 | 6
   json: boolean
   acceptMode: AcceptMode
+  btfPath?: string
   ringbufBytes: number
   help: boolean
 }
@@ -56,15 +67,17 @@ export function parseTraceArgs(argv: string[]): TraceArgs {
     ipv4: { type: 'boolean', short: '4', default: false },
     ipv6: { type: 'boolean', short: '6', default: false },
     json: { type: 'boolean', default: false },
-    'accept-mode': { type: 'string', default: 'listener' },
+    'accept-mode': { type: 'string', default: 'auto' },
+    btf: { type: 'string' },
     'ringbuf-bytes': { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   })
   if (values.ipv4 && values.ipv6) throw new UsageError('-4 and -6 exclude each other')
   const mode = values['accept-mode']
-  if (mode !== 'listener' && mode !== 'syscall') {
-    throw new UsageError(`--accept-mode must be "listener" or "syscall", got "${mode}"`)
+  if (!isAcceptMode(mode)) {
+    throw new UsageError(`--accept-mode must be one of ${ACCEPT_MODES.join(', ')}, got "${mode}"`)
   }
+  if (values.btf === '') throw new UsageError('--btf needs a file path')
   const rb =
     values['ringbuf-bytes'] === undefined
       ? 1 << 20
@@ -78,6 +91,7 @@ export function parseTraceArgs(argv: string[]): TraceArgs {
     ip: values.ipv4 ? 4 : values.ipv6 ? 6 : 0,
     json: values.json,
     acceptMode: mode,
+    ...(values.btf === undefined ? {} : { btfPath: values.btf }),
     ringbufBytes: rb,
     help: values.help,
   }
@@ -104,6 +118,7 @@ export async function runTrace(argv: string[]): Promise<number> {
       filterNetns: args.netns,
       filterIp: args.ip,
       acceptMode: args.acceptMode,
+      ...(args.btfPath === undefined ? {} : { btfPath: args.btfPath }),
       ringBufferBytes: args.ringbufBytes,
       log: (level, msg) => {
         if (level !== 'debug') err(`libbpf: ${level}: ${msg.replace(/^libbpf: /, '')}`)
@@ -115,7 +130,13 @@ export async function runTrace(argv: string[]): Promise<number> {
     for (const p of tracer.attach()) {
       if (!p.attached && args.verbose) err(`program ${p.name} (${p.section}) not attached: ${p.error ?? ''}`)
     }
-    if (args.acceptMode === 'listener') {
+    if (args.verbose) {
+      for (const p of tracer.hookProbes.filter((x) => !x.ok)) {
+        err(`accept hook ${p.mode} not available: ${p.error ?? ''}`)
+      }
+      err(`accept hook: ${tracer.acceptHook}`)
+    }
+    if (tracer.acceptHook === 'listener') {
       const seeded = tracer.seedListeners(await discoverListeners())
       if (args.verbose) err(`seeded ${seeded} existing listeners from /proc`)
     }

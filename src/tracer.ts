@@ -1,7 +1,10 @@
 // A thin typed wrapper over the native Tracer: options in, typed events out.
 // The binding is injectable so pure logic can be tested without the kernel.
+import { closeSync, openSync, readSync } from 'node:fs'
+import os from 'node:os'
 import { decodeBatch, type TcpEvent } from './events.js'
 import { bpfObjectPath } from './paths.js'
+import type { AcceptHook, AcceptMode } from './config.js'
 import type { ListenerOwner } from './procfs.js'
 import {
   loadBinding,
@@ -15,7 +18,34 @@ import {
   type ProgramStatus,
 } from './native.js'
 
-export type AcceptMode = 'listener' | 'syscall'
+export type { AcceptHook, AcceptMode }
+
+/** The programs each accept hook loads; listener mode needs none beyond the backbone. */
+export const ACCEPT_PROGRAMS: Readonly<Record<AcceptHook, readonly string[]>> = {
+  fexit: ['handle_accept_fexit'],
+  kprobe: ['handle_accept_kretprobe'],
+  syscall: ['handle_accept4_exit', 'handle_accept_exit'],
+  listener: [],
+}
+/** What `auto` tries, best first: exact attribution at no system-wide cost, then the fallback. */
+export const AUTO_ACCEPT_ORDER: readonly AcceptHook[] = ['fexit', 'kprobe', 'listener']
+
+const FEXIT_HINT =
+  'this kernel does not load fexit programs (they need BTF, CONFIG_FUNCTION_TRACER and ' +
+  'CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS), or a security policy refuses them'
+
+/** One hook's trial in `auto` mode (or the explicit choice): loaded and attached, or why not. */
+export interface HookProbe {
+  mode: AcceptHook
+  ok: boolean
+  error?: string
+}
+
+/** Where each part of the tracer is attached: the backbone and the accept attribution. */
+export interface HookMode {
+  hook: 'state' | 'accept'
+  mode: string
+}
 
 export interface TracerOptions {
   objectPath?: string
@@ -25,7 +55,10 @@ export interface TracerOptions {
   filterNetns?: number
   /** only IPv4 (4) or IPv6 (6) events; 0 = both */
   filterIp?: 0 | 4 | 6
+  /** default `auto`: the first of AUTO_ACCEPT_ORDER this kernel loads and attaches */
   acceptMode?: AcceptMode
+  /** the kernel's BTF from a file, for kernels without /sys/kernel/btf/vmlinux */
+  btfPath?: string
   /** capacity of the per-socket state map */
   maxConnections?: number
   /** ring buffer size in bytes: a power of two, at least one page */
@@ -64,12 +97,39 @@ export interface SeedConnection {
   direction: 'outbound' | 'inbound'
 }
 
-/** The programs that implement ACCEPT_MODE_SYSCALL; not loaded in listener mode. */
-export const SYSCALL_ACCEPT_PROGRAMS = ['handle_accept4_exit', 'handle_accept_exit'] as const
 /** Without this program nothing works. */
 export const BACKBONE_PROGRAM = 'handle_set_state'
 
 const BPF_NOEXIST = 1
+
+/** btf_path (or --btf) names no usable BTF file. */
+export class BtfFileError extends Error {
+  override name = 'BtfFileError'
+}
+
+/**
+ * A BTF file libbpf can read: raw BTF (like /sys/kernel/btf/vmlinux) or an ELF file with a
+ * .BTF section. Checked here so a wrong path is named as such, not as a failed program load.
+ */
+export function checkBtfFile(file: string): void {
+  const fix =
+    'btf_path must name the kernel BTF: a raw BTF file (magic 0xeB9F) or an ELF file with a .BTF section'
+  let head: Buffer
+  try {
+    const fd = openSync(file, 'r')
+    try {
+      head = Buffer.alloc(4)
+      readSync(fd, head, 0, 4, 0)
+    } finally {
+      closeSync(fd)
+    }
+  } catch (e) {
+    throw new BtfFileError(`btf_path ${file}: ${(e as Error).message}; ${fix}`)
+  }
+  const rawBtf = head.readUInt16LE(0) === 0xeb9f || head.readUInt16BE(0) === 0xeb9f
+  const elf = head.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))
+  if (!rawBtf && !elf) throw new BtfFileError(`btf_path ${file}: not a BTF or ELF file; ${fix}`)
+}
 
 function checkUint(name: string, v: number, min: number, max: number): number {
   if (!Number.isInteger(v) || v < min || v > max) {
@@ -85,15 +145,25 @@ export class TcpTracer {
   private constructor(
     private readonly binding: Binding,
     private readonly native: NativeTracer,
+    /** the accept hook in use */
+    readonly acceptHook: AcceptHook,
+    /** what was tried to choose it, in order */
+    readonly hookProbes: readonly HookProbe[],
   ) {}
 
-  /** Open and load the BPF object with the load-time settings. Throws BpfError or RangeError. */
+  /**
+   * Open and load the BPF object with the load-time settings, choosing the accept hook.
+   * `auto` decides by loading and attaching each candidate in turn; an explicit fexit or
+   * kprobe that does not attach is an error. Throws BpfError or RangeError.
+   */
   static open(opts: TracerOptions = {}, binding: Binding = loadBinding()): TcpTracer {
     const filterIp = opts.filterIp ?? 0
     if (filterIp !== 0 && filterIp !== 4 && filterIp !== 6) throw new RangeError('filterIp must be 0, 4 or 6')
-    const acceptMode = opts.acceptMode ?? 'listener'
-    if (acceptMode !== 'listener' && acceptMode !== 'syscall') {
-      throw new RangeError(`acceptMode must be "listener" or "syscall", got ${String(acceptMode)}`)
+    const acceptMode = opts.acceptMode ?? 'auto'
+    if (acceptMode !== 'auto' && !(acceptMode in ACCEPT_PROGRAMS)) {
+      throw new RangeError(
+        `acceptMode must be auto or one of ${Object.keys(ACCEPT_PROGRAMS).join(', ')}, got ${String(acceptMode)}`,
+      )
     }
     const rb = opts.ringBufferBytes ?? 1 << 20
     if (!Number.isInteger(rb) || rb < 4096 || rb > 1 << 30 || (rb & (rb - 1)) !== 0) {
@@ -108,26 +178,92 @@ export class TcpTracer {
     const bounds = Buffer.alloc(8 * maxBuckets)
     buckets.forEach((b, i) => bounds.writeBigUInt64LE(BigInt(Math.round(b * 1e9)), 8 * i))
     const maxConnections = checkUint('maxConnections', opts.maxConnections ?? 65536, 1024, 1 << 24)
-    const native = new binding.Tracer(opts.objectPath ?? bpfObjectPath, {
-      rodata: {
-        filter_pid: checkUint('filterPid', opts.filterPid ?? 0, 0, 4194304),
-        filter_netns: checkUint('filterNetns', opts.filterNetns ?? 0, 0, 0xffffffff),
-        filter_ip: filterIp,
-        accept_mode: acceptMode === 'syscall' ? c.ACCEPT_MODE_SYSCALL : c.ACCEPT_MODE_LISTENER,
-        aggregate: opts.aggregate ? 1 : 0,
-        nbuckets: buckets.length,
-        bucket_bounds_ns: bounds,
-      },
-      maxEntries: {
-        conns: maxConnections,
-        seeded: maxConnections,
-        aggs: checkUint('maxKernelLabelSets', opts.maxKernelLabelSets ?? 65536, 16, 1 << 24),
-        events: rb,
-      },
-      disabledPrograms: acceptMode === 'syscall' ? [] : [...SYSCALL_ACCEPT_PROGRAMS],
-      ...(opts.log ? { log: opts.log } : {}),
-    })
-    return new TcpTracer(binding, native)
+    const filterPid = checkUint('filterPid', opts.filterPid ?? 0, 0, 4194304)
+    const filterNetns = checkUint('filterNetns', opts.filterNetns ?? 0, 0, 0xffffffff)
+    const maxLabelSets = checkUint('maxKernelLabelSets', opts.maxKernelLabelSets ?? 65536, 16, 1 << 24)
+    if (opts.btfPath !== undefined) checkBtfFile(opts.btfPath)
+    const allAcceptPrograms = Object.values(ACCEPT_PROGRAMS).flat()
+    const load = (hook: AcceptHook, log: LibbpfLog | undefined): NativeTracer =>
+      new binding.Tracer(opts.objectPath ?? bpfObjectPath, {
+        rodata: {
+          filter_pid: filterPid,
+          filter_netns: filterNetns,
+          filter_ip: filterIp,
+          accept_mode:
+            hook === 'listener'
+              ? c.ACCEPT_MODE_LISTENER
+              : hook === 'syscall'
+                ? c.ACCEPT_MODE_SYSCALL
+                : c.ACCEPT_MODE_KERNEL,
+          aggregate: opts.aggregate ? 1 : 0,
+          nbuckets: buckets.length,
+          bucket_bounds_ns: bounds,
+        },
+        maxEntries: { conns: maxConnections, seeded: maxConnections, aggs: maxLabelSets, events: rb },
+        disabledPrograms: allAcceptPrograms.filter((p) => !ACCEPT_PROGRAMS[hook].includes(p)),
+        ...(opts.btfPath === undefined ? {} : { btfPath: opts.btfPath }),
+        ...(log ? { log } : {}),
+      })
+
+    const candidates = acceptMode === 'auto' ? AUTO_ACCEPT_ORDER : [acceptMode]
+    const probes: HookProbe[] = []
+    for (const [i, hook] of candidates.entries()) {
+      const last = i === candidates.length - 1
+      // libbpf's complaints about a candidate `auto` rejects are debug noise, not warnings
+      const held: Array<Parameters<LibbpfLog>> = []
+      const hold: LibbpfLog = (...m) => {
+        held.push(m)
+      }
+      const log = opts.log && !last ? hold : opts.log
+      const release = (rejected: boolean): void => {
+        for (const [level, msg] of held) opts.log?.(rejected ? 'debug' : level, msg)
+      }
+      let native: NativeTracer | undefined
+      try {
+        native = load(hook, log)
+        // the syscall programs report their attach status at attach(); the kernel hooks must attach now
+        if (hook === 'fexit' || hook === 'kprobe') {
+          for (const name of ACCEPT_PROGRAMS[hook]) {
+            const st = native.probeAttach(name)
+            if (!st.attached) {
+              throw Object.assign(new Error(st.error ?? 'not attached'), st, { name: 'BpfError' })
+            }
+          }
+        }
+      } catch (e) {
+        native?.close()
+        const err = e as BpfError
+        if (hook === 'fexit' && err.op === 'load') {
+          // the one program that differs from the other candidates is the fexit one
+          err.message = `${err.message.replace(/; .*$/s, '')}; ${FEXIT_HINT}`
+          err.hint = FEXIT_HINT
+        }
+        if (opts.btfPath !== undefined && err.op === 'load') {
+          err.message += `; the kernel's BTF came from ${opts.btfPath}: check that it was made from this kernel (${os.release()})`
+        }
+        if (last && acceptMode !== 'auto') {
+          err.message = `accept_mode ${hook}: ${err.message}`
+          throw err
+        }
+        release(true)
+        probes.push({ mode: hook, ok: false, error: err.message })
+        if (last) throw err
+        continue
+      }
+      release(false)
+      probes.push({ mode: hook, ok: true })
+      return new TcpTracer(binding, native, hook, probes)
+    }
+    throw new Error('unreachable: no accept hook candidates')
+  }
+
+  /** Where each part is attached: `state` is the backbone, `accept` attributes accepts. */
+  hooks(): HookMode[] {
+    const backbone = this.programs.find((p) => p.name === BACKBONE_PROGRAM)
+    return [
+      { hook: 'state', mode: backbone?.section.split('/')[0] ?? 'raw_tp' },
+      { hook: 'accept', mode: this.acceptHook },
+    ]
   }
 
   /**

@@ -201,6 +201,7 @@ Napi::Object Constants(Napi::Env env)
 	o.Set("AGG_UNATTRIBUTED", static_cast<int>(AGG_UNATTRIBUTED));
 	o.Set("ACCEPT_MODE_LISTENER", static_cast<int>(ACCEPT_MODE_LISTENER));
 	o.Set("ACCEPT_MODE_SYSCALL", static_cast<int>(ACCEPT_MODE_SYSCALL));
+	o.Set("ACCEPT_MODE_KERNEL", static_cast<int>(ACCEPT_MODE_KERNEL));
 	o.Set("numPossibleCpus", libbpf_num_possible_cpus());
 	return o;
 }

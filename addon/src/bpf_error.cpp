@@ -71,13 +71,16 @@ std::string HintFor(const std::string &op, int err)
 		       "started; CAP_SYS_ADMIN on kernels before 5.8)";
 	if (access("/sys/kernel/btf/vmlinux", R_OK) != 0 && (op == "open" || op == "load"))
 		return "this kernel exposes no BTF at /sys/kernel/btf/vmlinux: it needs "
-		       "CONFIG_DEBUG_INFO_BTF=y";
+		       "CONFIG_DEBUG_INFO_BTF=y, or the kernel's BTF from a file (btf_path in "
+		       "the config, --btf for trace)";
 	if (op == "open" && err == ENOENT)
 		return "the BPF object file is missing: run `npm run build`";
 	if (op.rfind("attach", 0) == 0 && err == ENOENT &&
 	    op.find("tracepoint/") != std::string::npos && !TracefsMounted())
 		return "tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing "
 		       "(the tracer does this itself when it runs as root)";
+	if (op.rfind("attach kprobe/", 0) == 0 || op.rfind("attach kretprobe/", 0) == 0)
+		return "this kernel has no kprobes (CONFIG_KPROBES) or not on this function";
 	if ((err == EPERM || err == EACCES) && (op == "load" || op.rfind("attach", 0) == 0))
 		return "the kernel refused the program although we are root: check "
 		       "kernel.unprivileged_bpf_disabled, lockdown mode and seccomp/LSM policy";

@@ -57,7 +57,8 @@ test('empty documents give the default config', () => {
 test('defaults', () => {
   assert.deepEqual(plain(defaultConfig), {
     labels: ['comm', 'netns', 'family'],
-    accept_mode: 'listener',
+    accept_mode: 'auto',
+    btf_path: null,
     limits: {
       max_label_sets: 10000,
       idle_expiry: 600000,
@@ -105,6 +106,10 @@ test('valid values', () => {
     ['labels:\n  - comm\n  - pid\n', (c) => c.labels, ['comm', 'pid']],
     ['accept_mode: syscall', (c) => c.accept_mode, 'syscall'],
     ['accept_mode: listener', (c) => c.accept_mode, 'listener'],
+    ['accept_mode: fexit', (c) => c.accept_mode, 'fexit'],
+    ['accept_mode: kprobe', (c) => c.accept_mode, 'kprobe'],
+    ['accept_mode: auto', (c) => c.accept_mode, 'auto'],
+    ['btf_path: /boot/vmlinux.btf', (c) => c.btf_path, '/boot/vmlinux.btf'],
     ['limits: {max_label_sets: 1}', (c) => c.limits.max_label_sets, 1],
     ['limits: {max_label_sets: 10000000}', (c) => c.limits.max_label_sets, 10_000_000],
     ['limits: {max_connections: 1024}', (c) => c.limits.max_connections, 1024],
@@ -159,8 +164,19 @@ test('invalid values: exact path and message', () => {
       'expected a list of labels from comm, netns, family, pid, cgroup, port, got "comm"',
     ],
     ['labels:', 'labels', 'got null'],
-    ['accept_mode: kprobe', 'accept_mode', 'expected one of listener, syscall, got "kprobe"'],
-    ['accept_mode: [listener]', 'accept_mode', 'expected one of listener, syscall, got a list'],
+    [
+      'accept_mode: fentry',
+      'accept_mode',
+      'expected one of auto, fexit, kprobe, syscall, listener, got "fentry"',
+    ],
+    [
+      'accept_mode: [listener]',
+      'accept_mode',
+      'expected one of auto, fexit, kprobe, syscall, listener, got a list',
+    ],
+    ['btf_path: ""', 'btf_path', 'must not be empty'],
+    ['btf_path: 3', 'btf_path', 'expected a file path, got 3'],
+    ['btf_path: [a]', 'btf_path', 'expected a file path, got a list'],
     [
       'limits: {max_label_sets: abc}',
       'limits.max_label_sets',
@@ -224,7 +240,7 @@ test('bad regular expressions name the item and carry the RegExp error', () => {
 
 test('unknown keys are rejected at every level, naming the known keys', () => {
   const cases: Array<[text: string, path: string, known: string]> = [
-    ['bogus: 1', 'bogus', 'labels, accept_mode, limits, histogram, filters'],
+    ['bogus: 1', 'bogus', 'labels, accept_mode, btf_path, limits, histogram, filters'],
     ['Labels: [comm]', 'Labels', 'labels, accept_mode'],
     [
       'limits: {bogus: 1}',
@@ -476,6 +492,7 @@ test('describeChanges', () => {
     [
       'labels: []',
       'accept_mode: syscall',
+      'btf_path: /boot/vmlinux.btf',
       'limits: {max_label_sets: 5, idle_expiry: 1h30m, max_connections: 2048, max_kernel_label_sets: 4096}',
       'histogram: {buckets_seconds: [0.5, 1]}',
       'filters: {netns: [4026531840], ports: [80, 443], comm: {include: [nginx, "node.*"], exclude: ["a/b"]}}',
@@ -484,7 +501,8 @@ test('describeChanges', () => {
   )
   assert.deepEqual(describeChanges(defaultConfig, next), [
     'labels: [comm, netns, family] -> []',
-    'accept_mode: listener -> syscall',
+    'accept_mode: auto -> syscall',
+    'btf_path: (none) -> /boot/vmlinux.btf',
     'limits.max_label_sets: 10000 -> 5',
     'limits.idle_expiry: 10m -> 1h30m',
     'limits.max_connections: 65536 -> 2048',

@@ -180,6 +180,7 @@ filters:
   test('each restart-only setting', () => {
     const cases: Array<[string, string]> = [
       ['accept_mode: syscall', 'accept_mode'],
+      ['btf_path: /boot/vmlinux.btf', 'btf_path'],
       ['limits: {max_connections: 2048}', 'limits.max_connections'],
       ['limits: {max_kernel_label_sets: 4096}', 'limits.max_kernel_label_sets'],
       ['histogram: {buckets_seconds: [0.1, 1, 10]}', 'histogram.buckets_seconds'],
@@ -193,6 +194,7 @@ filters:
   test('all of them, in a stable order', () => {
     const next = config(`
 accept_mode: syscall
+btf_path: /boot/vmlinux.btf
 labels: [comm]
 limits:
   max_connections: 2048
@@ -203,6 +205,7 @@ histogram:
 `)
     assert.deepEqual(restartOnlyChanges(base, next), [
       'accept_mode',
+      'btf_path',
       'limits.max_connections',
       'limits.max_kernel_label_sets',
       'histogram.buckets_seconds',

@@ -8,7 +8,7 @@ import pino from 'pino'
 import type { MetricFamily } from '../../src/exposition.js'
 import type { ProgramStatus } from '../../src/native.js'
 import { build } from '../../src/server.js'
-import type { MetricsSource, ServerOptions } from '../../src/server.js'
+import type { HookStatus, MetricsSource, ServerOptions } from '../../src/server.js'
 
 /** The Accept header Prometheus 2.x/3.x sends by default. */
 const PROMETHEUS_ACCEPT =
@@ -69,6 +69,10 @@ class FakeSource implements MetricsSource {
       attached: false,
       error: HOSTILE,
     },
+  ]
+  readonly hooks: HookStatus[] = [
+    { hook: 'state', mode: 'raw_tp' },
+    { hook: 'accept', mode: 'listener', rejected: [{ mode: 'fexit', error: HOSTILE }] },
   ]
 
   async collect(): Promise<MetricFamily[]> {
@@ -192,6 +196,10 @@ describe('server', () => {
     assert.match(String(ok.headers['content-type']), /^application\/json/)
     assert.deepEqual(ok.json(), {
       status: 'ready',
+      hooks: [
+        { hook: 'state', mode: 'raw_tp' },
+        { hook: 'accept', mode: 'listener', rejected: [{ mode: 'fexit', error: HOSTILE }] },
+      ],
       programs: [
         { name: 'handle_set_state', hook: 'tracepoint/sock/inet_sock_set_state', attached: true },
         {
@@ -232,6 +240,13 @@ describe('server', () => {
     assert.ok(
       html.includes(
         '<tr><td>kretprobe_inet_csk_accept</td><td>kretprobe/inet_csk_accept</td><td>not attached: ' +
+          '&#60;script&#62;alert(&#34;x&#34;)&#60;/script&#62; &#38; &#39;q&#39;</td></tr>',
+      ),
+    )
+    assert.ok(html.includes('<tr><td>state</td><td>raw_tp</td><td></td></tr>'))
+    assert.ok(
+      html.includes(
+        '<tr><td>accept</td><td>listener</td><td>fexit: ' +
           '&#60;script&#62;alert(&#34;x&#34;)&#60;/script&#62; &#38; &#39;q&#39;</td></tr>',
       ),
     )

@@ -118,6 +118,7 @@ Napi::Function Tracer::Init(Napi::Env env)
 	return DefineClass(env, "Tracer",
 			   {
 			       InstanceMethod("attach", &Tracer::JS_attach),
+			       InstanceMethod("probeAttach", &Tracer::JS_probeAttach),
 			       InstanceMethod("startEvents", &Tracer::JS_startEvents),
 			       InstanceMethod("stopEvents", &Tracer::JS_stopEvents),
 			       InstanceMethod("mapInfo", &Tracer::JS_mapInfo),
@@ -131,7 +132,7 @@ Napi::Function Tracer::Init(Napi::Env env)
 			   });
 }
 
-// new Tracer(path, { rodata, maxEntries, disabledPrograms, log })
+// new Tracer(path, { rodata, maxEntries, disabledPrograms, btfPath, log })
 // open -> set rodata -> size maps -> choose programs -> load; each step its own error.
 Tracer::Tracer(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Tracer>(info)
 {
@@ -151,7 +152,13 @@ Tracer::Tracer(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Tracer>(info)
 		return MakeBpfError(env, op, err, detail);
 	};
 
-	obj_ = bpf_object__open_file(path.c_str(), nullptr);
+	// btfPath: the kernel's BTF from a file, for kernels without /sys/kernel/btf/vmlinux
+	std::string btf_path;
+	if (opts.Has("btfPath") && opts.Get("btfPath").IsString())
+		btf_path = opts.Get("btfPath").As<Napi::String>().Utf8Value();
+	LIBBPF_OPTS(bpf_object_open_opts, open_opts,
+		    .btf_custom_path = btf_path.empty() ? nullptr : btf_path.c_str());
+	obj_ = bpf_object__open_file(path.c_str(), &open_opts);
 	if (!obj_)
 		throw fail("open", errno, path);
 
@@ -307,6 +314,36 @@ Napi::Value Tracer::JS_setGlobal(const Napi::CallbackInfo &info)
 	return env.Undefined();
 }
 
+// One program's attach result: { name, section, attached, error?, errno?, code?, hint? }.
+// The link, when there is one, goes to *link.
+Napi::Object Tracer::AttachProgram(Napi::Env env, bpf_program *prog, bpf_link **link)
+{
+	Napi::Object r = Napi::Object::New(env);
+	std::string sec = bpf_program__section_name(prog);
+	r.Set("name", bpf_program__name(prog));
+	r.Set("section", sec);
+	*link = nullptr;
+	if (!bpf_program__autoload(prog)) {
+		r.Set("attached", false);
+		r.Set("error", "disabled by configuration");
+		return r;
+	}
+	*link = bpf_program__attach(prog);
+	if (*link) {
+		r.Set("attached", true);
+		return r;
+	}
+	int err = errno;
+	Napi::Error e = MakeBpfError(env, "attach " + sec, err);
+	r.Set("attached", false);
+	r.Set("error", e.Message());
+	r.Set("errno", err);
+	r.Set("code", e.Value().Get("code"));
+	if (e.Value().Has("hint"))
+		r.Set("hint", e.Value().Get("hint"));
+	return r;
+}
+
 // attach() -> [{ name, section, attached, error?, errno?, hint? }], one per program.
 Napi::Value Tracer::JS_attach(const Napi::CallbackInfo &info)
 {
@@ -320,33 +357,36 @@ Napi::Value Tracer::JS_attach(const Napi::CallbackInfo &info)
 	bpf_program *prog;
 	uint32_t i = 0;
 	bpf_object__for_each_program (prog, obj_) {
-		Napi::Object r = Napi::Object::New(env);
-		std::string sec = bpf_program__section_name(prog);
-		r.Set("name", bpf_program__name(prog));
-		r.Set("section", sec);
-		if (!bpf_program__autoload(prog)) {
-			r.Set("attached", false);
-			r.Set("error", "disabled by configuration");
-		} else {
-			bpf_link *link = bpf_program__attach(prog);
-			if (link) {
-				links_.push_back(link);
-				r.Set("attached", true);
-			} else {
-				int err = errno;
-				Napi::Error e = MakeBpfError(env, "attach " + sec, err);
-				r.Set("attached", false);
-				r.Set("error", e.Message());
-				r.Set("errno", err);
-				r.Set("code", e.Value().Get("code"));
-				if (e.Value().Has("hint"))
-					r.Set("hint", e.Value().Get("hint"));
-			}
-		}
-		out.Set(i++, r);
+		bpf_link *link;
+		out.Set(i++, AttachProgram(env, prog, &link));
+		if (link)
+			links_.push_back(link);
 	}
 	FlushLog(env, *log_);
 	return out;
+}
+
+// probeAttach(name) -> the attach() status of one program, which is detached again
+// at once: whether this kernel lets it attach, decided by attaching it.
+Napi::Value Tracer::JS_probeAttach(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	if (!obj_)
+		throw Napi::Error::New(env, "tracer is closed");
+	if (attached_)
+		throw Napi::Error::New(env, "probeAttach() after attach()");
+	if (!info[0].IsString())
+		throw Napi::TypeError::New(env, "probeAttach(name): name must be a string");
+	std::string name = info[0].As<Napi::String>().Utf8Value();
+	bpf_program *prog = bpf_object__find_program_by_name(obj_, name.c_str());
+	if (!prog)
+		throw MakeBpfError(env, "probe attach", ENOENT, "no program named " + name);
+	bpf_link *link;
+	Napi::Object r = AttachProgram(env, prog, &link);
+	if (link)
+		bpf_link__destroy(link);
+	FlushLog(env, *log_);
+	return r;
 }
 
 // startEvents(callback(err, buffer, count), { maxQueue, maxBatch })

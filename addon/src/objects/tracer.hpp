@@ -10,6 +10,7 @@
 
 struct bpf_object;
 struct bpf_link;
+struct bpf_program;
 struct bpf_map;
 struct ring_buffer;
 struct btf_var_secinfo;
@@ -42,6 +43,7 @@ class Tracer : public Napi::ObjectWrap<Tracer>
 
       private:
 	Napi::Value JS_attach(const Napi::CallbackInfo &info);
+	Napi::Value JS_probeAttach(const Napi::CallbackInfo &info);
 	Napi::Value JS_startEvents(const Napi::CallbackInfo &info);
 	Napi::Value JS_stopEvents(const Napi::CallbackInfo &info);
 	Napi::Value JS_mapInfo(const Napi::CallbackInfo &info);
@@ -52,6 +54,7 @@ class Tracer : public Napi::ObjectWrap<Tracer>
 	Napi::Value JS_drainStats(const Napi::CallbackInfo &info);
 	Napi::Value JS_close(const Napi::CallbackInfo &info);
 
+	Napi::Object AttachProgram(Napi::Env env, bpf_program *prog, bpf_link **link);
 	bpf_map *FindMap(Napi::Env env, const Napi::Value &name);
 	void SetGlobal(Napi::Env env, const char *section, const std::string &var, uint64_t value);
 	void SetGlobalBytes(Napi::Env env, const char *section, const std::string &var,
