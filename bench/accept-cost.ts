@@ -23,7 +23,7 @@ import { parseArgs, promisify } from 'node:util'
 import * as prettier from 'prettier'
 
 import { packageRoot } from '../src/paths.js'
-import { ACCEPT_PROGRAMS, BACKBONE_PROGRAM, TcpTracer } from '../src/tracer.js'
+import { ACCEPT_PROGRAMS, BACKBONE_PROGRAM, NESTED_BACKBONE_PROGRAM, TcpTracer } from '../src/tracer.js'
 
 const SETUPS = ['none', 'listener', 'syscall'] as const
 type Setup = (typeof SETUPS)[number]
@@ -31,8 +31,8 @@ type Setup = (typeof SETUPS)[number]
 /** BPF attachments this process must hold in each setup (bpftool perf list). */
 const EXPECTED_ATTACHMENTS: Record<Setup, string[]> = {
   none: [],
-  listener: ['inet_sock_set_state'],
-  syscall: ['inet_sock_set_state', 'sys_exit_accept', 'sys_exit_accept4'],
+  listener: ['inet_sock_set_state', 'inet_sock_set_state'],
+  syscall: ['inet_sock_set_state', 'inet_sock_set_state', 'sys_exit_accept', 'sys_exit_accept4'],
 }
 const SETTLE_MS = 300
 const SAMPLE_RETRIES = 5
@@ -352,7 +352,7 @@ function attach(setup: Setup): TcpTracer | null {
       .filter((p) => p.attached)
       .map((p) => p.name)
       .sort()
-    const want = [BACKBONE_PROGRAM, ...ACCEPT_PROGRAMS[setup]].sort()
+    const want = [BACKBONE_PROGRAM, NESTED_BACKBONE_PROGRAM, ...ACCEPT_PROGRAMS[setup]].sort()
     if (attached.join() !== want.join()) {
       throw new Error(`setup ${setup}: attached [${attached.join(', ')}], expected [${want.join(', ')}]`)
     }

@@ -805,8 +805,11 @@ function checkOurs(r: Running, a: Attachments): void {
         `setup ${r.setup}: ${role} (pid ${p?.pid}) holds [${held.join(', ')}], no inet_sock_set_state`,
       )
     }
-    if (role !== 'bpftrace' && held.length !== 1) {
-      throw new Error(`setup ${r.setup}: ${role} holds [${held.join(', ')}], expected [inet_sock_set_state]`)
+    // the state program and its nested stand-in (src/tracer.ts NESTED_BACKBONE_PROGRAM)
+    if (role !== 'bpftrace' && held.join() !== 'inet_sock_set_state,inet_sock_set_state') {
+      throw new Error(
+        `setup ${r.setup}: ${role} holds [${held.join(', ')}], expected [inet_sock_set_state, inet_sock_set_state]`,
+      )
     }
   }
   if (roles.length === 0 && a.ours.size) {

@@ -578,20 +578,34 @@ static __always_inline void on_child_created(struct sock *sk)
 	bpf_map_delete_elem(&conns, &key);
 }
 
-SEC("raw_tp/inet_sock_set_state")
-int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
+/*
+ * The kernel runs a tracing program at most once at a time per CPU: when a softirq
+ * interrupts handle_set_state mid-run (a connect() or close() in process context,
+ * say) and changes another socket's state, that nested run is skipped and counted
+ * in the program's recursion_misses. A second program on the same tracepoint has a
+ * guard of its own: it acts only while handle_set_state is mid-run on its CPU, that
+ * is exactly for the nested events the first one misses. Per-CPU depth of the first.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} set_state_depth SEC(".maps");
+
+static __always_inline void set_state(struct sock *sk, int oldstate, int newstate)
 {
 	__u16 family;
 	__u32 netns;
 
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
+		return;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)
-		return 0;
+		return;
 	netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	if (filter_netns && netns != filter_netns)
-		return 0;
+		return;
 
 	if (newstate == TCP_SYN_SENT && oldstate == TCP_CLOSE)
 		on_connect_start(sk);
@@ -607,6 +621,29 @@ int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 		on_unlisten(sk, family, netns);
 	else if (newstate == TCP_CLOSE)
 		on_closed(sk, family, netns, oldstate);
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
+{
+	__u32 zero = 0, *depth = bpf_map_lookup_elem(&set_state_depth, &zero);
+
+	if (!depth)
+		return 0;
+	/* a nested run of the other program restores the value before we resume */
+	*depth += 1;
+	set_state(sk, oldstate, newstate);
+	*depth -= 1;
+	return 0;
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(handle_set_state_nested, struct sock *sk, int oldstate, int newstate)
+{
+	__u32 zero = 0, *depth = bpf_map_lookup_elem(&set_state_depth, &zero);
+
+	if (depth && *depth > 0)
+		set_state(sk, oldstate, newstate);
 	return 0;
 }
 
@@ -615,6 +652,21 @@ int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
  * that accept()ed it. `sk` is the new connection's socket, the same pointer
  * inet_sock_set_state saw.
  */
+/* An inbound entry still waiting for its accept: charge it to the current task, report it. */
+static __always_inline void report_accept(struct sock *sk, __u16 family, __u32 netns, __u64 key,
+					  struct conn *c)
+{
+	if (c->reported || c->direction != DIRECTION_INBOUND)
+		return;
+	current_owner_of_request(&c->owner);
+	if (filter_pid && c->owner.pid != filter_pid) {
+		bpf_map_delete_elem(&conns, &key);
+		return;
+	}
+	c->reported = 1;
+	record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, c, 0);
+}
+
 static __always_inline int on_accept_return(struct sock *sk)
 {
 	struct conn *c, n = {.direction = DIRECTION_INBOUND, .reported = 1};
@@ -636,24 +688,22 @@ static __always_inline int on_accept_return(struct sock *sk)
 	c = bpf_map_lookup_elem(&conns, &key);
 	if (c) {
 		/* the usual order: the handshake completed, then accept() returned */
-		if (c->reported || c->direction != DIRECTION_INBOUND)
-			return 0;
-		current_owner_of_request(&c->owner);
-		if (filter_pid && c->owner.pid != filter_pid) {
-			bpf_map_delete_elem(&conns, &key);
-			return 0;
-		}
-		c->reported = 1;
-		record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, c, 0);
+		report_accept(sk, family, netns, key, c);
 		return 0;
 	}
 	/*
 	 * accept() won the race with SYN_RECV -> ESTABLISHED: claim the entry first. Any
 	 * other state without an entry is a socket we must not track: already CLOSE (reset
 	 * in the accept queue: no CLOSE transition will follow) or open before we attached.
+	 * Unless that transition ran on another CPU between our lookup and this read (the
+	 * kernel stores the new state after the tracepoint): then its entry is there now.
 	 */
-	if (BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_SYN_RECV)
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_SYN_RECV) {
+		c = bpf_map_lookup_elem(&conns, &key);
+		if (c)
+			report_accept(sk, family, netns, key, c);
 		return 0;
+	}
 	current_owner_of_request(&n.owner);
 	if (filter_pid && n.owner.pid != filter_pid)
 		return 0;
@@ -663,11 +713,8 @@ static __always_inline int on_accept_return(struct sock *sk)
 	if (err == -EEXIST) {
 		/* the handshake's last step got in between lookup and update after all */
 		c = bpf_map_lookup_elem(&conns, &key);
-		if (!c || c->reported)
-			return 0;
-		c->owner = n.owner;
-		c->reported = 1;
-		record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, c, 0);
+		if (c)
+			report_accept(sk, family, netns, key, c);
 		return 0;
 	}
 	if (err) {

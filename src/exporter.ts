@@ -395,6 +395,14 @@ export class Exporter {
         })),
       },
       {
+        name: 'tcptracer_program_recursion_misses_total',
+        help: 'Runs of each BPF program the kernel skipped because the program was already running on that CPU (an event lost unless handle_set_state_nested handled it).',
+        type: 'counter',
+        samples: this.tracer
+          .recursionMisses()
+          .map((p) => ({ labels: [['program', p.name]], value: n(p.misses) })),
+      },
+      {
         name: 'tcptracer_hook_info',
         help: 'How each part of the tracer is hooked into the kernel: hook="state" is the connection state backbone, hook="accept" attributes accepts (fexit, kprobe, syscall or listener).',
         type: 'info',

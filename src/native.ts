@@ -135,6 +135,8 @@ export declare class NativeTracer {
   mapUpdate(name: string, key: Buffer, value: Buffer, flags?: number): boolean
   mapDelete(name: string, key: Buffer): boolean
   drainStats(): DrainStats
+  /** per loaded program: runs the kernel skipped because it was already running on that CPU */
+  programStats(): Array<{ name: string; recursionMisses: bigint }>
   /** change a .bss setting of the loaded program */
   setGlobal(name: string, value: number | bigint): void
   close(): void

@@ -99,6 +99,8 @@ export interface SeedConnection {
 
 /** Without this program nothing works. */
 export const BACKBONE_PROGRAM = 'handle_set_state'
+/** The backbone's stand-in for the runs the kernel skips while it is interrupted mid-run. */
+export const NESTED_BACKBONE_PROGRAM = 'handle_set_state_nested'
 
 const BPF_NOEXIST = 1
 
@@ -272,7 +274,10 @@ export class TcpTracer {
    */
   attach(): ProgramStatus[] {
     this.programs.push(...this.native.attach())
-    const backbone = this.programs.find((p) => p.name === BACKBONE_PROGRAM)
+    const backbone =
+      this.programs.find(
+        (p) => !p.attached && [BACKBONE_PROGRAM, NESTED_BACKBONE_PROGRAM].includes(p.name),
+      ) ?? this.programs.find((p) => p.name === BACKBONE_PROGRAM)
     if (!backbone?.attached) {
       const err = new Error(backbone?.error ?? `program ${BACKBONE_PROGRAM} is missing`) as BpfError
       err.name = 'BpfError'
@@ -449,6 +454,11 @@ export class TcpTracer {
 
   drainStats(): DrainStats {
     return this.native.drainStats()
+  }
+
+  /** Per program: runs the kernel skipped because the program was already running on that CPU. */
+  recursionMisses(): Array<{ name: string; misses: bigint }> {
+    return this.native.programStats().map((p) => ({ name: p.name, misses: p.recursionMisses }))
   }
 
   get libbpfVersion(): string {

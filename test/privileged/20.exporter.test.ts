@@ -14,6 +14,7 @@ import {
   JsonProcess,
   Netns,
   TCPLOAD,
+  TIME_SCALE,
   privileged,
   runClient,
   scrape,
@@ -83,7 +84,7 @@ describe('exporter on the real kernel', { skip }, () => {
           '--port',
           String(old.port),
           '--hold-ms',
-          '4000',
+          String(4000 * TIME_SCALE),
         ],
         {
           stdio: 'pipe',
@@ -354,7 +355,10 @@ describe('exporter on the real kernel', { skip }, () => {
         ['run', `--config.file=${file}`, '--web.listen-address=127.0.0.1:0'],
         ['check-config', `--config.file=${file}`],
       ]) {
-        const r = spawnSync(process.execPath, [CLI, ...cmd], { encoding: 'utf8', timeout: 20000 })
+        const r = spawnSync(process.execPath, [CLI, ...cmd], {
+          encoding: 'utf8',
+          timeout: 20000 * TIME_SCALE,
+        })
         assert.equal(r.status, 2, `${cmd[0]} on ${JSON.stringify(text)}: ${r.stderr}`)
         assert.ok(r.stderr.includes(where), `${cmd[0]} names ${where}: ${r.stderr}`)
       }

@@ -24,6 +24,7 @@ import {
   Netns,
   exchange as runExchange,
   TCPLOAD,
+  TIME_SCALE,
   expectedEvents,
   identity,
   privileged,
@@ -529,7 +530,7 @@ describe(`the project under the image's Node LTS`, { skip }, () => {
           '--port',
           String(old.port),
           '--hold-ms',
-          '3000',
+          String(3000 * TIME_SCALE),
         ],
         { stdio: 'pipe' },
       ),
@@ -555,7 +556,7 @@ describe(`the project under the image's Node LTS`, { skip }, () => {
 
       // the image's HEALTHCHECK command, pointed at this daemon's port
       const [, ...probeArgs] = health.map((a) => a.replace(/127\.0\.0\.1:\d+/, `127.0.0.1:${d!.port}`))
-      const probe = spawnSync(node, probeArgs, { encoding: 'utf8', timeout: 10000 })
+      const probe = spawnSync(node, probeArgs, { encoding: 'utf8', timeout: 10000 * TIME_SCALE })
       assert.equal(probe.status, 0, `the health check passes: ${probe.stderr}`)
     } finally {
       if (d) assert.equal(await d.stop('SIGTERM'), 0, 'SIGTERM exits 0')

@@ -11,6 +11,14 @@ export const CLI = path.join(packageRoot, 'dist', 'src', 'cli.js')
 export const TCPLOAD = path.join(packageRoot, 'test', 'helpers', 'bin', 'tcpload')
 
 /**
+ * How much longer waits may take: under the VM matrix (scripts/vm-matrix.sh) the guest runs on TCG,
+ * an emulated CPU several times slower than the host. TCPTRACER_TIME_SCALE overrides.
+ */
+export const TIME_SCALE = Number(
+  process.env['TCPTRACER_TIME_SCALE'] ?? (process.env['TCPTRACER_VM'] === '1' ? 8 : 1),
+)
+
+/**
  * Whether privileged tests can run. Outside CI they skip, loudly; under CI=true
  * a missing privilege is a failure, never a skip.
  */
@@ -86,7 +94,8 @@ export class JsonProcess {
   }
 
   /** Resolve when pred holds, or reject after timeoutMs with what was seen. */
-  async until(pred: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  async until(pred: () => boolean, timeout: number, what: string): Promise<void> {
+    const timeoutMs = timeout * TIME_SCALE
     const deadline = Date.now() + timeoutMs
     while (!pred()) {
       const left = deadline - Date.now()

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { JsonProcess, type Daemon } from './harness.js'
+import { JsonProcess, TIME_SCALE, type Daemon } from './harness.js'
 
 export interface Series {
   metric: Record<string, string>
@@ -27,6 +27,7 @@ export async function until<T>(
   timeoutMs: number,
   fn: () => Promise<T | undefined>,
 ): Promise<T> {
+  timeoutMs *= TIME_SCALE
   const deadline = Date.now() + timeoutMs
   let last: unknown
   for (;;) {

@@ -127,6 +127,7 @@ Napi::Function Tracer::Init(Napi::Env env)
 			       InstanceMethod("mapUpdate", &Tracer::JS_mapUpdate),
 			       InstanceMethod("mapDelete", &Tracer::JS_mapDelete),
 			       InstanceMethod("drainStats", &Tracer::JS_drainStats),
+			       InstanceMethod("programStats", &Tracer::JS_programStats),
 			       InstanceMethod("setGlobal", &Tracer::JS_setGlobal),
 			       InstanceMethod("close", &Tracer::JS_close),
 			   });
@@ -543,6 +544,34 @@ Napi::Value Tracer::JS_close(const Napi::CallbackInfo &info)
 {
 	Close();
 	return info.Env().Undefined();
+}
+
+// programStats() -> [{ name, recursionMisses }] for each loaded program: runs the kernel
+// skipped because the program was already running on that CPU (bpf_prog_info, 5.12+).
+Napi::Value Tracer::JS_programStats(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	if (!obj_)
+		throw Napi::Error::New(env, "tracer is closed");
+	Napi::Array out = Napi::Array::New(env);
+	bpf_program *prog;
+	uint32_t i = 0;
+	bpf_object__for_each_program (prog, obj_) {
+		int fd = bpf_program__fd(prog);
+		if (fd < 0)
+			continue;
+		struct bpf_prog_info pi;
+		__u32 len = sizeof(pi);
+		memset(&pi, 0, sizeof(pi));
+		if (bpf_obj_get_info_by_fd(fd, &pi, &len))
+			throw MakeBpfError(env, "prog info", errno, bpf_program__name(prog));
+		Napi::Object r = Napi::Object::New(env);
+		r.Set("name", bpf_program__name(prog));
+		r.Set("recursionMisses",
+		      Napi::BigInt::New(env, static_cast<uint64_t>(pi.recursion_misses)));
+		out.Set(i++, r);
+	}
+	return out;
 }
 
 Napi::Value Tracer::JS_drainStats(const Napi::CallbackInfo &info)
