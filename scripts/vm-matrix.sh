@@ -259,6 +259,10 @@ trap poweroff_now EXIT
 # shellcheck disable=SC1091
 . "$results/job.env"
 
+# the live repository, held before the tmpfs below can hide it (a checkout under /tmp, say)
+mkdir -p /.tt-vm/live
+mount --bind "$TT_REPO" /.tt-vm/live || echo "vm: cannot bind the repository $TT_REPO" >&2
+
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 shm /dev/shm
@@ -283,16 +287,19 @@ echo "vm: guest kernel $(uname -a)"
 
 # the copy of the repository taken at the start, writable under a tmpfs, in the repository's place; the
 # live tree's node_modules, .cache and .git bound into it (they were left out of the copy)
+mkdir -p "$TT_REPO"
 if [ "$TT_SNAPSHOT" = 1 ]; then
-  mkdir -p /run/tt-vm/live /run/tt-vm/upper /run/tt-vm/work
-  mount --bind "$TT_REPO" /run/tt-vm/live
+  mkdir -p /run/tt-vm/upper /run/tt-vm/work
   mount -t overlay overlay \
     -o lowerdir=/.tt-vm/snapshot,upperdir=/run/tt-vm/upper,workdir=/run/tt-vm/work "$TT_REPO"
   for d in "${TT_SNAPSHOT_SKIP[@]}"; do
-    [ -d "/run/tt-vm/live/$d" ] || continue
+    [ -d "/.tt-vm/live/$d" ] || continue
     mkdir -p "$TT_REPO/$d"
-    mount --bind "/run/tt-vm/live/$d" "$TT_REPO/$d"
+    mount --bind "/.tt-vm/live/$d" "$TT_REPO/$d"
   done
+elif ! [ -e "$TT_REPO/package.json" ]; then
+  # hidden by a tmpfs above: put the live tree back in its place
+  mount --bind /.tt-vm/live "$TT_REPO"
 fi
 
 cd "$TT_REPO" || exit 1
