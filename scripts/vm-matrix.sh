@@ -343,11 +343,20 @@ build_initramfs() {
 
 run=$(mktemp -d /tmp/tcptracer-vm.XXXXXX)
 keep=${VM_KEEP:-0}
+qemu_pidfile=
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
+  # a guest still running when this script is stopped (Ctrl-C, SIGTERM from CI) goes with it
+  local pid
+  if [ -n "$qemu_pidfile" ] && [ -s "$qemu_pidfile" ]; then
+    pid=$(<"$qemu_pidfile")
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = qemu-system-x86 ] && kill "$pid" 2>/dev/null
+  fi
   if [ "$keep" = 1 ]; then say "kept $run (per kernel: console.log, results/output.log)"; else rm -rf "$run"; fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # The copy of the repository the guests see (see the top): small without these, which the guest reads live
 snapshot_skip=(node_modules .cache .git)
@@ -372,6 +381,7 @@ for pkg in "${kernels[@]}"; do
   start=$SECONDS
   release='?'
   verdict=FAIL
+  passed=false
   say "kernel $pkg"
   fetch_kernel "$pkg"
   if ! $fetched; then
@@ -390,21 +400,35 @@ for pkg in "${kernels[@]}"; do
 
     # the firmware's terminal escapes and the serial line's carriage returns, out of logs
     strip=$'s/\x1b\\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g; s/\x1b[()][0-9A-Za-z]//g; s/\r//g'
+    # One guest at a time on this machine, whichever run started it (a developer's and CI's): two TCG
+    # guests share its 2 CPUs, each runs at half speed, and timing-sensitive tests time out. The wait is
+    # not counted in the kernel's time.
+    exec 8>"$cache/.vm.lock"
+    if ! flock -n 8; then
+      say "waiting for another VM on this machine to finish (lock $cache/.vm.lock)"
+      waited=$SECONDS
+      flock 8
+      start=$((start + SECONDS - waited))
+    fi
     say "booting $kver under TCG (timeout ${timeout_s}s): ${cmd[*]}"
-    set +e
-    # stdin from /dev/null keeps the terminal out of raw mode, and --foreground leaves qemu in this
-    # process group: Ctrl-C stops the guest too. Unknown name=value boot parameters become the
-    # environment of the initramfs's /init.
-    timeout --foreground --kill-after=15 "$timeout_s" qemu-system-x86_64 \
-      -accel tcg -cpu max -smp "$smp" -m "$mem" -nographic -no-reboot \
-      -nic none -kernel "$vmlinuz" -initrd "$kdir/initrd.gz" \
-      -append "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off tt_9p_cache=${VM_9P_CACHE:-none} tt_snapshot=$snapshot" \
-      -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-      -virtfs "local,path=$kdir/results,mount_tag=results,security_model=none,multidevs=remap" \
-      "${snapshot_share[@]}" \
-      </dev/null 2>&1 | sed -u "$strip" | tee "$kdir/console.log"
-    qemu_rc=${PIPESTATUS[0]}
-    set -e
+    # Unknown name=value boot parameters become the environment of the initramfs's /init. Stdin from
+    # /dev/null keeps the terminal out of raw mode. The guest runs in the background and this script
+    # waits for it, so that Ctrl-C or a SIGTERM is handled at once: the EXIT trap stops the guest.
+    qemu_pidfile=$kdir/qemu.pid
+    {
+      timeout --foreground --kill-after=15 "$timeout_s" qemu-system-x86_64 \
+        -accel tcg -cpu max -smp "$smp" -m "$mem" -nographic -no-reboot -pidfile "$qemu_pidfile" \
+        -nic none -kernel "$vmlinuz" -initrd "$kdir/initrd.gz" \
+        -append "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off tt_9p_cache=${VM_9P_CACHE:-none} tt_snapshot=$snapshot" \
+        -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+        -virtfs "local,path=$kdir/results,mount_tag=results,security_model=none,multidevs=remap" \
+        "${snapshot_share[@]}"
+      echo $? >"$kdir/qemu.rc"
+    } </dev/null 2>&1 | sed -u "$strip" | tee "$kdir/console.log" &
+    wait $! || true
+    qemu_pidfile=
+    exec 8>&-
+    qemu_rc=$(cat "$kdir/qemu.rc" 2>/dev/null || echo 255)
     [ -s "$kdir/results/uname" ] && release=$(<"$kdir/results/uname")
     if [ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ]; then
       verdict="FAIL (timeout ${timeout_s}s)"
@@ -415,12 +439,14 @@ for pkg in "${kernels[@]}"; do
     else
       verdict="FAIL (exit $(<"$kdir/results/exit-code"))"
     fi
+    passed=false
+    [ "$verdict" = PASS ] && passed=true
     # node's test runner closes with "ℹ pass N" and "ℹ fail N": show them
     counts=$(sed -nE 's/^ℹ (pass|fail) ([0-9]+)$/\1 \2/p' "$kdir/results/output.log" 2>/dev/null | paste -sd, - || true)
     [ -z "$counts" ] || verdict="$verdict ($counts)"
   fi
   elapsed=$((SECONDS - start))
-  [ "$verdict" = PASS ] || { failed=1; keep=1; }
+  $passed || { failed=1; keep=1; }
   say "$pkg: guest $release: $verdict in ${elapsed}s"
   names+=("$pkg")
   releases+=("$release")
