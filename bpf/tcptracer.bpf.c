@@ -42,6 +42,33 @@ const volatile __u32 nbuckets = 0;
 const volatile __u64 bucket_bounds_ns[MAX_BUCKETS] = {};
 
 /*
+ * Which loaded copy of these programs counts. The exporter pins its maps and
+ * links under bpffs, so a restart or an upgrade keeps the programs running and
+ * the state intact. The next daemon loads its own copy with a new generation and
+ * attaches it while it is inactive, then takes over with one write of its
+ * generation to "control"; the old copy goes quiet at that instant and its links
+ * are removed. An event in flight at that instant can run through both copies (old
+ * first): every handler is idempotent for a repeated event, as the socket's entry
+ * in "conns" says whether it was counted. Unpinned (trace mode) both are 0.
+ */
+const volatile __u64 generation = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} control SEC(".maps");
+
+static __always_inline bool is_active(void)
+{
+	__u32 zero = 0;
+	__u64 *gen = bpf_map_lookup_elem(&control, &zero);
+
+	return gen && *gen == generation;
+}
+
+/*
  * Set by the addon while a consumer drains "events". While it is 0 no record is
  * reserved, so the ring buffer costs nothing when only aggregates are read.
  */
@@ -456,6 +483,9 @@ static __always_inline void on_connected(struct sock *sk, __u16 family, __u32 ne
 			stat_inc(STAT_CONNECT_UNATTRIBUTED);
 		return;
 	}
+	/* the same event seen twice: by both copies of the programs during a takeover */
+	if (c->reported)
+		return;
 	c->established_ns = bpf_ktime_get_ns();
 	c->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	c->reported = 1;
@@ -509,6 +539,9 @@ static __always_inline void on_accepted(struct sock *sk, __u16 family, __u32 net
 		on_connected(sk, family, netns);
 		return;
 	}
+	/* already counted: the same event seen by both copies of the programs during a takeover */
+	if (out && out->reported)
+		return;
 	c.established_ns = bpf_ktime_get_ns();
 	c.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	if (accept_mode == ACCEPT_MODE_LISTENER) {
@@ -544,6 +577,29 @@ static __always_inline void on_accepted(struct sock *sk, __u16 family, __u32 net
 		record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, &c, 0);
 }
 
+/*
+ * Listener mode, at CLOSE of an inbound connection nobody reported: a copy of the
+ * programs in syscall or kernel mode established it, waiting for an accept hook,
+ * and handed over to us (a restart with another accept mode) before the accept.
+ * Charge it to the listener's owner now: its accept, then its close.
+ */
+static __always_inline void on_orphan_closed(struct sock *sk, __u16 family, __u32 netns,
+					     struct conn *c)
+{
+	struct listener_key k = {.netns = netns, .port = c->sport, .family = family};
+	struct listener_value *o = bpf_map_lookup_elem(&listeners, &k);
+
+	if (o)
+		c->owner = o->owner;
+	else
+		stat_inc(STAT_ACCEPT_UNATTRIBUTED); /* reported with pid 0 */
+	if (filter_pid && c->owner.pid != filter_pid)
+		return;
+	c->reported = 1;
+	record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, c, 0);
+	record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0);
+}
+
 static __always_inline void on_closed(struct sock *sk, __u16 family, __u32 netns, int oldstate)
 {
 	__u64 key = (__u64)sk;
@@ -558,6 +614,10 @@ static __always_inline void on_closed(struct sock *sk, __u16 family, __u32 netns
 		record(sk, family, netns, TCP_EVENT_TYPE_CONNECT_FAILED, c, fail_reason(sk));
 	else if (c->reported)
 		record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0);
+	else if (c->direction == DIRECTION_INBOUND && accept_mode == ACCEPT_MODE_LISTENER)
+		/* left waiting for an accept hook by a copy in another mode that handed over to us
+		 */
+		on_orphan_closed(sk, family, netns, c);
 	else if (c->direction == DIRECTION_INBOUND)
 		/* syscall or kernel mode: established, never returned by an accept */
 		stat_inc(STAT_ACCEPT_UNATTRIBUTED);
@@ -580,18 +640,27 @@ static __always_inline void on_child_created(struct sock *sk)
 
 /*
  * The kernel runs a tracing program at most once at a time per CPU: when a softirq
- * interrupts handle_set_state mid-run (a connect() or close() in process context,
- * say) and changes another socket's state, that nested run is skipped and counted
- * in the program's recursion_misses. A second program on the same tracepoint has a
- * guard of its own: it acts only while handle_set_state is mid-run on its CPU, that
- * is exactly for the nested events the first one misses. Per-CPU depth of the first.
+ * interrupts handle_set_state (anywhere from its entry to its exit: in connect() or
+ * close(), say) and changes another socket's state, that nested run is skipped and
+ * counted in the program's recursion_misses. A second program on the same
+ * tracepoint, with a guard of its own, runs right after the first for every event.
+ * The first writes each event's identity here before anything else, so the second
+ * acts exactly on the events the first never started. A softirq between the two
+ * runs can make the second act on an event the first handled: every handler is
+ * idempotent (the socket's entry in "conns" says what was counted).
  */
+struct seen {
+	__u64 sk;
+	__s32 oldstate;
+	__s32 newstate;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
-} set_state_depth SEC(".maps");
+	__type(value, struct seen);
+} set_state_seen SEC(".maps");
 
 static __always_inline void set_state(struct sock *sk, int oldstate, int newstate)
 {
@@ -626,23 +695,30 @@ static __always_inline void set_state(struct sock *sk, int oldstate, int newstat
 SEC("raw_tp/inet_sock_set_state")
 int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 {
-	__u32 zero = 0, *depth = bpf_map_lookup_elem(&set_state_depth, &zero);
+	__u32 zero = 0;
+	struct seen *seen = bpf_map_lookup_elem(&set_state_seen, &zero);
 
-	if (!depth)
+	if (!seen)
 		return 0;
-	/* a nested run of the other program restores the value before we resume */
-	*depth += 1;
-	set_state(sk, oldstate, newstate);
-	*depth -= 1;
+	/* first: the second program must know this event was started */
+	seen->sk = (__u64)sk;
+	seen->oldstate = oldstate;
+	seen->newstate = newstate;
+	if (is_active())
+		set_state(sk, oldstate, newstate);
 	return 0;
 }
 
 SEC("raw_tp/inet_sock_set_state")
 int BPF_PROG(handle_set_state_nested, struct sock *sk, int oldstate, int newstate)
 {
-	__u32 zero = 0, *depth = bpf_map_lookup_elem(&set_state_depth, &zero);
+	__u32 zero = 0;
+	struct seen *seen = bpf_map_lookup_elem(&set_state_seen, &zero);
 
-	if (depth && *depth > 0)
+	if (!seen ||
+	    (seen->sk == (__u64)sk && seen->oldstate == oldstate && seen->newstate == newstate))
+		return 0;
+	if (is_active())
 		set_state(sk, oldstate, newstate);
 	return 0;
 }
@@ -675,6 +751,12 @@ static __always_inline int on_accept_return(struct sock *sk)
 	__u32 netns;
 	long err;
 
+	/*
+	 * No is_active() here: during a takeover the accept hooks of both copies act,
+	 * since an accept() may return just before the switch to a copy whose state
+	 * program creates the entry just after it. The entry's reported flag makes the
+	 * second report a no-op.
+	 */
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);

@@ -8,6 +8,14 @@
 
 #define TASK_COMM_LEN 16
 
+/*
+ * The version of the kernel state the exporter pins under bpffs (the maps below
+ * and struct conn): a daemon adopts pinned state only when it has the same
+ * version. Bump it whenever a pinned map's layout or the meaning of its contents
+ * changes; a changed size is also caught by libbpf's check when it reuses a map.
+ */
+#define STATE_VERSION 1
+
 enum event_type {
 	TCP_EVENT_TYPE_CONNECT = 1,
 	TCP_EVENT_TYPE_ACCEPT = 2,

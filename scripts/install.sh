@@ -2,7 +2,7 @@
 # Install tcptracer-exporter as a systemd service on this host:
 #   sudo ./scripts/install.sh              build if needed, install, enable and start
 #   sudo ./scripts/install.sh --no-start   install and enable, do not start
-#   sudo ./scripts/install.sh --uninstall  stop, disable and remove (keeps the config)
+#   sudo ./scripts/install.sh --uninstall  stop, disable, unpin the kernel state and remove (keeps the config)
 #   sudo ./scripts/install.sh --purge      uninstall and remove the config too
 # DESTDIR=/some/root installs into a staging tree and leaves users and systemd alone.
 set -euo pipefail
@@ -31,6 +31,10 @@ have_systemd() { [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; }
 
 if [ "$action" != install ]; then
   if have_systemd; then systemctl disable --now tcptracer-exporter.service 2>/dev/null || true; fi
+  # the programs the stopped daemon left counting in the kernel, and their pinned state
+  if [ -z "$DESTDIR" ] && [ -f "$PREFIX/dist/src/cli.js" ] && command -v node >/dev/null; then
+    node "$PREFIX/dist/src/cli.js" unpin || say "could not remove the pinned kernel state (tcptracer-exporter unpin)"
+  fi
   rm -rf "$DESTDIR$PREFIX" "$DESTDIR$UNITDIR/tcptracer-exporter.service"
   [ "$action" != purge ] || rm -rf "$DESTDIR$CONFDIR"
   if have_systemd; then systemctl daemon-reload; fi

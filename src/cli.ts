@@ -4,7 +4,7 @@ import { UsageError } from './args.js'
 import { isBpfError, loadBinding } from './native.js'
 import { BtfFileError } from './tracer.js'
 import { version } from './paths.js'
-import { runCheckConfig, runDaemon } from './daemon.js'
+import { runCheckConfig, runDaemon, runUnpin } from './daemon.js'
 import { runTrace } from './trace.js'
 
 const HELP = `Usage: tcptracer-exporter [command] [options]
@@ -13,6 +13,7 @@ Commands:
   run            serve Prometheus metrics (the default when no command is given)
   trace          print TCP connect, accept and close events live (like BCC's tcptracer)
   check-config   validate a config file (--config.file=FILE)
+  unpin          remove the kernel state a stopped exporter left pinned in bpffs
 
 Options:
   -h, --help      show this help (and \`tcptracer-exporter <command> --help\`)
@@ -33,6 +34,8 @@ async function main(argv: string[]): Promise<number> {
       return await runCheckConfig(rest)
     case 'trace':
       return await runTrace(rest)
+    case 'unpin':
+      return runUnpin(rest)
     case '--version':
     case 'version': {
       let libbpf = 'unavailable (addon not built)'

@@ -7,6 +7,7 @@ import { Exporter } from './exporter.js'
 import { loadBinding } from './native.js'
 import { version } from './paths.js'
 import { build } from './server.js'
+import { DEFAULT_PIN_PATH, unpinAll } from './state.js'
 import { createNotifier, startWatchdog, watchdogIntervalMs } from './systemd.js'
 
 export const DEFAULT_LISTEN_ADDRESS = ':19427'
@@ -22,6 +23,10 @@ Flags:
   --config.file=FILE         YAML config file (default: built-in defaults; see config.example.yml)
   --log.level=LEVEL          trace, debug, info, warn, error or fatal (default "info")
   --log.format=FORMAT        json, pretty, or auto: pretty on a terminal, else json (default "auto")
+  --bpf.pin-path=DIR         keep the kernel state (programs, counters, open connections) in this
+                             bpffs directory, so a restart or an upgrade loses nothing; "" turns
+                             it off (default "${DEFAULT_PIN_PATH}"). Stopping leaves the programs
+                             counting: "tcptracer-exporter unpin" removes them
   -h, --help                 show this help
 
 Signals: SIGHUP reloads the config file (an invalid file keeps the running config);
@@ -44,6 +49,8 @@ export interface RunArgs {
   configFile: string | undefined
   logLevel: LogLevel
   logFormat: 'json' | 'pretty' | 'auto'
+  /** undefined: not pinned */
+  pinPath: string | undefined
   help: boolean
 }
 
@@ -67,8 +74,15 @@ export function parseRunArgs(argv: string[]): RunArgs {
     'config.file': { type: 'string' },
     'log.level': { type: 'string', default: 'info' },
     'log.format': { type: 'string', default: 'auto' },
+    'bpf.pin-path': { type: 'string', default: DEFAULT_PIN_PATH },
     help: { type: 'boolean', short: 'h', default: false },
   })
+  const pinPath = values['bpf.pin-path']
+  if (pinPath !== '' && !pinPath.startsWith('/')) {
+    throw new UsageError(
+      `--bpf.pin-path must be an absolute path in bpffs, or "" to turn pinning off; got "${pinPath}"`,
+    )
+  }
   const level = values['log.level']
   if (!(LOG_LEVELS as readonly string[]).includes(level)) {
     throw new UsageError(`--log.level must be one of ${LOG_LEVELS.join(', ')}; got "${level}"`)
@@ -92,6 +106,7 @@ export function parseRunArgs(argv: string[]): RunArgs {
     configFile: values['config.file'],
     logLevel: level as LogLevel,
     logFormat: format,
+    pinPath: pinPath === '' ? undefined : pinPath,
     help: values.help,
   }
 }
@@ -131,6 +146,38 @@ export async function runCheckConfig(argv: string[]): Promise<number> {
   return 0
 }
 
+export const UNPIN_HELP = `Usage: tcptracer-exporter unpin [--bpf.pin-path=DIR]
+
+Remove the kernel state the exporter pinned in bpffs (default "${DEFAULT_PIN_PATH}"): its
+programs detach and its counters are freed once no running exporter holds them. Run it after
+stopping the exporter for good (scripts/install.sh --uninstall does).
+`
+
+/** \`tcptracer-exporter unpin\`: remove the pinned kernel state. */
+export function runUnpin(argv: string[]): number {
+  const values = parseFlags(argv, {
+    'bpf.pin-path': { type: 'string', default: DEFAULT_PIN_PATH },
+    help: { type: 'boolean', short: 'h', default: false },
+  })
+  if (values.help) {
+    process.stdout.write(UNPIN_HELP)
+    return 0
+  }
+  const dir = values['bpf.pin-path']
+  if (!dir.startsWith('/')) throw new UsageError(`--bpf.pin-path must be an absolute path, got "${dir}"`)
+  let removed: string[]
+  try {
+    removed = unpinAll(dir)
+  } catch (e) {
+    process.stderr.write(`tcptracer-exporter unpin: ${(e as Error).message}\n`)
+    return 1
+  }
+  process.stdout.write(
+    removed.length === 0 ? `${dir}: nothing pinned\n` : removed.map((d) => `removed ${d}\n`).join(''),
+  )
+  return 0
+}
+
 /** Run the exporter until SIGTERM/SIGINT; resolves with the exit code. */
 export async function runDaemon(argv: string[]): Promise<number> {
   const args = parseRunArgs(argv)
@@ -160,7 +207,11 @@ export async function runDaemon(argv: string[]): Promise<number> {
   }
   notify.status('loading and attaching BPF programs')
   const t0 = Date.now()
-  const exporter = await Exporter.start({ config, log: log.child({ component: 'exporter' }) })
+  const exporter = await Exporter.start({
+    config,
+    log: log.child({ component: 'exporter' }),
+    ...(args.pinPath === undefined ? {} : { pinPath: args.pinPath }),
+  })
   for (const p of exporter.programs) {
     if (p.attached) log.info({ program: p.name, hook: p.section }, 'program attached')
     else if (p.error === 'disabled by configuration') {
@@ -173,7 +224,10 @@ export async function runDaemon(argv: string[]): Promise<number> {
     }
     log.info({ hook: h.hook, mode: h.mode }, 'hook mode chosen')
   }
-  log.info({ ms: Date.now() - t0, accept_mode: config.accept_mode }, 'tracer ready')
+  log.info(
+    { ms: Date.now() - t0, accept_mode: config.accept_mode, kernel_state: exporter.kernelState },
+    'tracer ready',
+  )
 
   const app = build({
     source: exporter,
@@ -229,7 +283,13 @@ export async function runDaemon(argv: string[]): Promise<number> {
       .catch((err: unknown) => log.error({ err }, 'closing the HTTP server failed'))
       .finally(() => {
         exporter.close()
-        log.info({ ms: Date.now() - t }, 'detached, exiting')
+        if (exporter.kernelState.origin === 'unpinned') log.info({ ms: Date.now() - t }, 'detached, exiting')
+        else {
+          log.info(
+            { ms: Date.now() - t, path: exporter.kernelState.path },
+            'exiting; the pinned programs keep counting for the next start (tcptracer-exporter unpin removes them)',
+          )
+        }
         resolveExit(0)
       })
   }

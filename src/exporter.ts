@@ -1,5 +1,6 @@
 // The exporter's core: the tracer in aggregation mode, the label-set bookkeeping,
 // and the metric families computed from both at scrape time.
+import { mkdirSync } from 'node:fs'
 import os from 'node:os'
 import { Aggregator, decodeAggEntry, FAIL_REASON_NAMES, type Owner, type Series } from './aggregates.js'
 import { CgroupResolver } from './cgroups.js'
@@ -8,6 +9,15 @@ import type { MetricFamily, Sample } from './exposition.js'
 import type { ProgramStatus } from './native.js'
 import { netnsNames } from './netns.js'
 import { AF_INET, discoverSockets, type ConnectionOwner } from './procfs.js'
+import { loadBinding } from './native.js'
+import {
+  commitPinnedState,
+  discardState,
+  linksPinned,
+  planPinnedState,
+  stateId,
+  type PinPlan,
+} from './state.js'
 import { ACCEPT_PROGRAMS, TcpTracer, type SeedConnection, type TracerOptions } from './tracer.js'
 import type { HookStatus } from './server.js'
 import { version } from './paths.js'
@@ -78,8 +88,32 @@ export interface ReloadResult {
   needRestart: string[]
 }
 
+/** Where the kernel state lives and where it came from, for /readyz and the metrics. */
+export interface KernelState {
+  /** restored: taken over from a previous run; new: pinned by this run; unpinned: dies with this run */
+  origin: 'restored' | 'new' | 'unpinned'
+  /** the state directory in bpffs, '' when unpinned */
+  path: string
+  /** why the state is not pinned */
+  reason?: string
+}
+
+/** Owners counted by label-relevant identity, as the aggregator's seeded list wants them. */
+function countOwners(owners: readonly Owner[]): Array<[Owner, number]> {
+  const counts = new Map<string, [Owner, number]>()
+  for (const o of owners) {
+    const id = [o.comm, o.netns, o.pid, o.cgroupId, o.port, o.ip, o.direction].join('\0')
+    const c = counts.get(id)
+    if (c) c[1]++
+    else counts.set(id, [o, 1])
+  }
+  return [...counts.values()]
+}
+
 export interface ExporterOptions {
   config: Config
+  /** keep the kernel state pinned under this bpffs directory across restarts; undefined: don't */
+  pinPath?: string
   log: {
     info(o: object, msg: string): void
     warn(o: object, msg: string): void
@@ -107,6 +141,7 @@ export class Exporter {
   private constructor(
     private readonly tracer: TcpTracer,
     opts: ExporterOptions,
+    readonly kernelState: KernelState,
   ) {
     this.config = opts.config
     this.programs = tracer.programs
@@ -115,13 +150,14 @@ export class Exporter {
   }
 
   /**
-   * Find the sockets that predate us, load and attach the programs, then seed what
-   * we found: listener owners and the open connections for the active gauge.
+   * Load and attach the programs. With a pin path, take over the kernel state a previous run
+   * pinned there (counters, open connections, listeners), or start it. Without state to take
+   * over, find the sockets that predate us in /proc and seed them: listener owners, and the
+   * open connections for the active gauge.
    */
   static async start(opts: ExporterOptions): Promise<Exporter> {
     const { config, log } = opts
     const discoverOpts = opts.procRoot ? { procRoot: opts.procRoot } : {}
-    const before = await discoverSockets(discoverOpts)
     const tracerOpts: TracerOptions = {
       aggregate: true,
       acceptMode: config.accept_mode,
@@ -137,51 +173,125 @@ export class Exporter {
       },
       ...(opts.objectPath ? { objectPath: opts.objectPath } : {}),
     }
-    const tracer = TcpTracer.open(tracerOpts)
+
+    let plan: PinPlan | undefined
+    let state: KernelState = { origin: 'unpinned', path: '' }
+    if (opts.pinPath) {
+      const id = stateId(loadBinding(), {
+        maxConnections: config.limits.max_connections,
+        maxKernelLabelSets: config.limits.max_kernel_label_sets,
+        bucketsSeconds: config.histogram.buckets_seconds,
+      })
+      const p = planPinnedState(opts.pinPath, id)
+      if ('unavailable' in p) {
+        log.warn(
+          { reason: p.unavailable },
+          'kernel state not pinned: a restart of the daemon will reset the counters and miss the connections open meanwhile',
+        )
+        state = { origin: 'unpinned', path: '', reason: p.unavailable }
+      } else {
+        plan = p
+      }
+    }
+    const open = (p: PinPlan | undefined): TcpTracer =>
+      TcpTracer.open({
+        ...tracerOpts,
+        ...(p ? { pinMapsDir: p.mapsDir, generation: p.generation } : {}),
+      })
+
+    let tracer: TcpTracer | undefined
+    if (plan?.adopting) {
+      const adopting = plan
+      let why: string | undefined
+      try {
+        tracer = open(adopting)
+        if (!linksPinned(adopting, tracer.activeGeneration())) {
+          why = 'its programs were no longer attached, so it missed events'
+        }
+      } catch (e) {
+        why = (e as Error).message
+      }
+      if (why !== undefined) {
+        tracer?.close()
+        tracer = undefined
+        log.warn(
+          { path: adopting.dir, reason: why },
+          'cannot take over the pinned kernel state: starting afresh',
+        )
+        discardState(adopting.dir)
+        mkdirSync(adopting.mapsDir, { recursive: true, mode: 0o700 })
+        plan = { ...adopting, adopting: false }
+      }
+    }
+    const before = plan?.adopting ? undefined : await discoverSockets(discoverOpts)
+    tracer ??= open(plan)
+    if (plan) state = { origin: plan.adopting ? 'restored' : 'new', path: plan.dir }
+
     let exporter: Exporter | undefined
     try {
       tracer.createOverflowEntries()
-      exporter = new Exporter(tracer, opts)
+      exporter = new Exporter(tracer, opts, state)
       exporter.applyKernelSettings(config)
       tracer.attach()
-      const listeners = tracer.seedListeners(before.listeners)
-
-      // open connections: seed by 4-tuple, then drop those that closed before the kernel could see them
-      // only what the kernel will count: the netns and port filters apply to seeds too
-      const seeds = before.connections.map(seedOf).filter((c) => countable(config, c))
-      const added = new Map(tracer.seedConnections(seeds).map((k, i) => [k.toString('hex'), i]))
-      const still = new Set(
-        (await discoverSockets(discoverOpts)).connections.map((c) =>
-          tracer.seedEntry(seedOf(c)).key.toString('hex'),
-        ),
-      )
-      const counts = new Map<string, [Owner, number]>()
-      let gone = 0
-      for (const s of seeds) {
-        const { key } = tracer.seedEntry(s)
-        const hex = key.toString('hex')
-        if (!added.has(hex)) continue
-        if (!still.has(hex) && tracer.unseed(key)) {
-          gone++
-          continue
-        }
-        const o = ownerOfSeed(s)
-        const id = [o.comm, o.netns, o.pid, o.cgroupId, o.port, o.ip, o.direction].join('\0')
-        const c = counts.get(id)
-        if (c) c[1]++
-        else counts.set(id, [o, 1])
+      if (plan) commitPinnedState(plan, tracer)
+      if (before) {
+        await exporter.seed(before, discoverOpts, log)
+      } else {
+        // the seeded connections still open, and those that closed (the kernel counted their
+        // closes in seeded_closed, which active subtracts)
+        const L = tracer.layout
+        const C = tracer.constants
+        const nb = config.histogram.buckets_seconds.length
+        const closed = tracer
+          .aggregateEntries()
+          .map((e) => decodeAggEntry(e.key, e.value, L, C, nb))
+          .filter((e) => e.seededClosed > 0)
+          .map((e): [Owner, number] => [e, e.seededClosed])
+        exporter.aggregator.setSeeded([...countOwners(tracer.seededOwners()), ...closed])
+        log.info({ path: state.path }, 'took over the kernel state pinned by the previous run')
       }
-      exporter.aggregator.setSeeded([...counts.values()])
-      log.info(
-        { listeners, connections: added.size - gone, closedMeanwhile: gone },
-        'seeded sockets that were open before start',
-      )
       await exporter.refreshNames()
       return exporter
     } catch (e) {
       tracer.close()
       throw e
     }
+  }
+
+  /** Seed what /proc showed before the programs were attached: listener owners and open connections. */
+  private async seed(
+    before: Awaited<ReturnType<typeof discoverSockets>>,
+    discoverOpts: { procRoot?: string },
+    log: ExporterOptions['log'],
+  ): Promise<void> {
+    const tracer = this.tracer
+    const listeners = tracer.seedListeners(before.listeners)
+    // open connections: seed by 4-tuple, then drop those that closed before the kernel could see them
+    // only what the kernel will count: the netns and port filters apply to seeds too
+    const seeds = before.connections.map(seedOf).filter((c) => countable(this.config, c))
+    const added = new Set(tracer.seedConnections(seeds).map((k) => k.toString('hex')))
+    const still = new Set(
+      (await discoverSockets(discoverOpts)).connections.map((c) =>
+        tracer.seedEntry(seedOf(c)).key.toString('hex'),
+      ),
+    )
+    const owners: Owner[] = []
+    let gone = 0
+    for (const s of seeds) {
+      const { key } = tracer.seedEntry(s)
+      const hex = key.toString('hex')
+      if (!added.has(hex)) continue
+      if (!still.has(hex) && tracer.unseed(key)) {
+        gone++
+        continue
+      }
+      owners.push(ownerOfSeed(s))
+    }
+    this.aggregator.setSeeded(countOwners(owners))
+    log.info(
+      { listeners, connections: added.size - gone, closedMeanwhile: gone },
+      'seeded sockets that were open before start',
+    )
   }
 
   private aggregatorOptions(c: Config): ConstructorParameters<typeof Aggregator>[0] {
@@ -413,6 +523,20 @@ export class Exporter {
           ],
           value: 1,
         })),
+      },
+      {
+        name: 'tcptracer_kernel_state_info',
+        help: 'Where the kernel state (counters, open connections, listeners) lives: origin="restored" when this run took it over from the previous one, "new" when pinned by this run, "unpinned" when it ends with this process (a restart resets the counters); path is its bpffs directory.',
+        type: 'info',
+        samples: [
+          {
+            labels: [
+              ['origin', this.kernelState.origin],
+              ['path', this.kernelState.path],
+            ],
+            value: 1,
+          },
+        ],
       },
       {
         name: 'tcptracer_events_lost_total',

@@ -79,6 +79,8 @@ export interface NativeConstants {
   ACCEPT_MODE_LISTENER: number
   ACCEPT_MODE_SYSCALL: number
   ACCEPT_MODE_KERNEL: number
+  /** version of the kernel state pinned under bpffs (bpf/tcptracer.h) */
+  STATE_VERSION: number
   numPossibleCpus: number
 }
 
@@ -119,6 +121,8 @@ export interface NativeTracerOptions {
   disabledPrograms?: string[]
   /** the kernel's BTF from this file instead of /sys/kernel/btf/vmlinux */
   btfPath?: string
+  /** these maps live at dir/NAME in bpffs: reused when pinned there and compatible, else pinned there */
+  pin?: { dir: string; maps: readonly string[] }
   log?: LibbpfLog
 }
 
@@ -127,6 +131,8 @@ export declare class NativeTracer {
   attach(): ProgramStatus[]
   /** attach one program and detach it again: whether this kernel lets it attach */
   probeAttach(name: string): ProgramStatus
+  /** pin the link of every attached program at dir/PROGRAM: it outlives this process */
+  pinLinks(dir: string): void
   startEvents(callback: BatchCallback, options?: { maxQueue?: number; maxBatch?: number }): void
   stopEvents(): void
   mapInfo(name: string): MapInfo

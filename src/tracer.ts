@@ -5,7 +5,8 @@ import os from 'node:os'
 import { decodeBatch, type TcpEvent } from './events.js'
 import { bpfObjectPath } from './paths.js'
 import type { AcceptHook, AcceptMode } from './config.js'
-import type { ListenerOwner } from './procfs.js'
+import type { Owner } from './aggregates.js'
+import { AF_INET, type ListenerOwner } from './procfs.js'
 import {
   loadBinding,
   type Binding,
@@ -70,6 +71,13 @@ export interface TracerOptions {
   bucketsSeconds?: readonly number[]
   /** capacity of the kernel aggregation map (label sets) */
   maxKernelLabelSets?: number
+  /**
+   * Keep the kernel state in bpffs (exporter mode): PINNED_MAPS live in this directory, reused
+   * when a previous run left them there. The programs stay inactive until activate().
+   */
+  pinMapsDir?: string
+  /** this copy's generation: it counts while the `control` map holds it (0 when unpinned) */
+  generation?: bigint
 }
 
 export interface KernelStats {
@@ -103,6 +111,22 @@ export const BACKBONE_PROGRAM = 'handle_set_state'
 export const NESTED_BACKBONE_PROGRAM = 'handle_set_state_nested'
 
 const BPF_NOEXIST = 1
+
+/**
+ * The maps that make up the exporter's kernel state: what a restarted daemon takes over.
+ * Not the ring buffer, the per-CPU scratch value or the recursion depth, which belong to
+ * one loaded copy of the programs.
+ */
+export const PINNED_MAPS = [
+  'control',
+  'conns',
+  'listeners',
+  'aggs',
+  'stats',
+  'seeded',
+  'netns_filter',
+  'port_filter',
+] as const
 
 /** btf_path (or --btf) names no usable BTF file. */
 export class BtfFileError extends Error {
@@ -151,7 +175,30 @@ export class TcpTracer {
     readonly acceptHook: AcceptHook,
     /** what was tried to choose it, in order */
     readonly hookProbes: readonly HookProbe[],
+    /** this copy's generation (see activeGeneration) */
+    readonly generation: bigint,
   ) {}
+
+  /** The generation the kernel state's `control` map holds: the copy of the programs that counts. */
+  activeGeneration(): bigint {
+    const v = this.native.mapLookup('control', Buffer.alloc(4))
+    return v ? v.readBigUInt64LE(0) : 0n
+  }
+
+  /**
+   * Make this copy of the programs the one that counts, in one map write: a previous copy
+   * sharing the pinned state goes quiet at the same instant.
+   */
+  activate(): void {
+    const v = Buffer.alloc(8)
+    v.writeBigUInt64LE(this.generation)
+    this.native.mapUpdate('control', Buffer.alloc(4), v)
+  }
+
+  /** Pin the attached programs' links in dir: they stay attached after this process exits. */
+  pinLinks(dir: string): void {
+    this.native.pinLinks(dir)
+  }
 
   /**
    * Open and load the BPF object with the load-time settings, choosing the accept hook.
@@ -200,10 +247,12 @@ export class TcpTracer {
           aggregate: opts.aggregate ? 1 : 0,
           nbuckets: buckets.length,
           bucket_bounds_ns: bounds,
+          generation: opts.generation ?? 0n,
         },
         maxEntries: { conns: maxConnections, seeded: maxConnections, aggs: maxLabelSets, events: rb },
         disabledPrograms: allAcceptPrograms.filter((p) => !ACCEPT_PROGRAMS[hook].includes(p)),
         ...(opts.btfPath === undefined ? {} : { btfPath: opts.btfPath }),
+        ...(opts.pinMapsDir === undefined ? {} : { pin: { dir: opts.pinMapsDir, maps: PINNED_MAPS } }),
         ...(log ? { log } : {}),
       })
 
@@ -254,7 +303,7 @@ export class TcpTracer {
       }
       release(false)
       probes.push({ mode: hook, ok: true })
-      return new TcpTracer(binding, native, hook, probes)
+      return new TcpTracer(binding, native, hook, probes, opts.generation ?? 0n)
     }
     throw new Error('unreachable: no accept hook candidates')
   }
@@ -409,6 +458,31 @@ export class TcpTracer {
     }
     if (added.length > 0) this.native.setGlobal('seeded_any', 1)
     return added
+  }
+
+  /** The owners of the seeded connections that have not closed yet, as the `seeded` map holds them. */
+  seededOwners(): Owner[] {
+    const L = this.binding.layout
+    const T = L.tupleKey
+    const S = L.seedValue
+    return this.native.mapEntries('seeded').map(({ key, value }) => {
+      const commStart = S.owner + 16
+      const nul = value.indexOf(0, commStart)
+      const commEnd = nul < 0 || nul > commStart + L.commLen ? commStart + L.commLen : nul
+      const daddr = key.subarray(T.daddr, T.daddr + 16)
+      const v4 =
+        key.readUInt16LE(T.family) === AF_INET ||
+        (daddr.subarray(0, 10).every((b) => b === 0) && daddr[10] === 0xff && daddr[11] === 0xff)
+      return {
+        comm: value.toString('utf8', commStart, commEnd),
+        netns: key.readUInt32LE(T.netns),
+        pid: value.readUInt32LE(S.owner + 8),
+        cgroupId: value.readBigUInt64LE(S.owner),
+        port: value.readUInt16LE(S.port),
+        ip: v4 ? 4 : 6,
+        direction: value.readUInt8(S.direction) === 2 ? 'inbound' : 'outbound',
+      }
+    })
   }
 
   /** Forget a seeded connection; false when the kernel already consumed it at its close. */

@@ -202,6 +202,7 @@ Napi::Object Constants(Napi::Env env)
 	o.Set("ACCEPT_MODE_LISTENER", static_cast<int>(ACCEPT_MODE_LISTENER));
 	o.Set("ACCEPT_MODE_SYSCALL", static_cast<int>(ACCEPT_MODE_SYSCALL));
 	o.Set("ACCEPT_MODE_KERNEL", static_cast<int>(ACCEPT_MODE_KERNEL));
+	o.Set("STATE_VERSION", STATE_VERSION);
 	o.Set("numPossibleCpus", libbpf_num_possible_cpus());
 	return o;
 }

@@ -73,6 +73,7 @@ describe('parseRunArgs', () => {
       configFile: undefined,
       logLevel: 'info',
       logFormat: 'auto',
+      pinPath: '/sys/fs/bpf/tcptracer-exporter',
       help: false,
     })
   })
@@ -87,6 +88,8 @@ describe('parseRunArgs', () => {
         '--log.level',
         'debug',
         '--log.format=json',
+        '--bpf.pin-path',
+        '/sys/fs/bpf/other',
       ]),
       {
         listenAddress: '[::1]:9100',
@@ -96,11 +99,20 @@ describe('parseRunArgs', () => {
         configFile: '/etc/tcptracer-exporter.yml',
         logLevel: 'debug',
         logFormat: 'json',
+        pinPath: '/sys/fs/bpf/other',
         help: false,
       },
     )
+    assert.equal(parseRunArgs(['--bpf.pin-path=']).pinPath, undefined, 'empty: not pinned')
     assert.equal(parseRunArgs(['-h']).help, true)
     assert.equal(parseRunArgs(['--help']).help, true)
+  })
+
+  test('--bpf.pin-path must be absolute or empty', () => {
+    assert.throws(
+      () => parseRunArgs(['--bpf.pin-path=relative/dir']),
+      /--bpf\.pin-path must be an absolute path in bpffs, or "" to turn pinning off; got "relative\/dir"/,
+    )
   })
 
   test('every log level and format is accepted', () => {

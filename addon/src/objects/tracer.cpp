@@ -119,6 +119,7 @@ Napi::Function Tracer::Init(Napi::Env env)
 			   {
 			       InstanceMethod("attach", &Tracer::JS_attach),
 			       InstanceMethod("probeAttach", &Tracer::JS_probeAttach),
+			       InstanceMethod("pinLinks", &Tracer::JS_pinLinks),
 			       InstanceMethod("startEvents", &Tracer::JS_startEvents),
 			       InstanceMethod("stopEvents", &Tracer::JS_stopEvents),
 			       InstanceMethod("mapInfo", &Tracer::JS_mapInfo),
@@ -175,8 +176,9 @@ Tracer::Tracer(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Tracer>(info)
 					SetGlobalBytes(env, ".rodata", k, b.Data(), b.Length());
 					continue;
 				}
+				bool lossless;
 				uint64_t n = v.IsBigInt()
-						 ? v.As<Napi::BigInt>().Uint64Value(nullptr)
+						 ? v.As<Napi::BigInt>().Uint64Value(&lossless)
 						 : (uint64_t)v.ToNumber().Int64Value();
 				SetGlobal(env, ".rodata", k, n);
 			} catch (...) {
@@ -197,6 +199,23 @@ Tracer::Tracer(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Tracer>(info)
 			int err = bpf_map__set_max_entries(m, me.Get(k).ToNumber().Uint32Value());
 			if (err)
 				throw fail("set_max_entries", err, k);
+		}
+	}
+	// pin: { dir, maps }: these maps live at dir/NAME in bpffs. libbpf reuses a pinned
+	// map that matches the definition (type, sizes, max_entries) and pins new ones.
+	if (opts.Has("pin") && opts.Get("pin").IsObject()) {
+		Napi::Object pin = opts.Get("pin").As<Napi::Object>();
+		std::string dir = pin.Get("dir").ToString().Utf8Value();
+		Napi::Value mv = pin.Get("maps");
+		Napi::Array names = mv.IsArray() ? mv.As<Napi::Array>() : Napi::Array::New(env);
+		for (uint32_t i = 0; i < names.Length(); i++) {
+			std::string n = names.Get(i).ToString().Utf8Value();
+			bpf_map *m = bpf_object__find_map_by_name(obj_, n.c_str());
+			if (!m)
+				throw fail("set_pin_path", ENOENT, "no map named " + n);
+			int err = bpf_map__set_pin_path(m, (dir + "/" + n).c_str());
+			if (err)
+				throw fail("set_pin_path", -err, dir + "/" + n);
 		}
 	}
 	if (opts.Has("disabledPrograms") && opts.Get("disabledPrograms").IsArray()) {
@@ -309,7 +328,8 @@ Napi::Value Tracer::JS_setGlobal(const Napi::CallbackInfo &info)
 	if (!info[0].IsString())
 		throw Napi::TypeError::New(env, "setGlobal(name, value): name must be a string");
 	Napi::Value v = info[1];
-	uint64_t n = v.IsBigInt() ? v.As<Napi::BigInt>().Uint64Value(nullptr)
+	bool lossless;
+	uint64_t n = v.IsBigInt() ? v.As<Napi::BigInt>().Uint64Value(&lossless)
 				  : (uint64_t)v.ToNumber().Int64Value();
 	SetGlobal(env, ".bss", info[0].As<Napi::String>().Utf8Value(), n);
 	return env.Undefined();
@@ -360,11 +380,34 @@ Napi::Value Tracer::JS_attach(const Napi::CallbackInfo &info)
 	bpf_object__for_each_program (prog, obj_) {
 		bpf_link *link;
 		out.Set(i++, AttachProgram(env, prog, &link));
-		if (link)
+		if (link) {
 			links_.push_back(link);
+			link_names_.push_back(bpf_program__name(prog));
+		}
 	}
 	FlushLog(env, *log_);
 	return out;
+}
+
+// pinLinks(dir): pin the link of every attached program at dir/PROGRAM in bpffs, so
+// the programs stay attached after this process exits, until the pins are removed.
+Napi::Value Tracer::JS_pinLinks(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	if (!obj_)
+		throw Napi::Error::New(env, "tracer is closed");
+	if (!info[0].IsString())
+		throw Napi::TypeError::New(env, "pinLinks(dir): dir must be a string");
+	std::string dir = info[0].As<Napi::String>().Utf8Value();
+	for (size_t i = 0; i < links_.size(); i++) {
+		std::string path = dir + "/" + link_names_[i];
+		int err = bpf_link__pin(links_[i], path.c_str());
+		if (err) {
+			FlushLog(env, *log_);
+			throw MakeBpfError(env, "pin link", -err, path);
+		}
+	}
+	return env.Undefined();
 }
 
 // probeAttach(name) -> the attach() status of one program, which is detached again
@@ -528,6 +571,7 @@ void Tracer::Close()
 	for (bpf_link *l : links_)
 		bpf_link__destroy(l);
 	links_.clear();
+	link_names_.clear();
 	if (rb_)
 		ring_buffer__free(rb_);
 	rb_ = nullptr;

@@ -44,6 +44,7 @@ class Tracer : public Napi::ObjectWrap<Tracer>
       private:
 	Napi::Value JS_attach(const Napi::CallbackInfo &info);
 	Napi::Value JS_probeAttach(const Napi::CallbackInfo &info);
+	Napi::Value JS_pinLinks(const Napi::CallbackInfo &info);
 	Napi::Value JS_startEvents(const Napi::CallbackInfo &info);
 	Napi::Value JS_stopEvents(const Napi::CallbackInfo &info);
 	Napi::Value JS_mapInfo(const Napi::CallbackInfo &info);
@@ -70,6 +71,7 @@ class Tracer : public Napi::ObjectWrap<Tracer>
 
 	bpf_object *obj_ = nullptr;
 	std::vector<bpf_link *> links_;
+	std::vector<std::string> link_names_; // the program of each link
 	ring_buffer *rb_ = nullptr;
 	std::thread drain_;
 	std::atomic<bool> running_{false};

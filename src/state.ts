@@ -1,0 +1,165 @@
+// The exporter's kernel state in bpffs: pinned maps and links, so that a restart or an
+// upgrade of the daemon keeps counting without a gap and keeps every counter.
+//
+//   ROOT/STATE_ID/maps/MAP          the maps of PINNED_MAPS (counters, per-socket state, ...)
+//   ROOT/STATE_ID/links/GEN/PROGRAM the links of the copy of the programs that counts
+//
+// STATE_ID names everything the maps' layout depends on (STATE_VERSION and the settings that
+// size them), so a daemon only ever takes over maps it can read. Each daemon loads its own copy
+// of the programs with a fresh generation, attached while inactive; activate() then switches the
+// `control` map to it in one write and the previous copy's links are removed. A stopped daemon
+// leaves its programs counting in the kernel; `tcptracer-exporter unpin` removes them.
+import { createHash, randomBytes } from 'node:crypto'
+import { existsSync, mkdirSync, readdirSync, rmSync, statfsSync } from 'node:fs'
+import path from 'node:path'
+import type { Binding } from './native.js'
+
+export const DEFAULT_PIN_PATH = '/sys/fs/bpf/tcptracer-exporter'
+const BPFFS_MAGIC = 0xcafe4a11
+
+/** What the maps' layout and meaning depend on: two daemons share state only when these agree. */
+export interface StateShape {
+  maxConnections: number
+  maxKernelLabelSets: number
+  bucketsSeconds: readonly number[]
+}
+
+/** `v1-3f2a...`: the state version and a digest of the layout and the sizing settings. */
+export function stateId(binding: Pick<Binding, 'layout' | 'constants'>, shape: StateShape): string {
+  const digest = createHash('sha256')
+    .update(
+      JSON.stringify({
+        layout: binding.layout,
+        stats: binding.constants.STAT_MAX,
+        maxConnections: shape.maxConnections,
+        maxKernelLabelSets: shape.maxKernelLabelSets,
+        buckets: shape.bucketsSeconds,
+      }),
+    )
+    .digest('hex')
+  return `v${binding.constants.STATE_VERSION}-${digest.slice(0, 16)}`
+}
+
+/** Where this run keeps its state, and what it found there. */
+export interface PinPlan {
+  root: string
+  /** ROOT/STATE_ID */
+  dir: string
+  mapsDir: string
+  /** this run's copy of the programs */
+  generation: bigint
+  /** a previous run left state with this id: take it over */
+  adopting: boolean
+  /** state directories of other ids (other settings or versions), replaced once this run counts */
+  stale: string[]
+}
+
+function isBpffs(p: string): boolean {
+  try {
+    return statfsSync(p).type === BPFFS_MAGIC
+  } catch {
+    return false
+  }
+}
+
+/** p, or its closest ancestor that exists. */
+function nearestExisting(p: string): string {
+  let probe = p
+  while (!existsSync(probe) && probe !== path.dirname(probe)) probe = path.dirname(probe)
+  return probe
+}
+
+function listDir(p: string): string[] {
+  try {
+    return readdirSync(p)
+  } catch {
+    return []
+  }
+}
+
+/** A random, non-zero generation (0 is the unpinned tracer's). */
+export function newGeneration(): bigint {
+  let g = 0n
+  while (g === 0n) g = randomBytes(8).readBigUInt64LE(0)
+  return g
+}
+
+/**
+ * Decide where the state goes and whether there is state to take over. Returns a reason string
+ * when pinning is not possible here (no bpffs at root, no permission): the caller runs unpinned.
+ */
+export function planPinnedState(root: string, id: string): PinPlan | { unavailable: string } {
+  const resolved = path.resolve(root)
+  if (!isBpffs(nearestExisting(resolved))) {
+    return {
+      unavailable: `${resolved} is not on a BPF filesystem (mount one: mount -t bpf bpf /sys/fs/bpf, or set --bpf.pin-path)`,
+    }
+  }
+  try {
+    mkdirSync(resolved, { recursive: true, mode: 0o700 })
+  } catch (e) {
+    return { unavailable: `cannot create ${resolved}: ${(e as Error).message}` }
+  }
+  const dir = path.join(resolved, id)
+  const stale = listDir(resolved)
+    .filter((name) => name !== id)
+    .map((name) => path.join(resolved, name))
+  const adopting = listDir(path.join(dir, 'links')).some(
+    (g) => listDir(path.join(dir, 'links', g)).length > 0,
+  )
+  if (!adopting) rmSync(dir, { recursive: true, force: true })
+  const mapsDir = path.join(dir, 'maps')
+  try {
+    mkdirSync(mapsDir, { recursive: true, mode: 0o700 })
+  } catch (e) {
+    return { unavailable: `cannot create ${mapsDir}: ${(e as Error).message}` }
+  }
+  return { root: resolved, dir, mapsDir, generation: newGeneration(), adopting, stale }
+}
+
+/** The link directory of a generation. */
+export function linksDir(plan: Pick<PinPlan, 'dir'>, generation: bigint): string {
+  return path.join(plan.dir, 'links', generation.toString(16).padStart(16, '0'))
+}
+
+/** Whether the links of this generation are pinned: its programs have been counting all along. */
+export function linksPinned(plan: Pick<PinPlan, 'dir'>, generation: bigint): boolean {
+  return listDir(linksDir(plan, generation)).length > 0
+}
+
+/** Forget a state directory: its programs detach once no process holds them. */
+export function discardState(dir: string): void {
+  rmSync(dir, { recursive: true, force: true })
+}
+
+/**
+ * The tracer's programs are attached (inactive): pin their links, make them the copy that
+ * counts, then remove every other copy's links and the stale state directories.
+ */
+export function commitPinnedState(
+  plan: PinPlan,
+  tracer: { generation: bigint; pinLinks(dir: string): void; activate(): void },
+): void {
+  const mine = linksDir(plan, tracer.generation)
+  mkdirSync(mine, { recursive: true, mode: 0o700 })
+  tracer.pinLinks(mine)
+  tracer.activate()
+  for (const g of listDir(path.join(plan.dir, 'links'))) {
+    const d = path.join(plan.dir, 'links', g)
+    if (d !== mine) rmSync(d, { recursive: true, force: true })
+  }
+  for (const d of plan.stale) discardState(d)
+}
+
+/**
+ * `tcptracer-exporter unpin`: remove all pinned state under root; returns what was removed.
+ * Refuses a path outside bpffs, so a mistyped flag cannot delete ordinary files.
+ */
+export function unpinAll(root: string): string[] {
+  const resolved = path.resolve(root)
+  if (!existsSync(resolved)) return []
+  if (!isBpffs(resolved)) throw new Error(`${resolved} is not on a BPF filesystem: refusing to remove it`)
+  const found = listDir(resolved).map((name) => path.join(resolved, name))
+  rmSync(resolved, { recursive: true, force: true })
+  return found
+}

@@ -1,0 +1,378 @@
+// Restart without loss: the exporter pins its kernel state (maps and program links) in bpffs, so a
+// restart, or an upgrade that loads different programs, keeps the connections in flight, the counters
+// and the events that happen while no daemon runs. Real daemons, real sockets, a real bpffs.
+import assert from 'node:assert/strict'
+import { spawn, spawnSync } from 'node:child_process'
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { after, before, describe, test } from 'node:test'
+import { formatLe } from '../../src/exposition.js'
+import {
+  CLI,
+  exchange,
+  JsonProcess,
+  Netns,
+  privileged,
+  scrape,
+  startDaemon,
+  startServer,
+  TCPLOAD,
+  TIME_SCALE,
+  valueOf,
+  type Daemon,
+  type ScrapedSample,
+} from './harness.js'
+
+const gate = privileged()
+
+/** The ids of the programs whose links are pinned under dir (bpftool), to see that they go away. */
+function pinnedProgramIds(dir: string): number[] {
+  const ids: number[] = []
+  const walk = (d: string): void => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name)
+      if (e.isDirectory()) walk(p)
+      else if (d.includes(`${path.sep}links${path.sep}`)) {
+        const r = spawnSync('bpftool', ['--json', 'link', 'show', 'pinned', p], { encoding: 'utf8' })
+        assert.equal(r.status, 0, `bpftool link show pinned ${p}: ${r.stderr}`)
+        ids.push((JSON.parse(r.stdout) as { prog_id: number }).prog_id)
+      }
+    }
+  }
+  walk(dir)
+  return ids
+}
+
+function programExists(id: number): boolean {
+  return spawnSync('bpftool', ['prog', 'show', 'id', String(id)], { encoding: 'utf8' }).status === 0
+}
+
+/** Whether all these programs are freed within a few seconds (the kernel frees them after an RCU grace period). */
+async function allFreed(ids: number[]): Promise<boolean> {
+  const deadline = Date.now() + 5000 * TIME_SCALE
+  while (ids.some(programExists)) {
+    if (Date.now() > deadline) return false
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  return true
+}
+
+describe('restart without loss', { skip: gate.skip }, () => {
+  let ns: Netns
+  let dir: string
+  let pin: string
+  let config: string
+  const daemons: Daemon[] = []
+
+  const start = async (extra: string[] = []): Promise<Daemon> => {
+    const d = await startDaemon([`--config.file=${config}`, `--bpf.pin-path=${pin}`, ...extra])
+    daemons.push(d)
+    return d
+  }
+  const stateOf = (samples: ScrapedSample[]): string | undefined =>
+    samples.find((s) => s.name === 'tcptracer_kernel_state_info')?.labels['origin']
+  const stateDirs = (): string[] => (existsSync(pin) ? readdirSync(pin) : [])
+
+  before(() => {
+    ns = new Netns(`tt-rs-${process.pid}`)
+    dir = mkdtempSync(path.join(tmpdir(), 'tt-restart-'))
+    pin = `/sys/fs/bpf/tt-rs-${process.pid}`
+    config = path.join(dir, 'config.yml')
+    writeFileSync(
+      config,
+      `filters:\n  netns: [${ns.inode}]\nhistogram:\n  buckets_seconds: [0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]\n`,
+    )
+  })
+  after(async () => {
+    for (const d of daemons) if (d.proc.child.exitCode === null) await d.stop('SIGKILL')
+    spawnSync(process.execPath, [CLI, 'unpin', `--bpf.pin-path=${pin}`])
+    rmSync(pin, { recursive: true, force: true })
+    ns.delete()
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  test('connections open across a restart, and those made while no daemon runs, are counted exactly, with their lifetimes', async () => {
+    const n = 40
+    const m = 25
+    const d1 = await start()
+    const first = await scrape(d1)
+    assert.equal(stateOf(first.samples), 'new', 'the first run pins a new state')
+    assert.equal(stateDirs().length, 1)
+
+    // n long-lived connections, each held by its own client thread until the client is killed
+    const server = await startServer(ns, [
+      '--comm',
+      'tt-rs-srv',
+      '--count',
+      String(n),
+      '--threads',
+      String(n),
+    ])
+    const client = new JsonProcess(
+      spawn(
+        'ip',
+        [
+          'netns',
+          'exec',
+          ns.name,
+          TCPLOAD,
+          'client',
+          '--comm',
+          'tt-rs-cli',
+          '--addr',
+          '127.0.0.1',
+          '--port',
+          String(server.port),
+          '--count',
+          String(n),
+          '--threads',
+          String(n),
+          '--send',
+          '7',
+          '--hold-ms',
+          '3600000',
+        ],
+        { stdio: 'pipe' },
+      ),
+    )
+    const active = async (d: Daemon, comm: string, direction: string): Promise<number | undefined> =>
+      valueOf((await scrape(d)).samples, 'tcptracer_active_connections', { comm, direction })
+    const deadline = Date.now() + 20000 * TIME_SCALE
+    while (
+      (await active(d1, 'tt-rs-cli', 'outbound')) !== n ||
+      (await active(d1, 'tt-rs-srv', 'inbound')) !== n
+    ) {
+      assert.ok(Date.now() < deadline, `${n} connections were not all open in time: ${client.stderr}`)
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    const openedAt = Date.now()
+
+    assert.equal(await d1.stop(), 0)
+    assert.ok(
+      d1.logs().some((l) => String(l['msg']).includes('pinned programs keep counting')),
+      'the exit log says the programs stay',
+    )
+    // while no daemon runs: complete connections, which the pinned programs must count
+    await exchange(ns, { n: m, send: 3, serverComm: 'tt-rs-qsrv', clientComm: 'tt-rs-qcli' })
+
+    const d2 = await start()
+    const mid = await scrape(d2)
+    assert.equal(stateOf(mid.samples), 'restored', 'the second run takes the state over')
+    assert.ok(
+      d2.logs().some((l) => l['msg'] === 'took over the kernel state pinned by the previous run'),
+      'the takeover is logged',
+    )
+    const v = (s: ScrapedSample[], name: string, labels: Record<string, string>): number | undefined =>
+      valueOf(s, name, labels)
+    assert.equal(v(mid.samples, 'tcptracer_connects_total', { comm: 'tt-rs-cli' }), n)
+    assert.equal(v(mid.samples, 'tcptracer_accepts_total', { comm: 'tt-rs-srv' }), n)
+    assert.equal(
+      v(mid.samples, 'tcptracer_active_connections', { comm: 'tt-rs-cli', direction: 'outbound' }),
+      n,
+    )
+    assert.equal(
+      v(mid.samples, 'tcptracer_active_connections', { comm: 'tt-rs-srv', direction: 'inbound' }),
+      n,
+    )
+    assert.equal(v(mid.samples, 'tcptracer_connects_total', { comm: 'tt-rs-qcli' }), m)
+    assert.equal(v(mid.samples, 'tcptracer_accepts_total', { comm: 'tt-rs-qsrv' }), m)
+    assert.equal(v(mid.samples, 'tcptracer_closes_total', { comm: 'tt-rs-qcli', direction: 'outbound' }), m)
+    assert.equal(v(mid.samples, 'tcptracer_closes_total', { comm: 'tt-rs-qsrv', direction: 'inbound' }), m)
+
+    // close the long-lived ones now, under the second daemon, after at least 2.5 s
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, 2500 - (Date.now() - openedAt))))
+    const heldMs = Date.now() - openedAt
+    client.child.kill('SIGKILL')
+    await client.exited
+    assert.equal(await server.proc.exited, 0, server.proc.stderr)
+    const done = Date.now() + 20000 * TIME_SCALE
+    let end = await scrape(d2)
+    while (v(end.samples, 'tcptracer_closes_total', { comm: 'tt-rs-srv', direction: 'inbound' }) !== n) {
+      assert.ok(Date.now() < done, 'the closes were not all counted in time')
+      await new Promise((resolve) => setTimeout(resolve, 100))
+      end = await scrape(d2)
+    }
+    for (const [comm, direction] of [
+      ['tt-rs-cli', 'outbound'],
+      ['tt-rs-srv', 'inbound'],
+    ] as const) {
+      const l = { comm, direction }
+      assert.equal(v(end.samples, 'tcptracer_closes_total', l), n, `${comm} closes`)
+      assert.equal(v(end.samples, 'tcptracer_active_connections', l), 0, `${comm} active`)
+      assert.equal(v(end.samples, 'tcptracer_connection_duration_seconds_count', l), n, `${comm} lifetimes`)
+      // every lifetime spans the restart: none falls in a bucket below the time they were held
+      const below = [0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512].filter((b) => b * 1000 < heldMs)
+      for (const b of below) {
+        assert.equal(
+          v(end.samples, 'tcptracer_connection_duration_seconds_bucket', { ...l, le: formatLe(b) }),
+          0,
+          `${comm}: no lifetime below ${b}s (held ${heldMs} ms)`,
+        )
+      }
+      const sum = v(end.samples, 'tcptracer_connection_duration_seconds_sum', l) ?? 0
+      assert.ok(sum >= (n * heldMs) / 1000, `${comm}: lifetimes sum ${sum}s, held ${heldMs} ms each`)
+    }
+    assert.equal(
+      v(end.samples, 'tcptracer_connection_sent_bytes_total', { comm: 'tt-rs-cli', direction: 'outbound' }),
+      n * 7,
+    )
+    assert.equal(
+      v(end.samples, 'tcptracer_connection_received_bytes_total', {
+        comm: 'tt-rs-srv',
+        direction: 'inbound',
+      }),
+      n * 7,
+    )
+    assert.equal(await d2.stop(), 0)
+  })
+
+  test('an upgrade to other programs under load: every connection counted once, none lost', async () => {
+    const n = Math.round(60000 / TIME_SCALE)
+    const d1 = await start(['--log.level=info'])
+    const load = new JsonProcess(
+      spawn(
+        'ip',
+        [
+          'netns',
+          'exec',
+          ns.name,
+          TCPLOAD,
+          'pair',
+          '--comm',
+          'tt-up-main',
+          '--comm-server',
+          'tt-up-srv',
+          '--comm-client',
+          'tt-up-cli',
+          '--count',
+          String(n),
+          // one thread pair: with both CPUs saturated the kernel currently loses a few client closes
+          // per 100k on its own, takeover or not (under investigation; see docs/tracer.md)
+          '--threads',
+          '1',
+        ],
+        { stdio: 'pipe' },
+      ),
+    )
+    const deadline = Date.now() + 20000 * TIME_SCALE
+    while (
+      !((valueOf((await scrape(d1)).samples, 'tcptracer_connects_total', { comm: 'tt-up-cli' }) ?? 0) > 0)
+    ) {
+      assert.ok(Date.now() < deadline, 'the load did not start')
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+    // the same state taken over by a different copy of the programs: another accept hook
+    assert.equal(await d1.stop(), 0)
+    const d2 = await start(['--log.level=info', `--config.file=${upgradeConfig()}`])
+    const stillRunning = load.child.exitCode === null
+    assert.equal(stateOf((await scrape(d2)).samples), 'restored')
+    assert.equal(await load.exited, 0, load.stderr)
+    assert.ok(stillRunning, `the load (${n} connections) ended before the takeover: the test proved nothing`)
+    const done = load.lines.find((l) => l['event'] === 'done')!
+    assert.equal(done['connected'], n, 'the generator connected')
+    assert.equal(done['accepted'], n, 'the generator accepted')
+    // in listener mode an accept is charged to the thread that called listen() (tt-up-main), in syscall
+    // mode to the one that called accept() (tt-up-srv): sum over the pair's names
+    let s = (await scrape(d2)).samples
+    const total = (name: string, labels: Record<string, string> = {}): number =>
+      s
+        .filter((x) => x.name === name && x.labels['comm']?.startsWith('tt-up-'))
+        .filter((x) => Object.entries(labels).every(([k, val]) => x.labels[k] === val))
+        .reduce((a, x) => a + x.value, 0)
+    // the last closes complete (the final ACK, TIME_WAIT) after the generator exits
+    const settled = Date.now() + 10000 * TIME_SCALE
+    while (
+      (total('tcptracer_closes_total', { direction: 'inbound' }) < n ||
+        total('tcptracer_closes_total', { direction: 'outbound' }) < n) &&
+      Date.now() < settled
+    ) {
+      await new Promise((resolve) => setTimeout(resolve, 100))
+      s = (await scrape(d2)).samples
+    }
+    assert.equal(valueOf(s, 'tcptracer_connects_total', { comm: 'tt-up-cli' }), n, 'connects')
+    assert.equal(total('tcptracer_accepts_total'), n, 'accepts')
+    assert.equal(
+      valueOf(s, 'tcptracer_closes_total', { comm: 'tt-up-cli', direction: 'outbound' }),
+      n,
+      'closes out',
+    )
+    assert.equal(total('tcptracer_closes_total', { direction: 'inbound' }), n, 'closes in')
+    assert.equal(
+      valueOf(s, 'tcptracer_active_connections', { comm: 'tt-up-cli', direction: 'outbound' }),
+      0,
+      'active out',
+    )
+    assert.equal(total('tcptracer_active_connections', { direction: 'inbound' }), 0, 'active in')
+
+    assert.equal(await d2.stop(), 0)
+
+    function upgradeConfig(): string {
+      const f = path.join(dir, 'upgrade.yml')
+      writeFileSync(
+        f,
+        `accept_mode: syscall\nfilters:\n  netns: [${ns.inode}]\nhistogram:\n  buckets_seconds: [0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]\n`,
+      )
+      return f
+    }
+  })
+
+  test('settings that change the maps start a new state and remove the old programs; unpin removes all', async () => {
+    const d1 = await start()
+    await d1.stop()
+    const [old] = stateDirs()
+    assert.ok(old, 'a state directory is pinned')
+    const oldPrograms = pinnedProgramIds(pin)
+    assert.ok(oldPrograms.length >= 2, 'the backbone programs are pinned')
+    assert.ok(oldPrograms.every(programExists), 'and stay loaded after the daemon exits')
+
+    const bigger = path.join(dir, 'bigger.yml')
+    writeFileSync(bigger, `filters:\n  netns: [${ns.inode}]\nlimits:\n  max_connections: 131072\n`)
+    const d2 = await start([`--config.file=${bigger}`])
+    assert.equal(stateOf((await scrape(d2)).samples), 'new', 'a different layout cannot be taken over')
+    assert.deepEqual(
+      stateDirs().filter((x) => x === old),
+      [],
+      'the old state directory is removed',
+    )
+    assert.equal(stateDirs().length, 1)
+    assert.ok(await allFreed(oldPrograms), 'the old programs are gone')
+    // counting works in the new state
+    await exchange(ns, { n: 5, send: 1, serverComm: 'tt-nw-srv', clientComm: 'tt-nw-cli' })
+    assert.equal(valueOf((await scrape(d2)).samples, 'tcptracer_connects_total', { comm: 'tt-nw-cli' }), 5)
+    await d2.stop()
+
+    const programs = pinnedProgramIds(pin)
+    const r = spawnSync(process.execPath, [CLI, 'unpin', `--bpf.pin-path=${pin}`], { encoding: 'utf8' })
+    assert.equal(r.status, 0, r.stderr)
+    assert.match(r.stdout, /^removed \/sys\/fs\/bpf\/tt-rs-\d+\/v\d+-[0-9a-f]+$/m)
+    assert.equal(existsSync(pin), false)
+    assert.ok(await allFreed(programs), 'no program of ours stays loaded')
+    const again = spawnSync(process.execPath, [CLI, 'unpin', `--bpf.pin-path=${pin}`], { encoding: 'utf8' })
+    assert.equal(again.status, 0)
+    assert.match(again.stdout, /nothing pinned/)
+  })
+
+  test('without bpffs at the pin path the daemon runs unpinned and says so; unpin refuses such a path', async () => {
+    const notBpf = path.join(dir, 'not-bpffs')
+    const d = await startDaemon([`--config.file=${config}`, `--bpf.pin-path=${notBpf}`])
+    daemons.push(d)
+    const s = (await scrape(d)).samples
+    assert.equal(stateOf(s), 'unpinned')
+    const warn = d.logs().find((l) => String(l['msg']).startsWith('kernel state not pinned'))
+    assert.ok(warn, 'a warning explains it')
+    assert.match(String(warn['reason']), /not on a BPF filesystem .*mount -t bpf/)
+    assert.equal(await d.stop(), 0)
+    assert.ok(d.logs().some((l) => l['msg'] === 'detached, exiting'))
+
+    writeFileSync(path.join(dir, 'keep-me'), 'x')
+    const r = spawnSync(process.execPath, [CLI, 'unpin', `--bpf.pin-path=${dir}`], { encoding: 'utf8' })
+    assert.equal(r.status, 1)
+    assert.match(r.stderr, /is not on a BPF filesystem: refusing to remove it/)
+    assert.ok(existsSync(path.join(dir, 'keep-me')), 'nothing was removed')
+    const rel = spawnSync(process.execPath, [CLI, 'unpin', '--bpf.pin-path=relative/dir'], {
+      encoding: 'utf8',
+    })
+    assert.equal(rel.status, 2)
+  })
+})
