@@ -73,6 +73,7 @@ describe('parseRunArgs', () => {
       configFile: undefined,
       logLevel: 'info',
       logFormat: 'auto',
+      capabilitiesKeep: { kind: 'auto' },
       help: false,
     })
   })
@@ -87,6 +88,8 @@ describe('parseRunArgs', () => {
         '--log.level',
         'debug',
         '--log.format=json',
+        '--capabilities.keep',
+        'cap_sys_ptrace,cap_net_bind_service',
       ]),
       {
         listenAddress: '[::1]:9100',
@@ -96,6 +99,7 @@ describe('parseRunArgs', () => {
         configFile: '/etc/tcptracer-exporter.yml',
         logLevel: 'debug',
         logFormat: 'json',
+        capabilitiesKeep: { kind: 'list', mask: (1n << 19n) | (1n << 10n) },
         help: false,
       },
     )
