@@ -5,6 +5,7 @@
       "sources": [
         "src/addon.cpp",
         "src/bpf_error.cpp",
+        "src/caps.cpp",
         "src/sd_notify.cpp",
         "src/objects/tracer.cpp"
       ],

@@ -1,7 +1,9 @@
 // `tcptracer-exporter run` (the default command) and `check-config`.
 import pino, { type Logger } from 'pino'
 import pretty from 'pino-pretty'
+import { readFile } from 'node:fs/promises'
 import { parseFlags, UsageError } from './args.js'
+import { dropCapabilities, heldCapabilities, KEEP_FLAG, parseKeep, type KeepSpec } from './capabilities.js'
 import { ConfigError, describeChanges, loadConfig, type Config } from './config.js'
 import { Exporter } from './exporter.js'
 import { loadBinding } from './native.js'
@@ -27,6 +29,10 @@ Flags:
                              bpffs directory, so a restart or an upgrade loses nothing; "" turns
                              it off (default "${DEFAULT_PIN_PATH}"). Stopping leaves the programs
                              counting: "tcptracer-exporter unpin" removes them
+  --capabilities.keep=CAPS   capabilities kept once the programs are attached: auto (default:
+                             cap_sys_ptrace, to name containers' network namespaces), none, all (drop
+                             nothing), or a list such as "cap_sys_ptrace"; cap_bpf is kept anyway on
+                             kernels that need it to read the maps
   -h, --help                 show this help
 
 Signals: SIGHUP reloads the config file (an invalid file keeps the running config);
@@ -51,6 +57,8 @@ export interface RunArgs {
   logFormat: 'json' | 'pretty' | 'auto'
   /** undefined: not pinned */
   pinPath: string | undefined
+  /** --capabilities.keep */
+  capabilitiesKeep: KeepSpec
   help: boolean
 }
 
@@ -75,6 +83,7 @@ export function parseRunArgs(argv: string[]): RunArgs {
     'log.level': { type: 'string', default: 'info' },
     'log.format': { type: 'string', default: 'auto' },
     'bpf.pin-path': { type: 'string', default: DEFAULT_PIN_PATH },
+    'capabilities.keep': { type: 'string', default: 'auto' },
     help: { type: 'boolean', short: 'h', default: false },
   })
   const pinPath = values['bpf.pin-path']
@@ -107,6 +116,7 @@ export function parseRunArgs(argv: string[]): RunArgs {
     logLevel: level as LogLevel,
     logFormat: format,
     pinPath: pinPath === '' ? undefined : pinPath,
+    capabilitiesKeep: parseKeep(values['capabilities.keep']),
     help: values.help,
   }
 }
@@ -309,6 +319,51 @@ export async function runDaemon(argv: string[]): Promise<number> {
     const err = e as NodeJS.ErrnoException
     log.fatal({ err, address: args.listenAddress }, `cannot listen on ${args.listenAddress}: ${err.message}`)
     return 1
+  }
+  // Least privilege: from here on the daemon reads the maps it holds, /proc and /run/netns, and nothing
+  // needs more than what auto keeps (docs/reliability.md). After listen, so that a privileged port works.
+  try {
+    const { status, reasons, threads } = dropCapabilities(binding, args.capabilitiesKeep, heldCapabilities())
+    exporter.capabilities = status
+    if (!status.dropped) {
+      log.warn(
+        { keep: status.keep, kept: status.kept },
+        `capabilities not dropped (${KEEP_FLAG}=all): the daemon keeps every capability it started with`,
+      )
+    } else {
+      log.info(
+        {
+          keep: status.keep,
+          kept: reasons,
+          dropped: status.removed,
+          threads,
+          boundingSetReduced: status.boundingSetReduced,
+        },
+        `capabilities dropped: kept ${status.kept.join(', ') || 'none'}`,
+      )
+    }
+  } catch (e) {
+    process.off('SIGTERM', onTerm)
+    process.off('SIGINT', onInt)
+    process.off('SIGHUP', onHup)
+    await app.close().catch(() => {})
+    exporter.close()
+    const err = e as Error
+    log.fatal(
+      { err },
+      `cannot drop capabilities: ${err.message}. The daemon does not run with capabilities it was to give up; ` +
+        `${KEEP_FLAG}=all skips the drop`,
+    )
+    return 1
+  }
+  if (args.configFile !== undefined) {
+    // a file readable only thanks to CAP_DAC_READ_SEARCH or CAP_DAC_OVERRIDE could be read at start, not at reload
+    await readFile(args.configFile).catch((err: unknown) =>
+      log.warn(
+        { err, file: args.configFile, uid: process.getuid?.() },
+        'the config file cannot be read without the capabilities just dropped: SIGHUP reloads will fail until it is readable by this user',
+      ),
+    )
   }
   const bound = app.server.address()
   const port = typeof bound === 'object' && bound ? bound.port : args.port

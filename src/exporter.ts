@@ -3,6 +3,7 @@
 import { mkdirSync } from 'node:fs'
 import os from 'node:os'
 import { Aggregator, decodeAggEntry, FAIL_REASON_NAMES, type Owner, type Series } from './aggregates.js'
+import { capabilityNames, threadCapabilities, type CapabilityStatus } from './capabilities.js'
 import { CgroupResolver } from './cgroups.js'
 import type { Config } from './config.js'
 import type { MetricFamily, Sample } from './exposition.js'
@@ -137,6 +138,8 @@ export class Exporter {
   readonly hooks: HookStatus[]
   /** the last scrape's error reading the kernel maps, for /readyz */
   lastReadError: string | undefined
+  /** what the daemon did with its capabilities once started (src/capabilities.ts), for /readyz */
+  capabilities: CapabilityStatus | undefined
 
   private constructor(
     private readonly tracer: TcpTracer,
@@ -402,7 +405,36 @@ export class Exporter {
     const snap = this.aggregator.snapshot(entries)
     for (const key of snap.expiredKeys) this.tracer.deleteAggregate(key)
     const stats = this.tracer.kernelStats()
-    return [...this.connectionFamilies(snap.series), ...this.selfFamilies(stats, snap.admitted, snap.folded)]
+    return [
+      ...this.connectionFamilies(snap.series),
+      ...this.selfFamilies(stats, snap.admitted, snap.folded),
+      await this.capabilityFamily(),
+    ]
+  }
+
+  /** The capabilities the process holds now: any thread's, read from /proc/self/task at each scrape. */
+  private async capabilityFamily(): Promise<MetricFamily> {
+    let effective = 0n
+    let permitted = 0n
+    // a self-metric that cannot be read leaves the family empty rather than failing the scrape
+    for (const t of await threadCapabilities('self').catch(() => [])) {
+      effective |= t.effective
+      permitted |= t.permitted
+    }
+    const samples = (set: string, mask: bigint): Sample[] =>
+      capabilityNames(mask).map((c) => ({
+        labels: [
+          ['set', set],
+          ['capability', c],
+        ],
+        value: 1,
+      }))
+    return {
+      name: 'tcptracer_capability_info',
+      help: 'Capabilities the exporter process holds now (in any thread), by set: effective and permitted. After startup only the ones it still uses are left (--capabilities.keep).',
+      type: 'info',
+      samples: [...samples('effective', effective), ...samples('permitted', permitted)],
+    }
   }
 
   private connectionFamilies(series: readonly Series[]): MetricFamily[] {

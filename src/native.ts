@@ -148,6 +148,20 @@ export declare class NativeTracer {
   close(): void
 }
 
+/** What dropCapabilities did: masks of capability bits (bit n = capability n). */
+export interface CapabilityDrop {
+  /** the calling thread's permitted set before */
+  before: bigint
+  /** every thread's effective and permitted set now */
+  after: bigint
+  /** the calling thread's bounding set now */
+  bounding: bigint
+  /** whether the bounding set was reduced too (needs CAP_SETPCAP) */
+  boundingDropped: boolean
+  /** threads switched, the calling one included */
+  threads: number
+}
+
 export interface Binding {
   Tracer: typeof NativeTracer
   layout: EventLayout
@@ -156,6 +170,14 @@ export interface Binding {
   ensureFilesystems(): { tracefs: string; bpffs: string }
   setVerbose(on: boolean): void
   sdNotify(state: string): boolean
+  /**
+   * Every thread keeps only the capabilities in `keep` that it holds (effective = permitted), with
+   * empty inheritable and ambient sets and no_new_privs; the bounding set is reduced too where
+   * CAP_SETPCAP allows. Checked in /proc/self/task/<tid>/status; throws a BpfError otherwise.
+   */
+  dropCapabilities(keep: bigint): CapabilityDrop
+  /** whether bpf() on file descriptors already open needs CAP_BPF or CAP_SYS_ADMIN on this kernel */
+  bpfNeedsCapability(): boolean
 }
 
 /** Errors thrown by the addon: the failing step, the errno and, where known, the fix. */

@@ -4,6 +4,7 @@ import { Readable } from 'node:stream'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import { collectDefaultMetrics, Registry, type RegistryContentType } from 'prom-client'
 import { CONTENT_TYPES, negotiate, renderChunks, type Format, type MetricFamily } from './exposition.js'
+import type { CapabilityStatus } from './capabilities.js'
 import type { ProgramStatus } from './native.js'
 
 export interface MetricsSource {
@@ -13,6 +14,8 @@ export interface MetricsSource {
   readonly programs: readonly ProgramStatus[]
   /** where each part of the tracer is attached, and for accepts what else was tried */
   readonly hooks: readonly HookStatus[]
+  /** the capabilities kept and dropped once started; undefined until then */
+  readonly capabilities?: CapabilityStatus | undefined
 }
 
 export interface HookStatus {
@@ -96,9 +99,11 @@ export function build(opts: ServerOptions): FastifyInstance {
       ...(p.error ? { error: p.error } : {}),
     }))
     const hooks = source.hooks
+    const capabilities = source.capabilities
+    const details = { hooks, programs, ...(capabilities ? { capabilities } : {}) }
     return reply
       .code(reason ? 503 : 200)
-      .send(reason ? { status: 'not ready', reason, hooks, programs } : { status: 'ready', hooks, programs })
+      .send(reason ? { status: 'not ready', reason, ...details } : { status: 'ready', ...details })
   })
 
   app.get('/', async (_req, reply) => {
@@ -116,6 +121,12 @@ export function build(opts: ServerOptions): FastifyInstance {
       )
       .join('\n')
     const path = escapeHtml(telemetryPath)
+    const caps = source.capabilities
+    const capsLine = !caps
+      ? ''
+      : caps.dropped
+        ? `<p>Capabilities: kept ${escapeHtml(caps.kept.join(', ') || 'none')}; dropped ${escapeHtml(caps.removed.join(', ') || 'none')} once the programs were attached (--capabilities.keep=${escapeHtml(caps.keep)}).</p>\n`
+        : `<p>Capabilities: <strong>not dropped</strong> (--capabilities.keep=all): ${escapeHtml(caps.kept.join(', ') || 'none')}.</p>\n`
     const html = `<!DOCTYPE html>
 <html lang="en">
 <head><meta charset="utf-8"><title>tcptracer-exporter</title>
@@ -124,7 +135,7 @@ export function build(opts: ServerOptions): FastifyInstance {
 <h1>tcptracer-exporter</h1>
 <p>Version ${escapeHtml(version)}. Counts TCP connects, accepts and closes per process and network namespace with eBPF.</p>
 <p>Status: <strong>${reason ? `not ready: ${escapeHtml(reason)}` : 'ready'}</strong></p>
-<ul>
+${capsLine}<ul>
 <li><a href="${path}">${path}</a>: metrics</li>
 <li><a href="/healthz">/healthz</a>: liveness</li>
 <li><a href="/readyz">/readyz</a>: readiness, with the attach status of every program</li>

@@ -5,6 +5,7 @@ import { jsonLine, textHeader, textLine, type TextOptions } from './format.js'
 import { loadBinding } from './native.js'
 import { discoverListeners } from './procfs.js'
 import { ACCEPT_MODES, type AcceptMode } from './config.js'
+import { dropCapabilities, heldCapabilities } from './capabilities.js'
 import { TcpTracer } from './tracer.js'
 
 function isAcceptMode(s: string | undefined): s is AcceptMode {
@@ -219,6 +220,20 @@ export async function runTrace(argv: string[]): Promise<number> {
         finish(1)
       },
     )
+    // attached, seeded and draining: from here on only the open maps and the ring buffer are used, which
+    // need no capability (but CAP_BPF on kernels before 5.19 with unprivileged BPF disabled)
+    try {
+      const { status } = dropCapabilities(binding, { kind: 'list', mask: 0n }, heldCapabilities())
+      if (args.verbose) {
+        err(
+          `capabilities: kept ${status.kept.join(', ') || 'none'}; dropped ${status.removed.join(', ') || 'none'}`,
+        )
+      }
+    } catch (e) {
+      err(`error: cannot drop capabilities: ${(e as Error).message}`)
+      finish(1)
+      return
+    }
     const banner = 'Tracing TCP established connections. Ctrl-C to end.'
     if (args.json) {
       err(banner)

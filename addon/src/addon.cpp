@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "bpf_error.hpp"
+#include "caps.hpp"
 #include "log.hpp"
 #include "objects/tracer.hpp"
 #include "sd_notify.hpp"
@@ -251,6 +252,10 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports)
 		    Napi::Function::New(env, EnsureFilesystems, "ensureFilesystems"));
 	exports.Set("setVerbose", Napi::Function::New(env, SetVerboseJs, "setVerbose"));
 	exports.Set("sdNotify", Napi::Function::New(env, SdNotify, "sdNotify"));
+	exports.Set("dropCapabilities",
+		    Napi::Function::New(env, DropCapabilities, "dropCapabilities"));
+	exports.Set("bpfNeedsCapability",
+		    Napi::Function::New(env, BpfNeedsCapability, "bpfNeedsCapability"));
 	return exports;
 }
 

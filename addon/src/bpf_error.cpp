@@ -55,15 +55,38 @@ const char *ErrnoName(int err)
 		return "ENOTSUP";
 	case ENOSYS:
 		return "ENOSYS";
+	case EAGAIN:
+		return "EAGAIN";
+	case ETIMEDOUT:
+		return "ETIMEDOUT";
+	case ENOTRECOVERABLE:
+		return "ENOTRECOVERABLE";
 	default:
 		return "";
 	}
+}
+
+// Dropping capabilities (caps.cpp): none of the BPF remedies below apply.
+std::string CapabilityHint(const std::string &op, int err)
+{
+	if (err == EPERM || err == EACCES || err == ENOSYS)
+		return "a seccomp filter or security module refused the call: the drop needs "
+		       "capget, capset, prctl, rt_sigaction and rt_tgsigqueueinfo (systemd's "
+		       "@system-service allows them)";
+	if (err == ETIMEDOUT)
+		return "every thread must run a handler for signal 33 to drop its own "
+		       "capabilities";
+	if (op == "drop capabilities: verify")
+		return "a thread still holds capabilities it was to drop";
+	return "";
 }
 
 } // namespace
 
 std::string HintFor(const std::string &op, int err)
 {
+	if (op.rfind("drop capabilities", 0) == 0)
+		return CapabilityHint(op, err);
 	if ((err == EPERM || err == EACCES) && geteuid() != 0)
 		return "not running as root: run as root, or grant CAP_BPF and CAP_PERFMON (and "
 		       "CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to attribute sockets opened before "

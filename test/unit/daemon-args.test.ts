@@ -74,6 +74,7 @@ describe('parseRunArgs', () => {
       logLevel: 'info',
       logFormat: 'auto',
       pinPath: '/sys/fs/bpf/tcptracer-exporter',
+      capabilitiesKeep: { kind: 'auto' },
       help: false,
     })
   })
@@ -90,6 +91,8 @@ describe('parseRunArgs', () => {
         '--log.format=json',
         '--bpf.pin-path',
         '/sys/fs/bpf/other',
+        '--capabilities.keep',
+        'cap_sys_ptrace,cap_net_bind_service',
       ]),
       {
         listenAddress: '[::1]:9100',
@@ -100,6 +103,7 @@ describe('parseRunArgs', () => {
         logLevel: 'debug',
         logFormat: 'json',
         pinPath: '/sys/fs/bpf/other',
+        capabilitiesKeep: { kind: 'list', mask: (1n << 19n) | (1n << 10n) },
         help: false,
       },
     )

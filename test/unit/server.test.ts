@@ -5,6 +5,7 @@ import { Writable } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
 import pino from 'pino'
 
+import type { CapabilityStatus } from '../../src/capabilities.js'
 import type { MetricFamily } from '../../src/exposition.js'
 import type { ProgramStatus } from '../../src/native.js'
 import { build } from '../../src/server.js'
@@ -59,6 +60,7 @@ const OM_SAMPLES =
 
 class FakeSource implements MetricsSource {
   reason: string | undefined = undefined
+  capabilities: CapabilityStatus | undefined = undefined
   failure: Error | undefined = undefined
   collects = 0
   readonly programs: ProgramStatus[] = [
@@ -252,6 +254,49 @@ describe('server', () => {
     )
     assert.ok(!html.includes('<script>'))
     assert.ok(!html.includes('alert("x")'))
+  })
+
+  test('/readyz and / : the capabilities kept and dropped once started', async () => {
+    assert.equal(
+      (await app.inject({ url: '/readyz' })).json<Record<string, unknown>>()['capabilities'],
+      undefined,
+    )
+    assert.ok(!(await app.inject({ url: '/' })).body.includes('Capabilities:'))
+
+    source.capabilities = {
+      keep: 'auto',
+      dropped: true,
+      kept: ['cap_sys_ptrace'],
+      removed: ['cap_dac_read_search', 'cap_perfmon', 'cap_bpf'],
+      boundingSetReduced: false,
+    }
+    const ready = await app.inject({ url: '/readyz' })
+    assert.equal(ready.statusCode, 200)
+    assert.deepEqual(ready.json<Record<string, unknown>>()['capabilities'], source.capabilities)
+    source.reason = 'shutting down'
+    assert.deepEqual(
+      (await app.inject({ url: '/readyz' })).json<Record<string, unknown>>()['capabilities'],
+      source.capabilities,
+    )
+    source.reason = undefined
+    assert.ok(
+      (await app.inject({ url: '/' })).body.includes(
+        '<p>Capabilities: kept cap_sys_ptrace; dropped cap_dac_read_search, cap_perfmon, cap_bpf once the programs were attached (--capabilities.keep=auto).</p>',
+      ),
+    )
+
+    source.capabilities = {
+      keep: 'all',
+      dropped: false,
+      kept: ['cap_bpf'],
+      removed: [],
+      boundingSetReduced: false,
+    }
+    assert.ok(
+      (await app.inject({ url: '/' })).body.includes(
+        '<p>Capabilities: <strong>not dropped</strong> (--capabilities.keep=all): cap_bpf.</p>',
+      ),
+    )
   })
 
   test('/ : the not-ready reason is shown, escaped', async () => {
