@@ -4,6 +4,7 @@
 import http from 'node:http'
 import https from 'node:https'
 import { Readable } from 'node:stream'
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises'
 import type { TLSSocket } from 'node:tls'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify'
 import { collectDefaultMetrics, Registry, type RegistryContentType } from 'prom-client'
@@ -104,7 +105,7 @@ export class HttpState {
   private auth: BasicAuth | undefined
   private tokens = 0
   private tokensAt = 0
-  private pending: Promise<MetricFamily[]> | undefined
+  private pending: Promise<Collection> | undefined
   /** set by build() once the server exists */
   server: http.Server | https.Server | undefined
   inFlight = 0
@@ -167,17 +168,20 @@ export class HttpState {
 
   /**
    * Concurrent scrapes share one collection: a scrape that arrives while the kernel maps are being read
-   * waits for that read instead of starting another.
+   * waits for that read instead of starting another, and shares its process metrics too.
    */
-  async collect(source: MetricsSource): Promise<MetricFamily[]> {
+  async collect(source: MetricsSource): Promise<Collection> {
     if (this.pending) {
       this.scrapes.shared++
       return await this.pending
     }
     this.scrapes.own++
-    const p = source.collect().finally(() => {
-      if (this.pending === p) this.pending = undefined
-    })
+    const p = source
+      .collect()
+      .then((families) => new Collection(families))
+      .finally(() => {
+        if (this.pending === p) this.pending = undefined
+      })
     this.pending = p
     return await p
   }
@@ -270,6 +274,25 @@ export class HttpState {
     this.auth = undefined
   }
 }
+
+/** One read of the source, shared by the scrapes that asked for it at the same time. */
+export class Collection {
+  private readonly process: Partial<Record<Format, Promise<string>>> = {}
+  constructor(readonly families: MetricFamily[]) {}
+
+  /** prom-client's process metrics, rendered once per collection and format. */
+  async processText(format: Format, registry: Registry<RegistryContentType>): Promise<string> {
+    this.process[format] ??= registry.metrics()
+    return await this.process[format]
+  }
+}
+
+/**
+ * Samples (or histograms) per chunk of the exposition. Between chunks the event loop runs, and it runs
+ * every concurrent scrape's next chunk in one turn, so a turn costs up to --web.max-requests chunks: small
+ * chunks keep that short (100 histograms of 22 buckets are about 200 KB).
+ */
+const SAMPLES_PER_CHUNK = 100
 
 /** client_auth_type, as Node's TLS server options; the checks Node has no option for are in onSecure. */
 function applyClientAuth(server: https.Server, t: TlsSettings): void {
@@ -387,6 +410,15 @@ export function build(opts: ServerOptions): FastifyInstance {
     serverFactory: (handler) => createServer(state, log, handler) as http.Server,
   })
   app.addHook('onClose', async () => await state.close())
+  // On close, fastify closes the idle keep-alive connections; one whose response is still being sent
+  // becomes idle later and would hold the shutdown for keepAliveTimeout: close it once its answer is out.
+  let closing = false
+  app.addHook('preClose', async () => {
+    closing = true
+  })
+  app.addHook('onResponse', async () => {
+    if (closing) setImmediate(() => state.server?.closeIdleConnections())
+  })
 
   // Headers from the web config on every answer, then the rate limit and basic auth on every path but
   // /healthz: a liveness probe (the kubelet's) must not need credentials nor be starved by a flood.
@@ -447,14 +479,20 @@ export function build(opts: ServerOptions): FastifyInstance {
     reply.raw.once('close', release)
 
     const format = negotiate(req.headers.accept)
-    const families = await state.collect(source)
+    const collection = await state.collect(source)
     const own = state.families()
     // streamed in chunks: a large exposition is never one string in memory
     const registry = registries?.[format]
     async function* body(): AsyncGenerator<string> {
-      yield* renderChunks(families, format)
+      for (const chunk of renderChunks(collection.families, format, SAMPLES_PER_CHUNK)) {
+        yield chunk
+        // let other requests and timers run between chunks: without this, a socket that takes every
+        // write at once (loopback) gets the whole exposition rendered in one turn of the event loop,
+        // and concurrent scrapes add up to one long stall
+        await yieldToEventLoop()
+      }
       yield* renderChunks(own, format)
-      if (registry) yield await registry.metrics()
+      if (registry) yield await collection.processText(format, registry)
       else if (format === 'openmetrics') yield '# EOF\n'
     }
     return reply.type(CONTENT_TYPES[format]).send(Readable.from(body(), { objectMode: false }))
