@@ -167,8 +167,8 @@ export class HttpState {
   }
 
   /**
-   * Concurrent scrapes share one collection: a scrape that arrives while the kernel maps are being read
-   * waits for that read instead of starting another, and shares its process metrics too.
+   * Concurrent scrapes share one collection: a scrape that arrives before or while the kernel maps are
+   * being read waits for that read instead of starting another, and shares its process metrics too.
    */
   async collect(source: MetricsSource): Promise<Collection> {
     if (this.pending) {
@@ -176,8 +176,11 @@ export class HttpState {
       return await this.pending
     }
     this.scrapes.own++
-    const p = source
-      .collect()
+    // The read starts one turn of the event loop later, so the scrapes that arrived in the same burst
+    // join it; every scrape still gets data read after it arrived. (The source's read itself is mostly
+    // synchronous: without this turn no two scrapes would ever share one.)
+    const p = yieldToEventLoop()
+      .then(async () => await source.collect())
       .then((families) => new Collection(families))
       .finally(() => {
         if (this.pending === p) this.pending = undefined
