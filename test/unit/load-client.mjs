@@ -30,7 +30,11 @@ async function scrapes() {
   const bodies = {}
   const refusals = new Set()
   let maxMs = 0
+  // the server's own event-loop delay, where it exposes prom-client's (the maximum since its previous read)
+  let loopLagMaxSeconds
   for (const r of res) {
+    const lag = /^nodejs_eventloop_lag_max_seconds (\S+)$/m.exec(r.body ?? '')
+    if (lag) loopLagMaxSeconds = Math.max(loopLagMaxSeconds ?? 0, Number(lag[1]))
     const key = r.error ?? String(r.status)
     statuses[key] = (statuses[key] ?? 0) + 1
     maxMs = Math.max(maxMs, r.ms)
@@ -47,6 +51,7 @@ async function scrapes() {
     bodyBytes: Object.keys(bodies).map((b) => b.length),
     refusals: [...refusals],
     maxMs,
+    loopLagMaxSeconds,
   }
 }
 
@@ -98,7 +103,27 @@ async function slowloris() {
   }
 }
 
-const modes = { scrapes, slowloris }
+/** /healthz every `everyMs` for `durationMs`: the slowest answer and the failures. */
+async function health() {
+  const t0 = performance.now()
+  const times = []
+  let failures = 0
+  while (performance.now() - t0 < args.durationMs) {
+    const r = await get('/healthz', 5000)
+    if (r.status === 200) times.push(r.ms)
+    else failures++
+    await new Promise((resolve) => setTimeout(resolve, args.everyMs ?? 20))
+  }
+  times.sort((a, b) => a - b)
+  return {
+    checks: times.length + failures,
+    failures,
+    maxMs: times.at(-1),
+    medianMs: times[Math.floor(times.length / 2)],
+  }
+}
+
+const modes = { scrapes, slowloris, health }
 const run = modes[args.mode]
 if (!run) throw new Error(`unknown mode ${args.mode}`)
 const hardStop = setTimeout(() => {
