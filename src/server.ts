@@ -135,7 +135,7 @@ export class HttpState {
       this.auth = undefined
       return
     }
-    // one check at a time when there are 2 cores or fewer, as the toolkit does; 2 at most
+    // one bcrypt check at a time, as the toolkit does (its mutex): a flood of bad passwords takes one core
     this.checker ??= new PasswordChecker({ workers: 1, maxQueued: 32 })
     if (this.auth) this.auth.setUsers(web.users)
     else this.auth = new BasicAuth(this.checker, web.users)
