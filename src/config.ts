@@ -318,7 +318,7 @@ export class ConfigError extends Error {
 }
 
 /** `limits.max_label_sets`, `labels[2]`, `(root)`; odd keys are quoted: `limits["a b"]`. */
-function formatPath(path: readonly PropertyKey[]): string {
+export function formatPath(path: readonly PropertyKey[]): string {
   let out = ''
   for (const k of path) {
     if (typeof k === 'number') out += `[${k}]`

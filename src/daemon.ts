@@ -2,15 +2,16 @@
 import pino, { type Logger } from 'pino'
 import pretty from 'pino-pretty'
 import { readFile } from 'node:fs/promises'
-import { parseFlags, UsageError } from './args.js'
+import { parseFlags, parseIntArg, UsageError } from './args.js'
 import { dropCapabilities, heldCapabilities, KEEP_FLAG, parseKeep, type KeepSpec } from './capabilities.js'
 import { ConfigError, describeChanges, loadConfig, type Config } from './config.js'
 import { Exporter } from './exporter.js'
 import { loadBinding } from './native.js'
 import { version } from './paths.js'
-import { build } from './server.js'
+import { build, DEFAULT_MAX_REQUESTS, HttpState } from './server.js'
 import { DEFAULT_PIN_PATH, unpinAll } from './state.js'
 import { createNotifier, startWatchdog, watchdogIntervalMs } from './systemd.js'
+import { describeWebChanges, loadWebConfig, type WebConfig } from './webconfig.js'
 
 export const DEFAULT_LISTEN_ADDRESS = ':19427'
 
@@ -22,6 +23,9 @@ Flags:
   --web.listen-address=ADDR  address to listen on, [host]:port (default "${DEFAULT_LISTEN_ADDRESS}": all
                              interfaces; "127.0.0.1:19427" or "[::1]:19427" for loopback only)
   --web.telemetry-path=PATH  path of the metrics endpoint (default "/metrics")
+  --web.config.file=FILE     TLS and basic auth, in the Prometheus exporter-toolkit web config format
+                             (default: plain HTTP, no auth)
+  --web.max-requests=N       concurrent metrics requests; more get 503 (default ${DEFAULT_MAX_REQUESTS}; 0: no limit)
   --config.file=FILE         YAML config file (default: built-in defaults; see config.example.yml)
   --log.level=LEVEL          trace, debug, info, warn, error or fatal (default "info")
   --log.format=FORMAT        json, pretty, or auto: pretty on a terminal, else json (default "auto")
@@ -35,13 +39,13 @@ Flags:
                              kernels that need it to read the maps
   -h, --help                 show this help
 
-Signals: SIGHUP reloads the config file (an invalid file keeps the running config);
+Signals: SIGHUP reloads the config file and the web config file (an invalid file keeps the running one);
 SIGTERM or SIGINT stop serving, finish in-flight scrapes, detach and exit 0.
 
 Examples:
   sudo tcptracer-exporter
   sudo tcptracer-exporter run --web.listen-address=127.0.0.1:19427 --config.file=/etc/tcptracer-exporter.yml
-  tcptracer-exporter check-config --config.file=/etc/tcptracer-exporter.yml
+  tcptracer-exporter check-config --config.file=/etc/tcptracer-exporter.yml --web.config.file=/etc/web.yml
 `
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const
@@ -53,6 +57,8 @@ export interface RunArgs {
   port: number
   telemetryPath: string
   configFile: string | undefined
+  webConfigFile: string | undefined
+  maxRequests: number
   logLevel: LogLevel
   logFormat: 'json' | 'pretty' | 'auto'
   /** undefined: not pinned */
@@ -79,6 +85,8 @@ export function parseRunArgs(argv: string[]): RunArgs {
   const values = parseFlags(argv, {
     'web.listen-address': { type: 'string', default: DEFAULT_LISTEN_ADDRESS },
     'web.telemetry-path': { type: 'string', default: '/metrics' },
+    'web.config.file': { type: 'string' },
+    'web.max-requests': { type: 'string', default: String(DEFAULT_MAX_REQUESTS) },
     'config.file': { type: 'string' },
     'log.level': { type: 'string', default: 'info' },
     'log.format': { type: 'string', default: 'auto' },
@@ -113,6 +121,8 @@ export function parseRunArgs(argv: string[]): RunArgs {
     port,
     telemetryPath: path,
     configFile: values['config.file'],
+    webConfigFile: values['web.config.file'],
+    maxRequests: parseIntArg('--web.max-requests', values['web.max-requests'], 0, 1_000_000),
     logLevel: level as LogLevel,
     logFormat: format,
     pinPath: pinPath === '' ? undefined : pinPath,
@@ -133,27 +143,36 @@ export function createLogger(level: LogLevel, format: RunArgs['logFormat']): Log
 export async function runCheckConfig(argv: string[]): Promise<number> {
   const values = parseFlags(argv, {
     'config.file': { type: 'string' },
+    'web.config.file': { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   })
   if (values.help) {
     process.stdout.write(
-      'Usage: tcptracer-exporter check-config --config.file=FILE\n\nValidate a config file: exit 0 when valid, 2 with every problem when not.\n',
+      'Usage: tcptracer-exporter check-config [--config.file=FILE] [--web.config.file=FILE]\n\n' +
+        'Validate a config file, a web config file (and the certificates and keys it names), or both:\n' +
+        'exit 0 when valid, 2 with every problem when not.\n',
     )
     return 0
   }
   const file = values['config.file']
-  if (!file) throw new UsageError('check-config needs --config.file=FILE')
-  try {
-    await loadConfig(file)
-  } catch (e) {
-    if (e instanceof ConfigError) {
-      process.stderr.write(`${e.message}\n`)
-      return 2
-    }
-    throw e
+  const webFile = values['web.config.file']
+  if (!file && !webFile) {
+    throw new UsageError('check-config needs --config.file=FILE, --web.config.file=FILE or both')
   }
-  process.stdout.write(`${file}: valid\n`)
-  return 0
+  let code = 0
+  const check = async (f: string, load: (f: string) => Promise<unknown>): Promise<void> => {
+    try {
+      await load(f)
+      process.stdout.write(`${f}: valid\n`)
+    } catch (e) {
+      if (!(e instanceof ConfigError)) throw e
+      process.stderr.write(`${e.message}\n`)
+      code = 2
+    }
+  }
+  if (file) await check(file, loadConfig)
+  if (webFile) await check(webFile, loadWebConfig)
+  return code
 }
 
 export const UNPIN_HELP = `Usage: tcptracer-exporter unpin [--bpf.pin-path=DIR]
@@ -197,11 +216,14 @@ export async function runDaemon(argv: string[]): Promise<number> {
   }
   const log = createLogger(args.logLevel, args.logFormat)
   let config: Config
+  let web: WebConfig
   try {
     config = await loadConfig(args.configFile)
+    web = await loadWebConfig(args.webConfigFile)
   } catch (e) {
     if (e instanceof ConfigError) {
-      log.fatal({ file: e.file, problems: e.problems }, `invalid config:\n${e.message}`)
+      const what = e.file === args.webConfigFile ? 'web config' : 'config'
+      log.fatal({ file: e.file, problems: e.problems }, `invalid ${what}:\n${e.message}`)
       return 2
     }
     throw e
@@ -239,11 +261,13 @@ export async function runDaemon(argv: string[]): Promise<number> {
     'tracer ready',
   )
 
+  const http = new HttpState(web, { maxRequests: args.maxRequests })
   const app = build({
     source: exporter,
     telemetryPath: args.telemetryPath,
     version,
     logger: log.child({ component: 'http' }),
+    http,
   })
   // signal handlers first: a SIGHUP or SIGTERM right after READY must find them
   let reloading = Promise.resolve()
@@ -270,7 +294,28 @@ export async function runDaemon(argv: string[]): Promise<number> {
         log.error({ err: e }, 'config reload failed, keeping the running config')
       }
     }
+    if (args.webConfigFile !== undefined) await reloadWeb(args.webConfigFile)
     notify.ready('serving metrics')
+  }
+  const reloadWeb = async (file: string): Promise<void> => {
+    try {
+      const next = await loadWebConfig(file)
+      const changes = describeWebChanges(http.web, next)
+      const { restartNeeded } = http.reload(next)
+      http.recordReload(true)
+      log.info({ file, changes }, changes.length ? 'web config reloaded' : 'web config reloaded: no changes')
+      for (const r of restartNeeded) log.warn({ file }, r)
+    } catch (e) {
+      http.recordReload(false)
+      if (e instanceof ConfigError) {
+        log.error(
+          { file: e.file, problems: e.problems },
+          `web config reload failed, keeping the running web config:\n${e.message}`,
+        )
+      } else {
+        log.error({ err: e, file }, 'web config reload failed, keeping the running web config')
+      }
+    }
   }
   const onHup = (): void => {
     reloading = reloading.then(reload)
@@ -356,18 +401,32 @@ export async function runDaemon(argv: string[]): Promise<number> {
     )
     return 1
   }
-  if (args.configFile !== undefined) {
+  for (const file of [args.configFile, args.webConfigFile]) {
+    if (file === undefined) continue
     // a file readable only thanks to CAP_DAC_READ_SEARCH or CAP_DAC_OVERRIDE could be read at start, not at reload
-    await readFile(args.configFile).catch((err: unknown) =>
+    await readFile(file).catch((err: unknown) =>
       log.warn(
-        { err, file: args.configFile, uid: process.getuid?.() },
-        'the config file cannot be read without the capabilities just dropped: SIGHUP reloads will fail until it is readable by this user',
+        { err, file, uid: process.getuid?.() },
+        'a config file cannot be read without the capabilities just dropped: SIGHUP reloads will fail until it is readable by this user',
       ),
     )
   }
   const bound = app.server.address()
   const port = typeof bound === 'object' && bound ? bound.port : args.port
-  log.info({ address: args.listenAddress, port, path: args.telemetryPath, version }, 'serving metrics')
+  const scheme = web.tls ? 'https' : 'http'
+  log.info(
+    {
+      address: args.listenAddress,
+      port,
+      path: args.telemetryPath,
+      version,
+      scheme,
+      ...(web.tls ? { client_auth: web.tls.clientAuth, cert: web.tls.certSource } : {}),
+      basic_auth: web.users.size > 0,
+      max_requests: args.maxRequests,
+    },
+    'serving metrics',
+  )
   notify.ready(`serving metrics on ${args.listenAddress}${args.telemetryPath}`)
   const wd = watchdogIntervalMs(process.env, process.pid)
   if (wd) stopWatchdog = startWatchdog(notify, wd, () => exporter.notReadyReason() === undefined)

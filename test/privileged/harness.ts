@@ -338,10 +338,12 @@ export async function startDaemon(
   const serving = logs().find((l) => l['msg'] === 'serving metrics')
   if (!serving) throw new Error(`the daemon exited before serving: ${proc.stderr}`)
   const port = serving['port'] as number
+  // https when the daemon serves TLS (--web.config.file)
+  const scheme = (serving['scheme'] as string | undefined) ?? 'http'
   return {
     proc,
     port,
-    url: `http://127.0.0.1:${port}`,
+    url: `${scheme}://127.0.0.1:${port}`,
     logs,
     stop: async (signal = 'SIGTERM') => {
       child.kill(signal)

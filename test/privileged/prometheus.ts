@@ -44,6 +44,13 @@ export async function until<T>(
   }
 }
 
+/** How Prometheus scrapes the daemon when it serves TLS or wants basic auth (--web.config.file). */
+export interface ScrapeSecurity {
+  /** Prometheus's tls_config: ca_file, cert_file, key_file, server_name ... */
+  tls?: Record<string, string>
+  basicAuth?: { username: string; password: string }
+}
+
 /** A real Prometheus on a free loopback port, scraping the daemon every second as job "tcptracer". */
 export class Prometheus {
   private constructor(
@@ -52,8 +59,20 @@ export class Prometheus {
     private readonly dir: string,
   ) {}
 
-  static async start(d: Daemon, ruleFiles: string[]): Promise<Prometheus> {
+  static async start(d: Daemon, ruleFiles: string[], scrape: ScrapeSecurity = {}): Promise<Prometheus> {
     const dir = mkdtempSync(path.join(tmpdir(), 'tt-prom-'))
+    const security: string[] = []
+    if (scrape.tls) {
+      security.push('    scheme: https', '    tls_config:')
+      for (const [k, v] of Object.entries(scrape.tls)) security.push(`      ${k}: ${JSON.stringify(v)}`)
+    }
+    if (scrape.basicAuth) {
+      security.push(
+        '    basic_auth:',
+        `      username: ${JSON.stringify(scrape.basicAuth.username)}`,
+        `      password: ${JSON.stringify(scrape.basicAuth.password)}`,
+      )
+    }
     const cfg = path.join(dir, 'prometheus.yml')
     writeFileSync(
       cfg,
@@ -65,6 +84,7 @@ export class Prometheus {
         ...ruleFiles.map((f) => `  - ${JSON.stringify(f)}`),
         'scrape_configs:',
         '  - job_name: tcptracer',
+        ...security,
         '    static_configs:',
         `      - targets: ['127.0.0.1:${d.port}']`,
         '',

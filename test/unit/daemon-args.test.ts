@@ -71,6 +71,8 @@ describe('parseRunArgs', () => {
       port: 19427,
       telemetryPath: '/metrics',
       configFile: undefined,
+      webConfigFile: undefined,
+      maxRequests: 40,
       logLevel: 'info',
       logFormat: 'auto',
       pinPath: '/sys/fs/bpf/tcptracer-exporter',
@@ -86,6 +88,9 @@ describe('parseRunArgs', () => {
         '--web.telemetry-path',
         '/prom/metrics',
         '--config.file=/etc/tcptracer-exporter.yml',
+        '--web.config.file',
+        '/etc/tcptracer-exporter/web.yml',
+        '--web.max-requests=7',
         '--log.level',
         'debug',
         '--log.format=json',
@@ -100,6 +105,8 @@ describe('parseRunArgs', () => {
         port: 9100,
         telemetryPath: '/prom/metrics',
         configFile: '/etc/tcptracer-exporter.yml',
+        webConfigFile: '/etc/tcptracer-exporter/web.yml',
+        maxRequests: 7,
         logLevel: 'debug',
         logFormat: 'json',
         pinPath: '/sys/fs/bpf/other',
@@ -132,6 +139,14 @@ describe('parseRunArgs', () => {
     throwsUsage(() => parseRunArgs(['--log.level=verbose']), /--log\.level/, /"verbose"/)
     throwsUsage(() => parseRunArgs(['--log.level=INFO']), /--log\.level/)
     throwsUsage(() => parseRunArgs(['--log.level=']), /--log\.level/)
+  })
+
+  test('--web.max-requests: 0 disables the limit; negatives and words are refused', () => {
+    assert.equal(parseRunArgs(['--web.max-requests=0']).maxRequests, 0)
+    assert.equal(parseRunArgs(['--web.max-requests', '1000000']).maxRequests, 1_000_000)
+    for (const bad of ['-1', 'many', '', '1.5', '1000001']) {
+      throwsUsage(() => parseRunArgs([`--web.max-requests=${bad}`]), /--web\.max-requests/)
+    }
   })
 
   test('bad --log.format', () => {

@@ -388,7 +388,13 @@ test('without process metrics, OpenMetrics still has no blank line before # EOF'
   const res = await app.inject({ url: '/metrics', headers: { accept: PROMETHEUS_ACCEPT } })
   assert.equal(res.statusCode, 200)
   assert.equal(res.headers['content-type'], OPENMETRICS)
-  assert.equal(res.body, OM_SAMPLES + '# EOF\n')
+  assert.ok(res.body.startsWith(OM_SAMPLES), res.body)
+  // the HTTP side's own families follow, then one # EOF
+  const rest = res.body.slice(OM_SAMPLES.length)
+  assert.ok(rest.startsWith('# TYPE tcptracer_http_requests_rejected counter\n'), rest)
+  assert.ok(rest.endsWith('tcptracer_web_config_last_reload_successful 1\n# EOF\n'), rest)
+  assert.ok(!res.body.includes('\n\n'))
+  assert.equal(countOf(res.body, '# EOF'), 1)
 })
 
 test('an HTML-hostile version and telemetry path are escaped on the landing page', async (t) => {

@@ -1,0 +1,579 @@
+// The web config file (--web.config.file): TLS, basic auth, extra response headers and a request rate
+// limit, in the Prometheus exporter-toolkit format (docs/web-configuration.md in prometheus/exporter-toolkit).
+//
+// Like src/config.ts, a zod schema is the source of truth and every object is strict: a key we do not know is
+// an error, and so is a key of the toolkit's format that we do not implement (never silently ignored). After
+// the schema, the referenced files are read and checked (the certificate must match its key, a CA file must
+// hold certificates), so a file that loads is one the server can use.
+
+import { X509Certificate } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
+import path from 'node:path'
+import { createSecureContext, type SecureContextOptions, type SecureVersion } from 'node:tls'
+
+import { parseDocument } from 'yaml'
+import { z } from 'zod'
+
+import { ConfigError, describeValue, formatPath, type ConfigProblem } from './config.js'
+
+// ---------------------------------------------------------------------------------------------------------
+// Vocabulary of the format
+
+/** The toolkit's client_auth_type values (Go's tls.ClientAuthType names); RequireClientCert is its old alias. */
+export const CLIENT_AUTH_TYPES = [
+  'NoClientCert',
+  'RequestClientCert',
+  'RequireAnyClientCert',
+  'VerifyClientCertIfGiven',
+  'RequireAndVerifyClientCert',
+] as const
+export type ClientAuthType = (typeof CLIENT_AUTH_TYPES)[number]
+
+const TLS_VERSIONS: Record<string, SecureVersion> = {
+  TLS10: 'TLSv1',
+  TLS11: 'TLSv1.1',
+  TLS12: 'TLSv1.2',
+  TLS13: 'TLSv1.3',
+}
+const VERSION_ORDER: readonly SecureVersion[] = ['TLSv1', 'TLSv1.1', 'TLSv1.2', 'TLSv1.3']
+
+/**
+ * Go's cipher suite names (crypto/tls) and OpenSSL's names for the same suites. Go configures only the
+ * suites of TLS 1.2 and older; the TLS 1.3 names are accepted as Go accepts them, and TLS 1.3 keeps its
+ * default suites either way.
+ */
+const CIPHER_SUITES: Record<string, string | null> = {
+  TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: 'ECDHE-ECDSA-AES128-GCM-SHA256',
+  TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256: 'ECDHE-RSA-AES128-GCM-SHA256',
+  TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384: 'ECDHE-ECDSA-AES256-GCM-SHA384',
+  TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384: 'ECDHE-RSA-AES256-GCM-SHA384',
+  TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256: 'ECDHE-ECDSA-CHACHA20-POLY1305',
+  TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256: 'ECDHE-RSA-CHACHA20-POLY1305',
+  TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA: 'ECDHE-ECDSA-AES128-SHA',
+  TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA: 'ECDHE-RSA-AES128-SHA',
+  TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA: 'ECDHE-ECDSA-AES256-SHA',
+  TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA: 'ECDHE-RSA-AES256-SHA',
+  TLS_AES_128_GCM_SHA256: null,
+  TLS_AES_256_GCM_SHA384: null,
+  TLS_CHACHA20_POLY1305_SHA256: null,
+}
+const TLS13_SUITES = 'TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256'
+
+/** Go's curve names and OpenSSL's. */
+const CURVES: Record<string, string> = {
+  CurveP256: 'P-256',
+  CurveP384: 'P-384',
+  CurveP521: 'P-521',
+  X25519: 'X25519',
+}
+
+/** The response headers the toolkit lets a config set, with the only values allowed (empty: any). */
+const HEADERS: Record<string, readonly string[]> = {
+  'Strict-Transport-Security': [],
+  'X-Content-Type-Options': ['nosniff'],
+  'X-Frame-Options': ['deny', 'sameorigin'],
+  'X-XSS-Protection': [],
+  'Content-Security-Policy': [],
+}
+
+/**
+ * Keys of the toolkit's format that tcptracer-exporter does not implement, with why and what to do instead.
+ * They are rejected by name rather than ignored: a config that asks for them would otherwise run with less
+ * protection than it says.
+ */
+const UNSUPPORTED: Record<string, string> = {
+  'tls_server_config.client_allowed_sans':
+    'not supported by tcptracer-exporter; use a client CA that issues only to allowed clients',
+  'http_server_config.http2':
+    'tcptracer-exporter serves HTTP/1.1 only (Prometheus scrapes over HTTP/1.1 too); remove the key or set it to false',
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Schema
+
+type ErrorFn = (iss: { input?: unknown }) => string
+const expected =
+  (what: string): ErrorFn =>
+  (iss) =>
+    `expected ${what}, got ${describeValue(iss.input)}`
+
+function strict<T extends z.core.$ZodLooseShape>(shape: T) {
+  return z.strictObject(shape, {
+    error: (iss) =>
+      iss.code === 'unrecognized_keys' ? 'unknown key' : expected('a mapping (key: value)')(iss),
+  })
+}
+
+const nonEmpty = (what: string) =>
+  z.string({ error: expected(what) }).min(1, { error: `must not be empty; remove the key instead` })
+
+const oneOf = <T extends string>(values: readonly T[], what: string) =>
+  z
+    .string({ error: expected(`${what}: one of ${values.join(', ')}`) })
+    .refine((v): v is T => (values as readonly string[]).includes(v), {
+      error: (iss) => `expected one of ${values.join(', ')}, got ${describeValue(iss.input)}`,
+    })
+
+const tlsVersion = oneOf(Object.keys(TLS_VERSIONS), 'a TLS version')
+
+// Go's time.ParseDuration syntax, which the toolkit's rate_limit.interval uses: "1s", "1.5s", "1m30s", "250ms".
+const GO_UNIT_MS: Record<string, number> = {
+  ns: 1e-6,
+  us: 1e-3,
+  µs: 1e-3,
+  μs: 1e-3,
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+}
+const GO_DURATION_RE = /^(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h)/
+
+/** Parse a Go duration (time.ParseDuration) to milliseconds; undefined if it is not one. */
+export function parseGoDuration(text: string): number | undefined {
+  if (text === '0') return 0
+  let rest = text
+  let ms = 0
+  if (rest === '') return undefined
+  while (rest !== '') {
+    const m = GO_DURATION_RE.exec(rest)
+    if (!m) return undefined
+    const unit = /(?:ns|us|µs|μs|ms|s|m|h)$/.exec(m[0])![0]
+    ms += Number(m[0].slice(0, -unit.length)) * GO_UNIT_MS[unit]!
+    rest = rest.slice(m[0].length)
+  }
+  return Number.isFinite(ms) ? ms : undefined
+}
+
+const GO_DURATION_HELP = 'a duration such as "1s", "100ms" or "1m30s" (0 disables)'
+const goDuration = z.custom<string | number>().transform((v: unknown, ctx): number => {
+  const ms = v === 0 ? 0 : typeof v === 'string' ? parseGoDuration(v) : undefined
+  if (ms === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `expected ${GO_DURATION_HELP}, got ${describeValue(v)}`,
+      input: v,
+    })
+    return z.NEVER
+  }
+  return ms
+})
+
+/** A bcrypt hash as htpasswd -B and the toolkit's docs make them: $2a$/$2b$/$2y$, a cost, 53 characters. */
+export const BCRYPT_RE = /^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$/
+
+const bcryptHash = z
+  .string({ error: expected('a bcrypt hash such as "$2y$10$..."') })
+  .superRefine((h, ctx) => {
+    const m = BCRYPT_RE.exec(h)
+    const cost = m ? Number(m[1]) : NaN
+    if (!m || cost < 4 || cost > 31) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `expected a bcrypt hash ($2a$, $2b$ or $2y$, cost 04 to 31, 60 characters; make one with \`htpasswd -nBC 10 "" | tr -d ':\\n'\`), got ${h.startsWith('$2') ? 'a malformed hash' : 'something else (a plain-text password?)'}`,
+      })
+    }
+  })
+
+export const webConfigSchema = strict({
+  tls_server_config: strict({
+    cert: nonEmpty('a PEM certificate (a string)').optional(),
+    key: nonEmpty('a PEM private key (a string)').optional(),
+    client_ca: nonEmpty('PEM CA certificates (a string)').optional(),
+    cert_file: nonEmpty('a file name').optional(),
+    key_file: nonEmpty('a file name').optional(),
+    client_ca_file: nonEmpty('a file name').optional(),
+    client_auth_type: oneOf([...CLIENT_AUTH_TYPES, 'RequireClientCert'], 'a client auth type').optional(),
+    min_version: tlsVersion.optional(),
+    max_version: tlsVersion.optional(),
+    cipher_suites: z
+      .array(oneOf(Object.keys(CIPHER_SUITES), 'a cipher suite'), {
+        error: expected('a list of cipher suites'),
+      })
+      .optional(),
+    prefer_server_cipher_suites: z.boolean({ error: expected('true or false') }).optional(),
+    curve_preferences: z
+      .array(oneOf(Object.keys(CURVES), 'a curve'), { error: expected('a list of curves') })
+      .optional(),
+  }).optional(),
+  http_server_config: strict({
+    http2: z.boolean({ error: expected('true or false') }).optional(),
+    headers: z
+      .record(z.string(), z.string({ error: expected('a string') }), {
+        error: expected('a mapping of header names to values'),
+      })
+      .optional(),
+  }).optional(),
+  basic_auth_users: z
+    .record(z.string(), bcryptHash, { error: expected('a mapping of user names to bcrypt hashes') })
+    .nullable()
+    .optional(),
+  rate_limit: strict({
+    interval: goDuration.optional(),
+    burst: z
+      .number({ error: expected('an integer from 0') })
+      .int({ error: expected('an integer from 0') })
+      .min(0, {
+        error: expected('an integer from 0'),
+      })
+      .optional(),
+  }).optional(),
+})
+
+type RawWebConfig = z.output<typeof webConfigSchema>
+
+// ---------------------------------------------------------------------------------------------------------
+// The loaded config
+
+export interface TlsSettings {
+  /** Handed to tls.createServer / server.setSecureContext. */
+  context: SecureContextOptions
+  clientAuth: ClientAuthType
+  /** tls.Server options derived from clientAuth */
+  requestCert: boolean
+  rejectUnauthorized: boolean
+  /** where the certificate came from, for logs */
+  certSource: string
+}
+
+export interface WebConfig {
+  /** the file it was read from; undefined for the built-in "no TLS, no auth" */
+  file: string | undefined
+  tls: TlsSettings | undefined
+  /** user name -> bcrypt hash; empty: no authentication */
+  users: ReadonlyMap<string, string>
+  /** extra response headers */
+  headers: Readonly<Record<string, string>>
+  /** token bucket: one token per intervalMs, up to burst; undefined: no limit */
+  rateLimit: { intervalMs: number; burst: number } | undefined
+}
+
+export const EMPTY_WEB_CONFIG: WebConfig = {
+  file: undefined,
+  tls: undefined,
+  users: new Map(),
+  headers: {},
+  rateLimit: undefined,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Parsing and loading
+
+function toProblems(issues: readonly z.core.$ZodIssue[]): ConfigProblem[] {
+  return issues.flatMap((iss) => {
+    if (iss.code !== 'unrecognized_keys') return [{ path: formatPath(iss.path), message: iss.message }]
+    return iss.keys.map((k) => {
+      const p = formatPath([...iss.path, k])
+      const known = knownKeys(iss.path)
+      return {
+        path: p,
+        message: UNSUPPORTED[p] ?? `unknown key; known keys are ${known.join(', ')}`,
+      }
+    })
+  })
+}
+
+function knownKeys(at: readonly PropertyKey[]): string[] {
+  let shape: unknown = webConfigSchema.shape
+  for (const k of at) {
+    const field = (shape as Record<string, { unwrap?: () => { shape?: unknown } } | undefined>)[String(k)]
+    shape = field?.unwrap?.().shape
+  }
+  return Object.keys((shape as object | undefined) ?? {}).filter(
+    (k) => UNSUPPORTED[formatPath([...at, k])] === undefined,
+  )
+}
+
+function parseYaml(text: string, file: string): unknown {
+  let doc: ReturnType<typeof parseDocument>
+  try {
+    doc = parseDocument(text, { uniqueKeys: true, strict: true, prettyErrors: true, logLevel: 'error' })
+  } catch (err) {
+    throw new ConfigError(file, [{ path: '(yaml)', message: (err as Error).message }])
+  }
+  const problems = [...doc.errors, ...doc.warnings].map((e) => {
+    const pos = e.linePos?.[0]
+    const where = pos === undefined ? '' : `line ${pos.line}, column ${pos.col}: `
+    return { path: '(yaml)', message: `${where}${e.message.split('\n')[0] ?? e.message}` }
+  })
+  if (problems.length > 0) throw new ConfigError(file, problems)
+  try {
+    return doc.toJS({ maxAliasCount: 100 }) ?? {}
+  } catch (err) {
+    throw new ConfigError(file, [{ path: '(yaml)', message: (err as Error).message }])
+  }
+}
+
+/** Validate web config text against the schema only (no files read). Throws ConfigError. */
+export function parseWebConfigText(text: string, file: string): RawWebConfig {
+  const result = webConfigSchema.safeParse(parseYaml(text, file), {
+    error: (iss) => `${iss.message ?? 'invalid value'}, got ${describeValue(iss.input)}`,
+  })
+  if (!result.success) throw new ConfigError(file, toProblems(result.error.issues))
+  const problems: ConfigProblem[] = []
+  const raw = result.data
+  if (raw.http_server_config?.http2 === true) {
+    problems.push({ path: 'http_server_config.http2', message: UNSUPPORTED['http_server_config.http2']! })
+  }
+  for (const [name, value] of Object.entries(raw.http_server_config?.headers ?? {})) {
+    const allowed = HEADERS[name]
+    const at = formatPath(['http_server_config', 'headers', name])
+    if (allowed === undefined) {
+      problems.push({
+        path: at,
+        message: `this header cannot be set; the ones that can are ${Object.keys(HEADERS).join(', ')}`,
+      })
+    } else if (allowed.length > 0 && !allowed.includes(value)) {
+      problems.push({
+        path: at,
+        message: `expected one of ${allowed.join(', ')}, got ${describeValue(value)}`,
+      })
+    } else if (/[\r\n\0]/.test(value)) {
+      problems.push({ path: at, message: 'a header value cannot contain line breaks or NUL' })
+    }
+  }
+  for (const user of Object.keys(raw.basic_auth_users ?? {})) {
+    if (user === '' || user.includes(':')) {
+      problems.push({
+        path: formatPath(['basic_auth_users', user]),
+        message:
+          'a user name must not be empty or contain ":" (basic auth separates user and password with it)',
+      })
+    }
+  }
+  const rl = raw.rate_limit
+  if (rl !== undefined && rl.interval !== undefined && rl.interval > 0 && (rl.burst ?? 0) < 1) {
+    problems.push({
+      path: 'rate_limit.burst',
+      message: 'must be at least 1 when rate_limit.interval is set (0 would refuse every request)',
+    })
+  }
+  const t = raw.tls_server_config
+  if (t) {
+    if (t.cert !== undefined && t.cert_file !== undefined) {
+      problems.push({ path: 'tls_server_config.cert', message: 'give cert or cert_file, not both' })
+    }
+    if (t.key !== undefined && t.key_file !== undefined) {
+      problems.push({ path: 'tls_server_config.key', message: 'give key or key_file, not both' })
+    }
+    if (t.client_ca !== undefined && t.client_ca_file !== undefined) {
+      problems.push({
+        path: 'tls_server_config.client_ca',
+        message: 'give client_ca or client_ca_file, not both',
+      })
+    }
+    if (t.cert === undefined && t.cert_file === undefined) {
+      problems.push({
+        path: 'tls_server_config.cert_file',
+        message: 'TLS is configured, so a certificate is needed: cert_file (or cert)',
+      })
+    }
+    if (t.key === undefined && t.key_file === undefined) {
+      problems.push({
+        path: 'tls_server_config.key_file',
+        message: 'TLS is configured, so a private key is needed: key_file (or key)',
+      })
+    }
+    const auth = clientAuth(t.client_auth_type)
+    const hasCa = t.client_ca !== undefined || t.client_ca_file !== undefined
+    if (hasCa && auth === 'NoClientCert') {
+      problems.push({
+        path: 'tls_server_config.client_auth_type',
+        message:
+          'a client CA is configured but client_auth_type is NoClientCert; set RequireAndVerifyClientCert (or remove the CA)',
+      })
+    }
+    if (!hasCa && (auth === 'VerifyClientCertIfGiven' || auth === 'RequireAndVerifyClientCert')) {
+      problems.push({
+        path: 'tls_server_config.client_ca_file',
+        message: `client_auth_type ${auth} verifies client certificates, so it needs the CA to verify them against: client_ca_file (or client_ca)`,
+      })
+    }
+    const min = TLS_VERSIONS[t.min_version ?? 'TLS12']!
+    const max = TLS_VERSIONS[t.max_version ?? 'TLS13']!
+    if (VERSION_ORDER.indexOf(min) > VERSION_ORDER.indexOf(max)) {
+      problems.push({
+        path: 'tls_server_config.min_version',
+        message: `${t.min_version ?? 'TLS12'} is above max_version ${t.max_version ?? 'TLS13'}`,
+      })
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(file, problems)
+  return raw
+}
+
+function clientAuth(v: string | undefined): ClientAuthType {
+  if (v === undefined) return 'NoClientCert'
+  return v === 'RequireClientCert' ? 'RequireAnyClientCert' : (v as ClientAuthType)
+}
+
+/**
+ * Node's `ciphers` for the configured suites. OpenSSL 3 refuses TLS 1.0 and 1.1 at its default security
+ * level, so min_version TLS10/TLS11 also lowers the level to 0: that is what those versions take.
+ */
+function cipherString(ciphers: string[] | undefined, min: string | undefined): { ciphers?: string } {
+  let list = ciphers && ciphers.length > 0 ? `${TLS13_SUITES}:${ciphers.join(':')}` : undefined
+  if (min === 'TLS10' || min === 'TLS11') list = `${list ?? 'DEFAULT'}:@SECLEVEL=0`
+  return list === undefined ? {} : { ciphers: list }
+}
+
+/** Read a file named in the config, relative to the config file's directory as the toolkit does. */
+async function readNamed(
+  file: string,
+  key: string,
+  name: string,
+  problems: ConfigProblem[],
+): Promise<string | undefined> {
+  const full = path.resolve(path.dirname(file), name)
+  try {
+    return await readFile(full, 'utf8')
+  } catch (err) {
+    problems.push({
+      path: key,
+      message: `cannot read ${full}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+    })
+    return undefined
+  }
+}
+
+/** The PEM certificates in text (CERTIFICATE blocks that parse), or an explanation. */
+function certificates(pem: string): X509Certificate[] | string {
+  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? []
+  if (blocks.length === 0) return 'holds no PEM certificate (-----BEGIN CERTIFICATE-----)'
+  try {
+    return blocks.map((b) => new X509Certificate(b))
+  } catch (err) {
+    return `holds a certificate that does not parse: ${(err as Error).message}`
+  }
+}
+
+/** Parse a web config and read and check the files it names. Throws ConfigError only. */
+export async function parseWebConfig(text: string, file: string): Promise<WebConfig> {
+  const raw = parseWebConfigText(text, file)
+  const problems: ConfigProblem[] = []
+  let tls: TlsSettings | undefined
+  const t = raw.tls_server_config
+  if (t) {
+    const cert = t.cert ?? (await readNamed(file, 'tls_server_config.cert_file', t.cert_file!, problems))
+    const key = t.key ?? (await readNamed(file, 'tls_server_config.key_file', t.key_file!, problems))
+    let ca: string | undefined
+    if (t.client_ca !== undefined || t.client_ca_file !== undefined) {
+      ca =
+        t.client_ca ??
+        (await readNamed(file, 'tls_server_config.client_ca_file', t.client_ca_file!, problems))
+      if (ca !== undefined) {
+        const certs = certificates(ca)
+        if (typeof certs === 'string') {
+          problems.push({
+            path: t.client_ca_file ? 'tls_server_config.client_ca_file' : 'tls_server_config.client_ca',
+            message: certs,
+          })
+        }
+      }
+    }
+    if (cert !== undefined) {
+      const certs = certificates(cert)
+      if (typeof certs === 'string') {
+        problems.push({
+          path: t.cert_file ? 'tls_server_config.cert_file' : 'tls_server_config.cert',
+          message: certs,
+        })
+      }
+    }
+    const auth = clientAuth(t.client_auth_type)
+    const ciphers = t.cipher_suites
+      ?.map((c) => CIPHER_SUITES[c])
+      .filter((c): c is string => typeof c === 'string')
+    const context: SecureContextOptions = {
+      ...(cert === undefined ? {} : { cert }),
+      ...(key === undefined ? {} : { key }),
+      ...(ca === undefined ? {} : { ca }),
+      minVersion: TLS_VERSIONS[t.min_version ?? 'TLS12']!,
+      maxVersion: TLS_VERSIONS[t.max_version ?? 'TLS13']!,
+      honorCipherOrder: t.prefer_server_cipher_suites ?? true,
+      ...cipherString(ciphers, t.min_version),
+      ...(t.curve_preferences && t.curve_preferences.length > 0
+        ? { ecdhCurve: t.curve_preferences.map((c) => CURVES[c]).join(':') }
+        : {}),
+    }
+    if (problems.length === 0) {
+      // the same check the server makes when it starts: the key must match the certificate
+      try {
+        createSecureContext(context)
+      } catch (err) {
+        problems.push({
+          path: t.cert_file || t.key_file ? 'tls_server_config.cert_file' : 'tls_server_config.cert',
+          message: `the certificate and key cannot be used: ${(err as Error).message}`,
+        })
+      }
+    }
+    tls = {
+      context,
+      clientAuth: auth,
+      requestCert: auth !== 'NoClientCert',
+      rejectUnauthorized: auth === 'RequireAndVerifyClientCert',
+      certSource: t.cert_file ? path.resolve(path.dirname(file), t.cert_file) : '(inline cert)',
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(file, problems)
+  const interval = raw.rate_limit?.interval ?? 0
+  return {
+    file,
+    tls,
+    users: new Map(Object.entries(raw.basic_auth_users ?? {})),
+    headers: { ...(raw.http_server_config?.headers ?? {}) },
+    rateLimit: interval > 0 ? { intervalMs: interval, burst: raw.rate_limit?.burst ?? 1 } : undefined,
+  }
+}
+
+/** Read, parse and check a web config file; no file means no TLS and no auth. Throws ConfigError only. */
+export async function loadWebConfig(file: string | undefined): Promise<WebConfig> {
+  if (file === undefined) return EMPTY_WEB_CONFIG
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    throw new ConfigError(file, [{ path: '(file)', message: (err as Error).message }])
+  }
+  return await parseWebConfig(text, file)
+}
+
+/** One line per difference that matters to an operator; secrets are not printed. */
+export function describeWebChanges(old: WebConfig, next: WebConfig): string[] {
+  const out: string[] = []
+  const mode = (c: WebConfig) => (c.tls ? 'https' : 'http')
+  if (mode(old) !== mode(next)) out.push(`transport: ${mode(old)} -> ${mode(next)}`)
+  if (old.tls && next.tls) {
+    const o = old.tls
+    const n = next.tls
+    if (o.context.cert !== n.context.cert || o.context.key !== n.context.key) {
+      out.push('tls: certificate or key changed')
+    }
+    if (o.context.ca !== n.context.ca) out.push('tls: client CA changed')
+    if (o.clientAuth !== n.clientAuth) out.push(`tls.client_auth_type: ${o.clientAuth} -> ${n.clientAuth}`)
+    if (o.context.minVersion !== n.context.minVersion || o.context.maxVersion !== n.context.maxVersion) {
+      out.push(
+        `tls versions: ${o.context.minVersion}..${o.context.maxVersion} -> ${n.context.minVersion}..${n.context.maxVersion}`,
+      )
+    }
+    if (o.context.ciphers !== n.context.ciphers || o.context.ecdhCurve !== n.context.ecdhCurve) {
+      out.push('tls: cipher suites or curves changed')
+    }
+  }
+  const added = [...next.users.keys()].filter((u) => !old.users.has(u))
+  const removed = [...old.users.keys()].filter((u) => !next.users.has(u))
+  const changed = [...next.users.keys()].filter(
+    (u) => old.users.has(u) && old.users.get(u) !== next.users.get(u),
+  )
+  if (added.length) out.push(`basic_auth_users added: ${added.join(', ')}`)
+  if (removed.length) out.push(`basic_auth_users removed: ${removed.join(', ')}`)
+  if (changed.length) out.push(`basic_auth_users with a new password: ${changed.join(', ')}`)
+  if (JSON.stringify(old.headers) !== JSON.stringify(next.headers)) {
+    out.push('http_server_config.headers changed')
+  }
+  if (JSON.stringify(old.rateLimit) !== JSON.stringify(next.rateLimit)) {
+    const r = (c: WebConfig) => (c.rateLimit ? `${c.rateLimit.intervalMs}ms/${c.rateLimit.burst}` : 'off')
+    out.push(`rate_limit: ${r(old)} -> ${r(next)}`)
+  }
+  return out
+}
