@@ -42,9 +42,23 @@ export function describeValue(v: unknown): string {
   }
   if (v === null) return 'null (an empty value)'
   if (Array.isArray(v)) return 'a list'
+  const tagged = yamlTypeName(v)
+  if (tagged !== undefined) return tagged
   if (typeof v === 'object') return 'a mapping'
   if (typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint') return String(v)
   return typeof v
+}
+
+/**
+ * What the yaml library makes of its explicit YAML 1.1 tags (!!omap, !!pairs, !!set, !!binary,
+ * !!timestamp, also resolved under a `%YAML 1.1` directive) that plain JSON-like data never holds.
+ */
+function yamlTypeName(v: unknown): string | undefined {
+  if (v instanceof Map) return 'an ordered mapping (!!omap)'
+  if (v instanceof Set) return 'a set (!!set)'
+  if (v instanceof Date) return 'a timestamp (!!timestamp)'
+  if (v instanceof Uint8Array) return 'binary data (!!binary)'
+  return undefined
 }
 
 /** zod error-map callback shape: issues carry the offending input. */
@@ -217,6 +231,7 @@ export const configSchema = section(
     btf_path: z
       .string({ error: expected('a file path') })
       .min(1, { error: 'must not be empty' })
+      .refine((p) => !p.includes('\0'), { error: 'a file path cannot contain a NUL byte' })
       .nullable()
       .default(null),
 
@@ -425,6 +440,9 @@ export function parseConfig(text: string, file: string): Config {
   }
   // An empty document (or one holding only comments, or a bare `~`) is all defaults.
   if (data === null || data === undefined) data = {}
+  // zod would take a Map or a Set for a mapping with no keys, silently dropping what it holds.
+  const typeProblems = yamlTypeProblems(data, [])
+  if (typeProblems.length > 0) throw new ConfigError(file, capped(typeProblems))
 
   const result = configSchema.safeParse(data, {
     // Fallback for any issue without a custom message above.
@@ -432,6 +450,24 @@ export function parseConfig(text: string, file: string): Config {
   })
   if (!result.success) throw new ConfigError(file, capped(toProblems(result.error.issues)))
   return result.data
+}
+
+/** A problem for every value below `v` that is not plain JSON-like data (see yamlTypeName). */
+function yamlTypeProblems(v: unknown, path: PropertyKey[]): ConfigProblem[] {
+  const tagged = yamlTypeName(v)
+  if (tagged !== undefined) {
+    return [
+      {
+        path: formatPath(path),
+        message: `${tagged} is not supported: write a plain mapping, list or value, without a !! tag`,
+      },
+    ]
+  }
+  if (Array.isArray(v)) return v.flatMap((x, i) => yamlTypeProblems(x, [...path, i]))
+  if (typeof v === 'object' && v !== null) {
+    return Object.entries(v).flatMap(([k, x]) => yamlTypeProblems(x, [...path, k]))
+  }
+  return []
 }
 
 /** Read and parse a config file; no file means the default config. Throws ConfigError only. */

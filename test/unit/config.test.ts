@@ -297,6 +297,27 @@ test('wrong types for sections and the document', () => {
   assertProblem('histogram: {buckets_seconds: 1}', 'histogram.buckets_seconds', 'expected a list of bucket')
 })
 
+test('YAML 1.1 collection and scalar tags are problems at their path, never an empty section', () => {
+  // Found by test/unit/config-properties.test.ts: a !!omap section became a Map, which the schema took
+  // for a mapping without keys, so every setting in it was silently dropped.
+  assertProblem('filters: !!omap [netns: [1]]\n', 'filters', 'an ordered mapping (!!omap) is not supported')
+  assertProblem('filters:\n  comm: !!omap [include: [x]]\n', 'filters.comm', '!!omap')
+  assertProblem('limits: !!set {max_label_sets}\n', 'limits', 'a set (!!set) is not supported')
+  assertProblem('labels: !!set {comm}\n', 'labels', '!!set')
+  assertProblem('labels: !!binary aGVsbG8=\n', 'labels', 'binary data (!!binary)')
+  assertProblem('%YAML 1.1\n---\nbtf_path: 2001-12-14\n', 'btf_path', 'a timestamp (!!timestamp)')
+  assertProblem(
+    'histogram: {buckets_seconds: [1, !!timestamp 2001-12-14]}',
+    'histogram.buckets_seconds[1]',
+    '!!timestamp',
+  )
+})
+
+test('btf_path cannot hold a NUL byte', () => {
+  // check-config called this valid; the daemon then failed to open the file at startup.
+  assertProblem('btf_path: "/a\\0b"\n', 'btf_path', 'cannot contain a NUL byte')
+})
+
 test('durations', () => {
   const ok: Array<[yaml: string, ms: number]> = [
     ['10m', 600_000],
