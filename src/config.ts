@@ -6,7 +6,7 @@
 
 import { readFile } from 'node:fs/promises'
 
-import { parseDocument } from 'yaml'
+import { LineCounter, Parser, parseDocument } from 'yaml'
 import { z } from 'zod'
 
 /** Labels a metric can be broken down by. */
@@ -408,8 +408,56 @@ function editDistance(a: string, b: string): number {
 // ---------------------------------------------------------------------------------------------------------
 // Parsing and loading
 
+/**
+ * Collections nested deeper than this are refused before the document is composed. The yaml library
+ * composes, and converts to JavaScript, recursively: thousands of levels overflow the stack, and once
+ * the stack has overflowed a few times V8 may abort the whole process ("RegExpCompiler Allocation failed"
+ * is a fatal error, not an exception), which on SIGHUP would take the running daemon down. A real config
+ * is 4 levels deep.
+ */
+export const MAX_NESTING = 64
+
+/**
+ * Where the first collection nested deeper than MAX_NESTING starts, or undefined. Reads the concrete
+ * syntax tree, which the yaml library builds without recursion, with an explicit stack: any depth is safe.
+ */
+function tooDeep(text: string): { line: number; col: number } | undefined {
+  const lines = new LineCounter()
+  const stack: Array<[unknown, number]> = []
+  for (const token of new Parser(lines.addNewLine).parse(text)) stack.push([token, 0])
+  while (stack.length > 0) {
+    const [node, depth] = stack.pop() as [unknown, number]
+    if (typeof node !== 'object' || node === null) continue
+    if (Array.isArray(node)) {
+      for (const x of node) stack.push([x, depth])
+      continue
+    }
+    let d = depth
+    const { type, offset } = node as { type?: unknown; offset?: unknown }
+    if (type === 'block-map' || type === 'block-seq' || type === 'flow-collection') {
+      if (++d > MAX_NESTING) return lines.linePos(typeof offset === 'number' ? offset : 0)
+    }
+    for (const v of Object.values(node)) if (typeof v === 'object' && v !== null) stack.push([v, d])
+  }
+  return undefined
+}
+
 /** Parse and validate config text; `file` names it in errors. Throws ConfigError, never anything else. */
 export function parseConfig(text: string, file: string): Config {
+  let deep: ReturnType<typeof tooDeep>
+  try {
+    deep = tooDeep(text)
+  } catch (err) {
+    throw new ConfigError(file, [{ path: '(yaml)', message: (err as Error).message }])
+  }
+  if (deep !== undefined) {
+    throw new ConfigError(file, [
+      {
+        path: '(yaml)',
+        message: `line ${deep.line}, column ${deep.col}: collections are nested more than ${MAX_NESTING} levels deep`,
+      },
+    ])
+  }
   // uniqueKeys (the default, made explicit) turns duplicate keys into errors; YAML 1.2 core schema, so
   // `yes`/`no`/`on` are strings and `<<` is an ordinary (and therefore unknown) key.
   let doc: ReturnType<typeof parseDocument>
