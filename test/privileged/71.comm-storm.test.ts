@@ -152,6 +152,19 @@ describe('a process with 100,000 names, twice', { skip }, () => {
         r['rss_mib'] = Math.round(mem.rss)
         r['rss_peak_mib'] = Math.round(mem.hwm)
 
+        // what the kernel had to give up on, for the failure messages below
+        r['lost'] = {
+          state: valueOf(s, 'tcptracer_kernel_map_update_failures_total', { map: 'state' }),
+          unattributed: s.filter((x) => x.name === 'tcptracer_unattributed_total').map((x) => x.value),
+          recursion: s
+            .filter((x) => x.name === 'tcptracer_program_recursion_misses_total')
+            .map((x) => `${x.labels['program']}=${x.value}`),
+          connects: sum(s, 'tcptracer_connects_total'),
+          accepts: sum(s, 'tcptracer_accepts_total'),
+          closes: sum(s, 'tcptracer_closes_total'),
+        }
+        const why = JSON.stringify(report)
+
         // every connection counted once, across the named series and __overflow__
         const mine = (x: ScrapedSample): boolean =>
           x.labels['netns'] === String(ns.inode) || x.labels['netns'] === '__overflow__'
@@ -159,11 +172,24 @@ describe('a process with 100,000 names, twice', { skip }, () => {
           s.filter((x) => x.name.startsWith('tcptracer_c') && x.labels['comm'] !== undefined).every(mine),
           'only this namespace is counted',
         )
-        assert.equal(sum(s, 'tcptracer_connects_total'), total, 'connects, all series')
-        assert.equal(sum(s, 'tcptracer_accepts_total'), total, 'accepts, all series')
-        assert.equal(sum(s, 'tcptracer_closes_total', { direction: 'outbound' }), total)
-        assert.equal(sum(s, 'tcptracer_closes_total', { direction: 'inbound' }), total)
-        assert.equal(sum(s, 'tcptracer_connect_failures_total'), 0)
+        // Exact, except for what the kernel's per-CPU recursion guard may have dropped: a state change
+        // that interrupts handle_set_state just before or after its depth counter moves reaches
+        // neither program (docs/tracer.md, Known limits). Each such loss is one of handle_set_state's
+        // recursion misses, so the misses bound it; with no miss the counts must be exact. On a busy
+        // 2-core machine this lost up to 233 of 400,000 closes (docs/reliability.md).
+        const misses =
+          valueOf(s, 'tcptracer_program_recursion_misses_total', { program: 'handle_set_state' }) ?? 0
+        const counted = (what: string, got: number): void => {
+          assert.ok(
+            got <= total && total - got <= misses,
+            `${what}: ${got} of ${total}, ${misses} misses: ${why}`,
+          )
+        }
+        counted('connects, all series', sum(s, 'tcptracer_connects_total'))
+        counted('accepts, all series', sum(s, 'tcptracer_accepts_total'))
+        counted('outbound closes', sum(s, 'tcptracer_closes_total', { direction: 'outbound' }))
+        counted('inbound closes', sum(s, 'tcptracer_closes_total', { direction: 'inbound' }))
+        assert.equal(sum(s, 'tcptracer_connect_failures_total'), 0, why)
 
         // series: at most the cap, plus one __overflow__
         const series = s.filter((x) => x.name === 'tcptracer_connects_total')
@@ -183,10 +209,11 @@ describe('a process with 100,000 names, twice', { skip }, () => {
         // server's label set; every other name's connect and close each failed to insert
         const kernelHeld = KERNEL_CAP - 2
         const kernelFull = Math.max(0, 2 * (total + 1 - kernelHeld))
-        assert.equal(
-          valueOf(s, 'tcptracer_kernel_map_update_failures_total', { map: 'aggregates' }),
-          kernelFull,
-          'aggregation map full: one per event of a label set that found no room',
+        // (a connect lost as above takes its close with it: two events per miss at most)
+        const full = valueOf(s, 'tcptracer_kernel_map_update_failures_total', { map: 'aggregates' }) ?? -1
+        assert.ok(
+          full <= kernelFull && kernelFull - full <= 2 * misses,
+          `aggregation map full, one per event of a label set that found no room: ${full}, want ${kernelFull}: ${why}`,
         )
         assert.equal(valueOf(s, 'tcptracer_kernel_map_update_failures_total', { map: 'state' }), 0)
         // user space: of the label sets the kernel held, USER_CAP have series, the rest are folded
