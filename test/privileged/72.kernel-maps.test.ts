@@ -40,6 +40,21 @@ function established(ns: Netns): number {
   return r.stdout.split('\n').filter((l) => l.trim() !== '').length
 }
 
+/**
+ * handle_set_state's recursion misses: state changes the kernel may have handed to neither program on a
+ * busy machine (docs/reliability.md, events lost under load). Host-wide, so an upper bound for us.
+ */
+const misses = (s: ScrapedSample[]): number =>
+  valueOf(s, 'tcptracer_program_recursion_misses_total', { program: 'handle_set_state' }) ?? 0
+
+/** got is want exactly, unless the kernel skipped runs of the state program: then within that many. */
+function exact(got: number | undefined, want: number, slack: number, what: string): void {
+  assert.ok(
+    got === want || (got !== undefined && Math.abs(got - want) <= slack),
+    `${what}: ${got}, want ${want} (recursion misses: ${slack})`,
+  )
+}
+
 async function waitFor(what: string, timeoutMs: number, pred: () => boolean): Promise<void> {
   const deadline = Date.now() + timeoutMs * TIME_SCALE
   while (!pred()) {
@@ -117,28 +132,66 @@ describe('full kernel maps', { skip }, () => {
       const failed = valueOf(full, 'tcptracer_kernel_map_update_failures_total', { map: 'state' })
       const counts = { outbound, inbound, failed }
       // the map holds exactly CAP sockets of this namespace, and every other one is a counted failure
-      assert.equal(outbound + inbound, CAP, JSON.stringify(counts))
-      assert.equal(failed, 2 * K - CAP, JSON.stringify(counts))
+      const m = misses(full)
+      exact(outbound + inbound, CAP, m, `stored ${JSON.stringify(counts)}`)
+      exact(failed, 2 * K - CAP, m, `failed ${JSON.stringify(counts)}`)
       // a connect whose state could not be stored is also unattributed when it completes
-      assert.equal(valueOf(full, 'tcptracer_unattributed_total', { kind: 'connect' }), K - outbound)
+      exact(
+        valueOf(full, 'tcptracer_unattributed_total', { kind: 'connect' }),
+        K - outbound,
+        m,
+        'unattributed',
+      )
       assert.equal(valueOf(full, 'tcptracer_unattributed_total', { kind: 'accept' }), 0)
-      assert.equal(valueOf(full, 'tcptracer_active_connections', { ...cli, direction: 'outbound' }), outbound)
-      assert.equal(valueOf(full, 'tcptracer_active_connections', { ...srv, direction: 'inbound' }), inbound)
+      exact(
+        valueOf(full, 'tcptracer_active_connections', { ...cli, direction: 'outbound' }),
+        outbound,
+        m,
+        'active',
+      )
+      exact(
+        valueOf(full, 'tcptracer_active_connections', { ...srv, direction: 'inbound' }),
+        inbound,
+        m,
+        'active',
+      )
 
       assert.equal(await client.exited, 0, client.stderr)
       assert.equal(await server.exited, 0, server.stderr)
       const closed = (await scrape(d)).samples
       // what was stored is counted to its close; what was not stored is not counted at all
-      assert.equal(valueOf(closed, 'tcptracer_closes_total', { ...cli, direction: 'outbound' }), outbound)
-      assert.equal(valueOf(closed, 'tcptracer_closes_total', { ...srv, direction: 'inbound' }), inbound)
-      assert.equal(valueOf(closed, 'tcptracer_active_connections', { ...cli, direction: 'outbound' }), 0)
-      assert.equal(valueOf(closed, 'tcptracer_active_connections', { ...srv, direction: 'inbound' }), 0)
+      const mc = misses(closed)
+      exact(
+        valueOf(closed, 'tcptracer_closes_total', { ...cli, direction: 'outbound' }),
+        outbound,
+        mc,
+        'closes',
+      )
+      exact(
+        valueOf(closed, 'tcptracer_closes_total', { ...srv, direction: 'inbound' }),
+        inbound,
+        mc,
+        'closes',
+      )
+      exact(
+        valueOf(closed, 'tcptracer_active_connections', { ...cli, direction: 'outbound' }),
+        0,
+        mc,
+        'active',
+      )
+      exact(
+        valueOf(closed, 'tcptracer_active_connections', { ...srv, direction: 'inbound' }),
+        0,
+        mc,
+        'active',
+      )
 
       // the entries were freed at close: new connections are tracked again
       await exchange(ns, { n: 10, send: 1, serverComm: 'km-srv', clientComm: 'km-cli' })
       const again = (await scrape(d)).samples
-      assert.equal(valueOf(again, 'tcptracer_connects_total', cli), outbound + 10)
-      assert.equal(valueOf(again, 'tcptracer_accepts_total', srv), inbound + 10)
+      const ma = misses(again)
+      exact(valueOf(again, 'tcptracer_connects_total', cli), outbound + 10, ma, 'connects after')
+      exact(valueOf(again, 'tcptracer_accepts_total', srv), inbound + 10, ma, 'accepts after')
       assert.equal(valueOf(again, 'tcptracer_kernel_map_update_failures_total', { map: 'state' }), failed)
       process.stderr.write(`state map: ${JSON.stringify({ connections: K, entries: CAP, ...counts })}\n`)
     } finally {
@@ -155,9 +208,20 @@ describe('full kernel maps', { skip }, () => {
       const held = await holdConnections(other, 800, 6000, { server: 'km-o-srv', client: 'km-o-cli' })
       await exchange(ns, { n: 20, send: 1, serverComm: 'km-c-srv', clientComm: 'km-c-cli' })
       const s = (await scrape(d)).samples
-      assert.equal(valueOf(s, 'tcptracer_connects_total', { comm: 'km-c-cli', netns: String(ns.inode) }), 20)
-      assert.equal(valueOf(s, 'tcptracer_accepts_total', { comm: 'km-c-srv', netns: String(ns.inode) }), 20)
-      assert.equal(valueOf(s, 'tcptracer_closes_total', { comm: 'km-c-cli', direction: 'outbound' }), 20)
+      const m = misses(s)
+      exact(
+        valueOf(s, 'tcptracer_connects_total', { comm: 'km-c-cli', netns: String(ns.inode) }),
+        20,
+        m,
+        'ours',
+      )
+      exact(
+        valueOf(s, 'tcptracer_accepts_total', { comm: 'km-c-srv', netns: String(ns.inode) }),
+        20,
+        m,
+        'ours',
+      )
+      exact(valueOf(s, 'tcptracer_closes_total', { comm: 'km-c-cli', direction: 'outbound' }), 20, m, 'ours')
       assert.equal(valueOf(s, 'tcptracer_kernel_map_update_failures_total', { map: 'state' }), 0)
       assert.equal(valueOf(s, 'tcptracer_unattributed_total', { kind: 'connect' }), 0)
       assert.equal(valueOf(s, 'tcptracer_connects_total', { comm: 'km-o-cli' }), undefined)
@@ -218,14 +282,17 @@ describe('full kernel maps', { skip }, () => {
       // CAP entries: two overflow entries (one per direction), the server's label set, and CAP - 3
       // client names; the other names' connect and close each found the map full
       const held = CAP - 2
-      assert.equal(
+      const m = misses(s)
+      exact(
         valueOf(s, 'tcptracer_kernel_map_update_failures_total', { map: 'aggregates' }),
         2 * (N + 1 - held),
+        2 * m,
+        'aggregation map full',
       )
-      assert.equal(sum(s, 'tcptracer_connects_total'), N, 'every connect, named or in __overflow__')
-      assert.equal(sum(s, 'tcptracer_accepts_total'), N)
-      assert.equal(sum(s, 'tcptracer_closes_total'), 2 * N)
-      assert.equal(sum(s, 'tcptracer_connection_duration_seconds_count'), 2 * N)
+      exact(sum(s, 'tcptracer_connects_total'), N, m, 'every connect, named or in __overflow__')
+      exact(sum(s, 'tcptracer_accepts_total'), N, m, 'accepts')
+      exact(sum(s, 'tcptracer_closes_total'), 2 * N, m, 'closes')
+      exact(sum(s, 'tcptracer_connection_duration_seconds_count'), 2 * N, m, 'duration counts')
       assert.equal(valueOf(s, 'tcptracer_label_sets', { state: 'admitted' }), USER_CAP)
       assert.equal(valueOf(s, 'tcptracer_label_sets', { state: 'folded' }), held - USER_CAP)
       assert.ok(s.filter((x) => x.name === 'tcptracer_connects_total').length <= USER_CAP + 1)
