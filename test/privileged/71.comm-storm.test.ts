@@ -176,7 +176,7 @@ describe('a process with 100,000 names, twice', { skip }, () => {
         // that interrupts handle_set_state just before or after its depth counter moves reaches
         // neither program (docs/tracer.md, Known limits). Each such loss is one of handle_set_state's
         // recursion misses, so the misses bound it; with no miss the counts must be exact. On a busy
-        // 2-core machine this lost up to 233 of 400,000 closes (docs/reliability.md).
+        // 2-core machine this lost up to 410 of 400,000 closes (docs/reliability.md).
         const misses =
           valueOf(s, 'tcptracer_program_recursion_misses_total', { program: 'handle_set_state' }) ?? 0
         const counted = (what: string, got: number): void => {
