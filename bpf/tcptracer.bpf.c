@@ -315,6 +315,17 @@ static __always_inline __u32 bucket_of(__u64 d)
 	return i < nbuckets ? i : MAX_BUCKETS; /* past the last bound: +Inf */
 }
 
+/*
+ * Exporter mode with filters.netns set: only the listed namespaces get per-connection state. So
+ * connections elsewhere cannot fill `conns` and crowd out those that are counted, and they cost
+ * no map update. Sockets that already have state keep it until CLOSE (the filter may change on
+ * reload), and listeners are recorded everywhere (a namespace may be added later).
+ */
+static __always_inline bool watched(__u32 netns)
+{
+	return !aggregate || !netns_filter_on || bpf_map_lookup_elem(&netns_filter, &netns);
+}
+
 /* Count one event against its owner's label set. */
 static __always_inline void aggregate_event(__u32 netns, __u8 type, const struct owner *o,
 					    __u8 direction, __u8 reason, const struct facts *f)
@@ -460,11 +471,13 @@ static __always_inline void on_seeded_close(struct sock *sk, __u16 family, __u32
 	bpf_map_delete_elem(&seeded, &t);
 }
 
-static __always_inline void on_connect_start(struct sock *sk)
+static __always_inline void on_connect_start(struct sock *sk, __u32 netns)
 {
 	__u64 key = (__u64)sk;
 	struct conn c = {.direction = DIRECTION_OUTBOUND};
 
+	if (!watched(netns))
+		return;
 	current_owner(&c.owner);
 	if (filter_pid && c.owner.pid != filter_pid)
 		return;
@@ -478,8 +491,11 @@ static __always_inline void on_connected(struct sock *sk, __u16 family, __u32 ne
 	struct conn *c = bpf_map_lookup_elem(&conns, &key);
 
 	if (!c) {
-		/* connect() began before we attached, or was filtered out */
-		if (!filter_pid)
+		/*
+		 * connect() began before we attached, or its state could not be stored (the map
+		 * was full: counted in STAT_MAP_UPDATE_FAILED too), or it was filtered out
+		 */
+		if (!filter_pid && watched(netns))
 			stat_inc(STAT_CONNECT_UNATTRIBUTED);
 		return;
 	}
@@ -539,8 +555,10 @@ static __always_inline void on_accepted(struct sock *sk, __u16 family, __u32 net
 		on_connected(sk, family, netns);
 		return;
 	}
-	/* already counted: the same event seen by both copies of the programs during a takeover */
+	/* already counted: the same event seen twice (the nested program, or a takeover) */
 	if (out && out->reported)
+		return;
+	if (!watched(netns))
 		return;
 	c.established_ns = bpf_ktime_get_ns();
 	c.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
@@ -677,7 +695,7 @@ static __always_inline void set_state(struct sock *sk, int oldstate, int newstat
 		return;
 
 	if (newstate == TCP_SYN_SENT && oldstate == TCP_CLOSE)
-		on_connect_start(sk);
+		on_connect_start(sk, netns);
 	else if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT)
 		on_connected(sk, family, netns);
 	else if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV)
@@ -786,6 +804,8 @@ static __always_inline int on_accept_return(struct sock *sk)
 			report_accept(sk, family, netns, key, c);
 		return 0;
 	}
+	if (!watched(netns))
+		return 0;
 	current_owner_of_request(&n.owner);
 	if (filter_pid && n.owner.pid != filter_pid)
 		return 0;

@@ -6,7 +6,7 @@
 
 import { readFile } from 'node:fs/promises'
 
-import { parseDocument } from 'yaml'
+import { LineCounter, Parser, parseDocument } from 'yaml'
 import { z } from 'zod'
 
 /** Labels a metric can be broken down by. */
@@ -42,9 +42,23 @@ export function describeValue(v: unknown): string {
   }
   if (v === null) return 'null (an empty value)'
   if (Array.isArray(v)) return 'a list'
+  const tagged = yamlTypeName(v)
+  if (tagged !== undefined) return tagged
   if (typeof v === 'object') return 'a mapping'
   if (typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint') return String(v)
   return typeof v
+}
+
+/**
+ * What the yaml library makes of its explicit YAML 1.1 tags (!!omap, !!pairs, !!set, !!binary,
+ * !!timestamp, also resolved under a `%YAML 1.1` directive) that plain JSON-like data never holds.
+ */
+function yamlTypeName(v: unknown): string | undefined {
+  if (v instanceof Map) return 'an ordered mapping (!!omap)'
+  if (v instanceof Set) return 'a set (!!set)'
+  if (v instanceof Date) return 'a timestamp (!!timestamp)'
+  if (v instanceof Uint8Array) return 'binary data (!!binary)'
+  return undefined
 }
 
 /** zod error-map callback shape: issues carry the offending input. */
@@ -217,6 +231,7 @@ export const configSchema = section(
     btf_path: z
       .string({ error: expected('a file path') })
       .min(1, { error: 'must not be empty' })
+      .refine((p) => !p.includes('\0'), { error: 'a file path cannot contain a NUL byte' })
       .nullable()
       .default(null),
 
@@ -393,8 +408,56 @@ function editDistance(a: string, b: string): number {
 // ---------------------------------------------------------------------------------------------------------
 // Parsing and loading
 
+/**
+ * Collections nested deeper than this are refused before the document is composed. The yaml library
+ * composes, and converts to JavaScript, recursively: thousands of levels overflow the stack, and once
+ * the stack has overflowed a few times V8 may abort the whole process ("RegExpCompiler Allocation failed"
+ * is a fatal error, not an exception), which on SIGHUP would take the running daemon down. A real config
+ * is 4 levels deep.
+ */
+export const MAX_NESTING = 64
+
+/**
+ * Where the first collection nested deeper than MAX_NESTING starts, or undefined. Reads the concrete
+ * syntax tree, which the yaml library builds without recursion, with an explicit stack: any depth is safe.
+ */
+function tooDeep(text: string): { line: number; col: number } | undefined {
+  const lines = new LineCounter()
+  const stack: Array<[unknown, number]> = []
+  for (const token of new Parser(lines.addNewLine).parse(text)) stack.push([token, 0])
+  while (stack.length > 0) {
+    const [node, depth] = stack.pop() as [unknown, number]
+    if (typeof node !== 'object' || node === null) continue
+    if (Array.isArray(node)) {
+      for (const x of node) stack.push([x, depth])
+      continue
+    }
+    let d = depth
+    const { type, offset } = node as { type?: unknown; offset?: unknown }
+    if (type === 'block-map' || type === 'block-seq' || type === 'flow-collection') {
+      if (++d > MAX_NESTING) return lines.linePos(typeof offset === 'number' ? offset : 0)
+    }
+    for (const v of Object.values(node)) if (typeof v === 'object' && v !== null) stack.push([v, d])
+  }
+  return undefined
+}
+
 /** Parse and validate config text; `file` names it in errors. Throws ConfigError, never anything else. */
 export function parseConfig(text: string, file: string): Config {
+  let deep: ReturnType<typeof tooDeep>
+  try {
+    deep = tooDeep(text)
+  } catch (err) {
+    throw new ConfigError(file, [{ path: '(yaml)', message: (err as Error).message }])
+  }
+  if (deep !== undefined) {
+    throw new ConfigError(file, [
+      {
+        path: '(yaml)',
+        message: `line ${deep.line}, column ${deep.col}: collections are nested more than ${MAX_NESTING} levels deep`,
+      },
+    ])
+  }
   // uniqueKeys (the default, made explicit) turns duplicate keys into errors; YAML 1.2 core schema, so
   // `yes`/`no`/`on` are strings and `<<` is an ordinary (and therefore unknown) key.
   let doc: ReturnType<typeof parseDocument>
@@ -425,6 +488,9 @@ export function parseConfig(text: string, file: string): Config {
   }
   // An empty document (or one holding only comments, or a bare `~`) is all defaults.
   if (data === null || data === undefined) data = {}
+  // zod would take a Map or a Set for a mapping with no keys, silently dropping what it holds.
+  const typeProblems = yamlTypeProblems(data, [])
+  if (typeProblems.length > 0) throw new ConfigError(file, capped(typeProblems))
 
   const result = configSchema.safeParse(data, {
     // Fallback for any issue without a custom message above.
@@ -432,6 +498,24 @@ export function parseConfig(text: string, file: string): Config {
   })
   if (!result.success) throw new ConfigError(file, capped(toProblems(result.error.issues)))
   return result.data
+}
+
+/** A problem for every value below `v` that is not plain JSON-like data (see yamlTypeName). */
+function yamlTypeProblems(v: unknown, path: PropertyKey[]): ConfigProblem[] {
+  const tagged = yamlTypeName(v)
+  if (tagged !== undefined) {
+    return [
+      {
+        path: formatPath(path),
+        message: `${tagged} is not supported: write a plain mapping, list or value, without a !! tag`,
+      },
+    ]
+  }
+  if (Array.isArray(v)) return v.flatMap((x, i) => yamlTypeProblems(x, [...path, i]))
+  if (typeof v === 'object' && v !== null) {
+    return Object.entries(v).flatMap(([k, x]) => yamlTypeProblems(x, [...path, k]))
+  }
+  return []
 }
 
 /** Read and parse a config file; no file means the default config. Throws ConfigError only. */

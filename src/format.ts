@@ -20,12 +20,20 @@ function left(s: string | number, width: number): string {
   return String(s).padEnd(width)
 }
 
-/** Printable text for a terminal: control and other invisible characters become \xNN escapes. */
+/**
+ * Printable text for a terminal: control characters become \xNN escapes, and invisible format characters
+ * (bidirectional overrides such as U+202E, zero-width characters, U+FEFF) and the line and paragraph
+ * separators U+2028 and U+2029 become \uNNNN, so a process name can neither start a line nor reorder or
+ * hide the columns around it. A backslash is doubled, so the escapes cannot be forged.
+ */
 export function printable(s: string): string {
   // eslint-disable-next-line no-control-regex
-  return s.replace(/[\u0000-\u001f\u007f-\u009f\\]/g, (c) =>
-    c === '\\' ? '\\\\' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
-  )
+  return s.replace(/[\u0000-\u001f\u007f-\u009f\\]|\p{Cf}|\p{Zl}|\p{Zp}/gu, (c) => {
+    if (c === '\\') return '\\\\'
+    const code = c.codePointAt(0) as number
+    if (code < 0x100) return `\\x${code.toString(16).padStart(2, '0')}`
+    return code < 0x10000 ? `\\u${code.toString(16).padStart(4, '0')}` : `\\u{${code.toString(16)}}`
+  })
 }
 
 export function textHeader(o: TextOptions): string {

@@ -37,6 +37,7 @@
 
 #define PROG	       "tcpload"
 #define COMM_MAX       15 /* TASK_COMM_LEN - 1 */
+#define COMM_HEX_MAX   64 /* bytes given to --comm-hex; the kernel keeps the first COMM_MAX */
 #define LISTEN_BACKLOG 4096
 #define IO_BUF_SIZE    (64 * 1024)
 
@@ -48,9 +49,11 @@
 
 static const char usage_text[] =
     "Usage:\n"
-    "  " PROG " server [--comm NAME] [--bind ADDR] [--port P] [--count N | --forever]\n"
+    "  " PROG " server [--comm NAME | --comm-hex HEX] [--bind ADDR] [--port P]\n"
+    "                 [--count N | --forever]\n"
     "                 [--hold-ms MS] [--threads T] [--quiet]\n"
-    "  " PROG " client [--comm NAME] --addr ADDR --port P [--count N] [--send BYTES]\n"
+    "  " PROG " client [--comm NAME | --comm-hex HEX] --addr ADDR --port P [--count N]\n"
+    "                 [--send BYTES]\n"
     "                 [--hold-ms MS] [--threads T] [--quiet]\n"
     "  " PROG " pair   [--comm NAME] [--comm-server NAME] [--comm-client NAME] [--bind ADDR]\n"
     "                 --count N [--threads T] [--send BYTES]\n"
@@ -61,6 +64,10 @@ static const char usage_text[] =
     "Common:\n"
     "  --comm NAME      set the process name (prctl PR_SET_NAME, at most 15 characters)\n"
     "                   before doing anything else\n"
+    "  --comm-hex HEX   the same, from the name's bytes in hex (any byte but 00, up to 64\n"
+    "                   bytes): quotes, newlines, invalid UTF-8. The kernel keeps the first\n"
+    "                   15 bytes, which may cut a UTF-8 sequence in half; comm_hex in the\n"
+    "                   listening (server) and done (client) lines is what it kept\n"
     "\n"
     "server: listen on ADDR:P, accept exactly N connections, read each to EOF, then close it.\n"
     "  --bind ADDR      IPv4 or IPv6 literal to listen on (default 127.0.0.1); '::' is\n"
@@ -92,7 +99,7 @@ static const char usage_text[] =
     "  --send BYTES     bytes to send on each connection (default 0)\n"
     "\n"
     "Output (stdout, one JSON object per line):\n"
-    "  {\"event\":\"listening\",\"pid\":P,\"port\":PORT}\n"
+    "  {\"event\":\"listening\",\"pid\":P,\"port\":PORT,\"comm_hex\":\"HEX\"}\n"
     "  {\"event\":\"accepted\",\"pid\":P,\"local_port\":LP,\"peer_addr\":\"A\","
     "\"peer_port\":RP,\"bytes_received\":B}\n"
     "  {\"event\":\"done\",\"pid\":P,\"accepted\":N,\"bytes_received\":TOTAL}\n"
@@ -100,7 +107,7 @@ static const char usage_text[] =
     "\"bytes_sent\":B}\n"
     "  {\"event\":\"failed\",\"pid\":P,\"errno\":E,\"error\":\"TEXT\"}\n"
     "  {\"event\":\"done\",\"pid\":P,\"connected\":C,\"failed\":F,\"cpu_user_us\":U,"
-    "\"cpu_sys_us\":S,\"wall_us\":W}\n"
+    "\"cpu_sys_us\":S,\"wall_us\":W,\"comm_hex\":\"HEX\"}\n"
     "  pair: {\"event\":\"done\",\"pid\":P,\"accepted\":A,\"connected\":C,\"failed\":F,\n"
     "         \"bytes_received\":R,\"bytes_sent\":B,\"cpu_user_us\":U,\"cpu_sys_us\":S,"
     "\"wall_us\":W}\n"
@@ -365,6 +372,61 @@ static void set_comm(const char *name)
 		die(errno, "prctl(PR_SET_NAME, \"%s\")", name);
 }
 
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * --comm NAME or --comm-hex HEX (whose bytes argv could not carry through every caller, such as
+ * 0xff): set the process name. PR_SET_NAME keeps the first COMM_MAX bytes.
+ */
+static void set_comm_opts(const char *name, const char *hex)
+{
+	char buf[COMM_HEX_MAX + 1];
+	size_t len = hex ? strlen(hex) : 0;
+
+	if (name && hex)
+		usage_error("--comm and --comm-hex exclude each other");
+	if (!hex) {
+		set_comm(name);
+		return;
+	}
+	if (len == 0 || len % 2 != 0 || len / 2 > COMM_HEX_MAX)
+		usage_error("option --comm-hex: '%s' is not 1 to %d bytes in hex", hex,
+			    COMM_HEX_MAX);
+	for (size_t i = 0; i < len / 2; i++) {
+		int hi = hex_digit(hex[2 * i]), lo = hex_digit(hex[2 * i + 1]);
+
+		if (hi < 0 || lo < 0)
+			usage_error("option --comm-hex: '%s' is not hex", hex);
+		buf[i] = (char)(hi << 4 | lo);
+		if (buf[i] == '\0')
+			usage_error("option --comm-hex: a process name cannot contain a 00 byte");
+	}
+	buf[len / 2] = '\0';
+	set_comm(buf);
+}
+
+/* The calling thread's name as the kernel has it, in hex, for the output lines. */
+static void comm_hex(char *out, size_t size)
+{
+	char name[COMM_MAX + 1] = "";
+	size_t o = 0;
+
+	if (prctl(PR_GET_NAME, (unsigned long)name, 0, 0, 0) != 0)
+		die(errno, "prctl(PR_GET_NAME)");
+	for (const char *p = name; *p && o + 3 <= size; p++)
+		o += (size_t)snprintf(out + o, size - o, "%02x", (unsigned char)*p);
+	out[o < size ? o : size - 1] = '\0';
+}
+
 static void sleep_ms(uint64_t ms)
 {
 	struct timespec ts = {
@@ -625,11 +687,13 @@ static void *signal_thread(void *arg)
 
 static int cmd_server(int argc, char **argv)
 {
-	const char *comm = NULL, *bind_text = "127.0.0.1";
+	const char *comm = NULL, *comm_hex_arg = NULL, *bind_text = "127.0.0.1";
 	uint64_t port = 0, count = 1, hold_ms = 0, threads = 1;
 	bool forever = false, quiet = false, count_seen = false;
+	char name_hex[2 * COMM_MAX + 1];
 	const struct opt opts[] = {
 	    {"comm", OPT_COMM, 0, 0, &comm, NULL},
+	    {"comm-hex", OPT_STR, 0, 0, &comm_hex_arg, NULL},
 	    {"bind", OPT_ADDR, 0, 0, &bind_text, NULL},
 	    {"port", OPT_U64, 0, 65535, &port, NULL},
 	    {"count", OPT_U64, COUNT_MIN, COUNT_MAX, &count, &count_seen},
@@ -649,7 +713,8 @@ static int cmd_server(int argc, char **argv)
 	parse_opts(argc, argv, opts);
 	if (forever && count_seen)
 		usage_error("--count and --forever cannot be used together");
-	set_comm(comm);
+	set_comm_opts(comm, comm_hex_arg);
+	comm_hex(name_hex, sizeof(name_hex));
 	parse_addr(bind_text, &bind_addr);
 
 	srv.count = count;
@@ -679,7 +744,8 @@ static int cmd_server(int argc, char **argv)
 	}
 
 	srv.fd = listen_on(&bind_addr, (uint16_t)port, &srv.port);
-	emit("{\"event\":\"listening\",\"pid\":%d,\"port\":%u}", (int)self_pid, srv.port);
+	emit("{\"event\":\"listening\",\"pid\":%d,\"port\":%u,\"comm_hex\":\"%s\"}", (int)self_pid,
+	     srv.port, name_hex);
 
 	if (forever) {
 		sw.srv = &srv;
@@ -811,11 +877,13 @@ static void usage_times(uint64_t *user_us, uint64_t *sys_us)
 
 static int cmd_client(int argc, char **argv)
 {
-	const char *comm = NULL, *addr_text = NULL;
+	const char *comm = NULL, *comm_hex_arg = NULL, *addr_text = NULL;
 	uint64_t port = 0, count = 1, send = 0, hold_ms = 0, threads = 1;
 	bool quiet = false, port_seen = false;
+	char name_hex[2 * COMM_MAX + 1];
 	const struct opt opts[] = {
 	    {"comm", OPT_COMM, 0, 0, &comm, NULL},
+	    {"comm-hex", OPT_STR, 0, 0, &comm_hex_arg, NULL},
 	    {"addr", OPT_ADDR, 0, 0, &addr_text, NULL},
 	    {"port", OPT_U64, 1, 65535, &port, &port_seen},
 	    {"count", OPT_U64, COUNT_MIN, COUNT_MAX, &count, NULL},
@@ -834,7 +902,8 @@ static int cmd_client(int argc, char **argv)
 		usage_error("client: --addr is required");
 	if (!port_seen)
 		usage_error("client: --port is required");
-	set_comm(comm);
+	set_comm_opts(comm, comm_hex_arg);
+	comm_hex(name_hex, sizeof(name_hex));
 
 	start = now_us();
 	parse_addr(addr_text, &cl.addr);
@@ -855,9 +924,10 @@ static int cmd_client(int argc, char **argv)
 	wall = now_us() - start;
 	usage_times(&user_us, &sys_us);
 	emit("{\"event\":\"done\",\"pid\":%d,\"connected\":%" PRIu64 ",\"failed\":%" PRIu64
-	     ",\"cpu_user_us\":%" PRIu64 ",\"cpu_sys_us\":%" PRIu64 ",\"wall_us\":%" PRIu64 "}",
+	     ",\"cpu_user_us\":%" PRIu64 ",\"cpu_sys_us\":%" PRIu64 ",\"wall_us\":%" PRIu64
+	     ",\"comm_hex\":\"%s\"}",
 	     (int)self_pid, (uint64_t)atomic_load(&cl.connected), (uint64_t)atomic_load(&cl.failed),
-	     user_us, sys_us, wall);
+	     user_us, sys_us, wall, name_hex);
 	return 0;
 }
 

@@ -253,7 +253,8 @@ export function parseExposition(text: string): ScrapedSample[] {
   const out: ScrapedSample[] = []
   for (const line of text.split('\n')) {
     if (line === '' || line.startsWith('#')) continue
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$/.exec(line)
+    // s: a label value may hold a carriage return or U+2028, which `.` does not match otherwise
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$/s.exec(line)
     if (!m?.[1] || !m[3]) throw new Error(`unparseable exposition line: ${line}`)
     const labels: Record<string, string> = {}
     const body = m[2]?.slice(1, -1) ?? ''

@@ -682,7 +682,7 @@ describe('decodeAggEntry', () => {
   const V = L.aggValue
 
   function encode(o: {
-    comm: string
+    comm: string | Buffer
     flags: number
     direction: number
     ip: number
@@ -696,7 +696,8 @@ describe('decodeAggEntry', () => {
     key.writeUInt8(o.ip, K.ip)
     key.writeUInt8(o.direction, K.direction)
     key.writeUInt8(o.flags, K.flags)
-    key.write(o.comm, K.comm, L.commLen, 'utf8')
+    if (typeof o.comm === 'string') key.write(o.comm, K.comm, L.commLen, 'utf8')
+    else o.comm.copy(key, K.comm, 0, L.commLen)
     const value = Buffer.alloc(V.size)
     value.writeBigUInt64LE(11n, V.opened)
     value.writeBigUInt64LE(7n, V.closed)
@@ -793,6 +794,45 @@ describe('decodeAggEntry', () => {
     const snap = agg.snapshot([decodeAggEntry(key, value, L, C, 1)])
     assert.deepEqual(ids(snap), ['comm=curl,family=ipv6,port=8443 inbound'])
     assert.equal(get(snap, 'comm=curl,family=ipv6,port=8443', 'inbound').active, 11 - 7 - 3)
+  })
+
+  test('hostile comms: invalid UTF-8 becomes U+FFFD, names that decode alike merge, nothing is lost', () => {
+    // a comm is any 15 bytes but NUL (prctl PR_SET_NAME); the kernel may cut a UTF-8 sequence in half
+    const raw = (...b: number[]): Buffer => Buffer.from(b)
+    const comms: Array<[Buffer, string]> = [
+      [raw(0x61, 0xff), 'a\ufffd'], // a byte that is never UTF-8
+      [raw(0x61, 0xfe), 'a\ufffd'], // another: the same label value
+      [raw(0x61, 0xc3), 'a\ufffd'], // a sequence cut short
+      [raw(0x80, 0x62), '\ufffdb'], // a lone continuation byte
+      [Buffer.concat([Buffer.from('ééééééé'), raw(0xc3)]), 'ééééééé\ufffd'], // 15 bytes: é cut in half
+      [Buffer.from('a",x="y'), 'a",x="y'],
+      [Buffer.from('} 1\n'), '} 1\n'],
+      [Buffer.from('back\\slash'), 'back\\slash'],
+    ]
+    const agg = new Aggregator(options({ labels: ['comm'], nbuckets: 1 }))
+    const entries = comms.map(([comm]) => {
+      const { key, value } = encode({ comm, flags: 0, direction: 1, ip: 4, buckets: [] })
+      return decodeAggEntry(key, value, L, C, 1)
+    })
+    assert.deepEqual(
+      entries.map((e) => e.comm),
+      comms.map(([, want]) => want),
+    )
+    const snap = agg.snapshot(entries)
+    const opened = new Map(snap.series.map((x) => [x.labels[0]?.[1], x.opened]))
+    // each entry counts 11; the three that decode to a\ufffd are one series of 33
+    assert.deepEqual(
+      [...opened].sort(),
+      [
+        ['a\ufffd', 33],
+        ['\ufffdb', 11],
+        ['ééééééé\ufffd', 11],
+        ['a",x="y', 11],
+        ['} 1\n', 11],
+        ['back\\slash', 11],
+      ].sort(),
+    )
+    assert.equal(snap.admitted, 6)
   })
 
   test('a size mismatch throws RangeError', () => {

@@ -1,5 +1,6 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -295,6 +296,56 @@ test('wrong types for sections and the document', () => {
   assertProblem('filters: all', 'filters', 'got "all"')
   assertProblem('filters: {comm: nginx}', 'filters.comm', 'got "nginx"')
   assertProblem('histogram: {buckets_seconds: 1}', 'histogram.buckets_seconds', 'expected a list of bucket')
+})
+
+test('YAML 1.1 collection and scalar tags are problems at their path, never an empty section', () => {
+  // Found by test/unit/config-properties.test.ts: a !!omap section became a Map, which the schema took
+  // for a mapping without keys, so every setting in it was silently dropped.
+  assertProblem('filters: !!omap [netns: [1]]\n', 'filters', 'an ordered mapping (!!omap) is not supported')
+  assertProblem('filters:\n  comm: !!omap [include: [x]]\n', 'filters.comm', '!!omap')
+  assertProblem('limits: !!set {max_label_sets}\n', 'limits', 'a set (!!set) is not supported')
+  assertProblem('labels: !!set {comm}\n', 'labels', '!!set')
+  assertProblem('labels: !!binary aGVsbG8=\n', 'labels', 'binary data (!!binary)')
+  assertProblem('%YAML 1.1\n---\nbtf_path: 2001-12-14\n', 'btf_path', 'a timestamp (!!timestamp)')
+  assertProblem(
+    'histogram: {buckets_seconds: [1, !!timestamp 2001-12-14]}',
+    'histogram.buckets_seconds[1]',
+    '!!timestamp',
+  )
+})
+
+test('deep nesting is refused before it is composed; parsing it again and again cannot abort the process', () => {
+  // The yaml library composes recursively. Before the depth check, a 20,000-level file overflowed the
+  // stack inside it, and the third such parse in one process (a third SIGHUP with that file) made V8 abort
+  // with "FATAL ERROR: RegExpCompiler Allocation failed": an uncatchable crash of the daemon.
+  const deep = `labels: ${'['.repeat(20_000)}${']'.repeat(20_000)}\n`
+  assertProblem(deep, '(yaml)', 'line 1, column 72: collections are nested more than 64 levels deep')
+  assertProblem(`${'- '.repeat(100)}1\n`, '(yaml)', 'nested more than 64 levels')
+  const block = Array.from({ length: 100 }, (_, i) => `${' '.repeat(i)}a:`).join('\n')
+  assertProblem(
+    `${block} 1\n`,
+    '(yaml)',
+    'line 65, column 65: collections are nested more than 64 levels deep',
+  )
+  // 64 levels in all is accepted as YAML (and then rejected by the schema, at its path)
+  assertProblem(`labels: ${'['.repeat(63)}${']'.repeat(63)}\n`, 'labels[0]', 'is not a label')
+  const script = [
+    `import { parseConfig } from ${JSON.stringify(new URL('../../src/config.ts', import.meta.url).href)}`,
+    `const text = ${JSON.stringify(deep)}`,
+    'for (let i = 0; i < 10; i++) { try { parseConfig(text, "x.yml") } catch {} }',
+    'console.log("survived")',
+  ].join('\n')
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  })
+  assert.equal(r.status, 0, r.stderr.slice(0, 2000))
+  assert.equal(r.stdout, 'survived\n')
+})
+
+test('btf_path cannot hold a NUL byte', () => {
+  // check-config called this valid; the daemon then failed to open the file at startup.
+  assertProblem('btf_path: "/a\\0b"\n', 'btf_path', 'cannot contain a NUL byte')
 })
 
 test('durations', () => {

@@ -248,6 +248,14 @@ test('printable', () => {
     ['\xa0é', '\xa0é'],
     ['né€日本😀', 'né€日本😀'],
     ['a\ufffdb', 'a\ufffdb'],
+    // invisible format characters and line separators: a comm can be any 15 bytes
+    ['evil\u202eluc', 'evil\\u202eluc'],
+    ['a\u2028b\u2029c', 'a\\u2028b\\u2029c'],
+    ['zero\u200bwidth\u2066', 'zero\\u200bwidth\\u2066'],
+    ['\ufeffbom', '\\ufeffbom'],
+    ['soft\xadhyphen', 'soft\\xadhyphen'],
+    ['tag\u{e0001}', 'tag\\u{e0001}'],
+    ['\\u202e', '\\\\u202e'],
   ]
   for (const [input, want] of cases) assert.equal(printable(input), want, JSON.stringify(input))
 })
