@@ -8,12 +8,14 @@
 # Running it. The exporter counts TCP events for the whole host from inside the container (BPF programs are
 # not namespaced), but it needs privileges a default container does not have:
 #
+#   sudo install -d -o 10001 -g 10001 -m 0700 /sys/fs/bpf/tcptracer-exporter
 #   docker run -d --name tcptracer-exporter \
 #     --pid=host \
 #     --cap-drop=ALL --cap-add=BPF --cap-add=PERFMON --cap-add=SYS_PTRACE --cap-add=DAC_READ_SEARCH \
 #     --security-opt apparmor=unconfined \
 #     -p 19427:19427 \
 #     -v /etc/tcptracer-exporter/config.yaml:/etc/tcptracer-exporter/config.yaml:ro \
+#     -v /sys/fs/bpf/tcptracer-exporter:/run/tcptracer-exporter \
 #     tcptracer-exporter:0.1.0
 #
 # --pid=host        the host's /proc: who owns the sockets that were open before the exporter started, and
@@ -37,6 +39,12 @@
 # -p 19427:19427    the metrics port (or --network host and no -p).
 # -v .../config.yaml  your config; the image ships config.example.yml there, every default spelled out.
 #                   `docker kill -s HUP tcptracer-exporter` reloads it.
+# -v /sys/fs/bpf/tcptracer-exporter:/run/tcptracer-exporter
+#                   the host's bpffs directory for the pinned kernel state, so that a restart or an upgrade
+#                   of the container loses no count; created for uid 10001 by the install line above. The
+#                   CMD below pins there (--bpf.pin-path): a container's /sys is a sysfs of its own, in
+#                   which no mount point can be created, so the directory cannot go at the host's path.
+#                   Without it the exporter runs unpinned and says so.
 #
 # Not needed: -v /sys/kernel/btf (BTF is part of sysfs, which every container mounts), --privileged,
 # CAP_SYS_ADMIN or CAP_NET_ADMIN (kernels >= 5.8). Do not add --security-opt no-new-privileges: it
@@ -108,4 +116,4 @@ EXPOSE 19427
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:19427/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 ENTRYPOINT ["node", "/opt/tcptracer-exporter/dist/src/cli.js"]
-CMD ["run", "--config.file=/etc/tcptracer-exporter/config.yaml"]
+CMD ["run", "--config.file=/etc/tcptracer-exporter/config.yaml", "--bpf.pin-path=/run/tcptracer-exporter"]

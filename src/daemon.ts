@@ -9,7 +9,7 @@ import { Exporter } from './exporter.js'
 import { loadBinding } from './native.js'
 import { version } from './paths.js'
 import { build, DEFAULT_MAX_REQUESTS, HttpState } from './server.js'
-import { DEFAULT_PIN_PATH, unpinAll } from './state.js'
+import { DEFAULT_PIN_PATH, unpinAll, type Unpinned } from './state.js'
 import { createNotifier, startWatchdog, watchdogIntervalMs } from './systemd.js'
 import { describeWebChanges, loadWebConfig, type WebConfig } from './webconfig.js'
 
@@ -179,7 +179,8 @@ export const UNPIN_HELP = `Usage: tcptracer-exporter unpin [--bpf.pin-path=DIR]
 
 Remove the kernel state the exporter pinned in bpffs (default "${DEFAULT_PIN_PATH}"): its
 programs detach and its counters are freed once no running exporter holds them. Run it after
-stopping the exporter for good (scripts/install.sh --uninstall does).
+stopping the exporter for good (scripts/install.sh --uninstall does). Where DIR is a mount point
+(the host's directory mounted into a container), its contents go and DIR itself stays, empty.
 `
 
 /** \`tcptracer-exporter unpin\`: remove the pinned kernel state. */
@@ -194,16 +195,17 @@ export function runUnpin(argv: string[]): number {
   }
   const dir = values['bpf.pin-path']
   if (!dir.startsWith('/')) throw new UsageError(`--bpf.pin-path must be an absolute path, got "${dir}"`)
-  let removed: string[]
+  let result: Unpinned
   try {
-    removed = unpinAll(dir)
+    result = unpinAll(dir)
   } catch (e) {
     process.stderr.write(`tcptracer-exporter unpin: ${(e as Error).message}\n`)
     return 1
   }
-  process.stdout.write(
-    removed.length === 0 ? `${dir}: nothing pinned\n` : removed.map((d) => `removed ${d}\n`).join(''),
-  )
+  const lines = result.removed.map((d) => `removed ${d}\n`)
+  if (lines.length === 0) lines.push(`${dir}: nothing pinned\n`)
+  if (result.kept !== undefined) lines.push(`${result.kept}\n`)
+  process.stdout.write(lines.join(''))
   return 0
 }
 

@@ -10,7 +10,7 @@
 // `control` map to it in one write and the previous copy's links are removed. A stopped daemon
 // leaves its programs counting in the kernel; `tcptracer-exporter unpin` removes them.
 import { createHash, randomBytes } from 'node:crypto'
-import { existsSync, mkdirSync, readdirSync, rmSync, statfsSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync, statfsSync } from 'node:fs'
 import path from 'node:path'
 import type { Binding } from './native.js'
 
@@ -151,15 +151,34 @@ export function commitPinnedState(
   for (const d of plan.stale) discardState(d)
 }
 
+/** What `unpinAll` did. */
+export interface Unpinned {
+  /** the state directories removed */
+  removed: string[]
+  /**
+   * Set when the pin directory itself stays, empty: it is a mount point (the host's directory
+   * mounted into a container) or its parent is not writable here. It holds nothing then.
+   */
+  kept?: string
+}
+
 /**
- * `tcptracer-exporter unpin`: remove all pinned state under root; returns what was removed.
- * Refuses a path outside bpffs, so a mistyped flag cannot delete ordinary files.
+ * `tcptracer-exporter unpin`: remove all pinned state under root, then root itself where it can be
+ * removed. Refuses a path outside bpffs, so a mistyped flag cannot delete ordinary files.
  */
-export function unpinAll(root: string): string[] {
+export function unpinAll(root: string): Unpinned {
   const resolved = path.resolve(root)
-  if (!existsSync(resolved)) return []
+  if (!existsSync(resolved)) return { removed: [] }
   if (!isBpffs(resolved)) throw new Error(`${resolved} is not on a BPF filesystem: refusing to remove it`)
-  const found = listDir(resolved).map((name) => path.join(resolved, name))
-  rmSync(resolved, { recursive: true, force: true })
-  return found
+  const found = readdirSync(resolved).map((name) => path.join(resolved, name))
+  for (const d of found) rmSync(d, { recursive: true, force: true })
+  try {
+    rmdirSync(resolved)
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code
+    if (code !== 'EBUSY' && code !== 'EACCES' && code !== 'EPERM') throw e
+    const why = code === 'EBUSY' ? 'a mount point' : 'in a directory this user cannot write'
+    return { removed: found, kept: `${resolved} stays, empty (${why}): it holds nothing` }
+  }
+  return { removed: found }
 }

@@ -278,23 +278,41 @@ describe('the Grafana dashboard and the alerting rules on a real Prometheus', { 
       assert.deepEqual(loaded.groups.flatMap((g) => g.rules.map((r) => r.name)).sort(), [...names].sort())
 
       type Alert = { labels: Record<string, string>; state: string }
+      const named = (alerts: Alert[], name: string): Alert[] =>
+        alerts.filter((a) => a.labels['alertname'] === name)
       const alerts = await until(
         'TcptracerConnectFailureRatioHigh pending for the workload',
         20000,
         async () => {
           const data = await p.api<{ alerts: Alert[] }>('/api/v1/alerts', {})
-          return data.alerts.some(
-            (a) =>
-              a.labels['alertname'] === 'TcptracerConnectFailureRatioHigh' &&
-              a.labels['comm'] === CLI &&
-              a.labels['instance'] === instance &&
-              a.state === 'pending',
-          )
+          return named(data.alerts, 'TcptracerConnectFailureRatioHigh').some(
+            (a) => a.labels['comm'] === CLI && a.labels['instance'] === instance && a.state === 'pending',
+          ) && named(data.alerts, 'TcptracerKernelStateUnpinned').length > 0
             ? data.alerts
             : undefined
         },
       )
-      const others = alerts.filter((a) => a.labels['alertname'] !== 'TcptracerConnectFailureRatioHigh')
+      // the daemon runs unpinned (the harness's default), which the unpinned-state alert sees
+      assert.deepEqual(
+        named(alerts, 'TcptracerKernelStateUnpinned').map((a) => [a.labels, a.state]),
+        [
+          [
+            {
+              alertname: 'TcptracerKernelStateUnpinned',
+              instance,
+              job: 'tcptracer',
+              origin: 'unpinned',
+              severity: 'info',
+            },
+            'pending',
+          ],
+        ],
+      )
+      const others = alerts.filter(
+        (a) =>
+          a.labels['alertname'] !== 'TcptracerConnectFailureRatioHigh' &&
+          a.labels['alertname'] !== 'TcptracerKernelStateUnpinned',
+      )
       assert.deepEqual(others, [], 'no other alert is active')
     } finally {
       for (const b of background) {

@@ -1,16 +1,19 @@
 // The container image, checked without Docker: the Dockerfile read statically, then the Node.js LTS it
 // names (`FROM node:<major>-bookworm`) fetched from the npm registry and run against the real kernel:
-// the exporter, `trace`, and the exporter as the image runs it (non-root, the image's capabilities only).
+// the exporter, `trace`, and the exporter as the image runs it (non-root, the image's capabilities only,
+// its pinned state in a bind mount of a bpffs directory).
 import assert from 'node:assert/strict'
-import { spawn, spawnSync } from 'node:child_process'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import {
   chmodSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
   renameSync,
   rmSync,
+  statSync,
   writeFileSync,
 } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -193,6 +196,32 @@ function imageNodeMajor(): number {
   return Number(m[1])
 }
 
+/** The runtime stage's CMD (exec form) and the pin path it passes (`--bpf.pin-path=`). */
+function imageCmd(): { cmd: string[]; pinPath: string } {
+  const runtime = parseStages(parseDockerfile(dockerfileText)).at(-1)!
+  const cmd = runtime.instructions.findLast((i) => i.keyword === 'CMD')
+  assert.ok(cmd, 'a CMD')
+  const args = execForm(cmd.args)
+  const pin = args.find((a) => a.startsWith('--bpf.pin-path='))
+  assert.ok(pin, `the CMD pins the kernel state where the README mounts it: ${args.join(' ')}`)
+  return { cmd: args, pinPath: pin.slice('--bpf.pin-path='.length) }
+}
+
+/**
+ * The README's Docker instructions for the pinned state: the `install -d` line that creates the host's
+ * directory, and the `-v HOST:CONTAINER` mount of that directory into the container.
+ */
+function readmeDockerPin(): { install: string[]; hostDir: string; containerDir: string } {
+  const readme = readFileSync(path.join(packageRoot, 'README.md'), 'utf8')
+  const section = /^### In Docker\n([\s\S]*?)^### /m.exec(readme)?.[1] ?? ''
+  const block = /```sh\n([\s\S]*?)```/.exec(section)?.[1] ?? ''
+  const install = /^sudo (install -d [^#\n]*?)\s*(?:#.*)?$/m.exec(block)?.[1]
+  assert.ok(install, `README "In Docker": a sudo install -d line in the docker run block:\n${block}`)
+  const mount = /\s-v\s+(\/sys\/fs\/bpf\/[^:\s]+):(\/[^:\s]+)\s/.exec(block)
+  assert.ok(mount?.[1] && mount[2], `README "In Docker": a -v mount of a /sys/fs/bpf directory:\n${block}`)
+  return { install: install.split(/\s+/), hostDir: mount[1], containerDir: mount[2] }
+}
+
 describe('Dockerfile', () => {
   const ins = parseDockerfile(dockerfileText)
   const stages = parseStages(ins)
@@ -300,9 +329,11 @@ describe('Dockerfile', () => {
     const entry = r.instructions.findLast((i) => i.keyword === 'ENTRYPOINT')
     assert.ok(entry, 'an ENTRYPOINT')
     assert.deepEqual(execForm(entry.args), ['node', path.posix.join(app, path.relative(packageRoot, CLI))])
-    const cmd = r.instructions.findLast((i) => i.keyword === 'CMD')
-    assert.ok(cmd, 'a CMD')
-    assert.deepEqual(execForm(cmd.args), ['run', '--config.file=/etc/tcptracer-exporter/config.yaml'])
+    assert.deepEqual(imageCmd().cmd, [
+      'run',
+      '--config.file=/etc/tcptracer-exporter/config.yaml',
+      '--bpf.pin-path=/run/tcptracer-exporter',
+    ])
 
     const user = r.instructions.findLast((i) => i.keyword === 'USER')?.args
     assert.ok(user !== undefined && !/^(root|0)(:|$)/.test(user), `runs as a non-root user: ${user}`)
@@ -341,6 +372,21 @@ describe('Dockerfile', () => {
     const added = [...comments.matchAll(/--cap-add=(\w+)/g)].map((m) => m[1]!)
     assert.ok(comments.includes('--cap-drop=ALL'), 'the docker run example drops every other capability')
     assert.deepEqual([...new Set(added)].sort(), granted)
+  })
+
+  test("the README's pinned state: a directory for the image's user, mounted where the CMD pins", () => {
+    const { install, hostDir, containerDir } = readmeDockerPin()
+    const { pinPath } = imageCmd()
+    assert.equal(containerDir, pinPath, 'the -v mount lands where the CMD pins')
+    // the runtime cannot create a mount point in a container's own sysfs, nor in its /proc or /dev
+    assert.ok(!/^\/(sys|proc|dev)(\/|$)/.test(pinPath), `${pinPath}: outside /sys, /proc and /dev`)
+    assert.equal(install.at(-1), hostDir, 'install -d creates the directory the -v mount names')
+    const user = stage('runtime').instructions.findLast((i) => i.keyword === 'USER')?.args ?? ''
+    const [uid, gid] = user.split(':')
+    const opt = (flag: string): string | undefined => install[install.indexOf(flag) + 1]
+    assert.equal(opt('-o'), uid, "owned by the image's user")
+    assert.equal(opt('-g'), gid ?? uid, "and the image's group")
+    assert.equal(opt('-m'), '0700')
   })
 
   test('.dockerignore keeps dependencies, build outputs, the Node cache and .git out of the context', () => {
@@ -412,6 +458,7 @@ describe(`the project under the image's Node LTS`, { skip }, () => {
   let node: string
   let ns: NetnsT
   let dir: string
+  const hostPin = `/sys/fs/bpf/tt-lts-${process.pid}`
 
   before(
     () => {
@@ -425,6 +472,8 @@ describe(`the project under the image's Node LTS`, { skip }, () => {
   )
   after(() => {
     ns?.delete()
+    // the pinned state, should the test have stopped before its own unpin
+    spawnSync(process.execPath, [CLI, 'unpin', `--bpf.pin-path=${hostPin}`])
     if (dir) rmSync(dir, { recursive: true, force: true })
   })
 
@@ -498,12 +547,12 @@ describe(`the project under the image's Node LTS`, { skip }, () => {
     assert.deepEqual(sorted(p.lines.map(identity)), want)
   })
 
-  test('as the image runs it: uid 10001 with only the capabilities the Dockerfile grants', async () => {
+  test('as the image runs it: uid 10001 with only the capabilities the Dockerfile grants, pinning into the mounted bpffs directory', async () => {
     // The image gives them to node as file capabilities (Docker sets no ambient capabilities); here
     // setpriv gives the same set as ambient capabilities, with nothing else in the bounding set.
     const { health, caps: granted } = runtimeSpecifics()
     const caps = granted.map((c) => `+${c.replace(/^cap_/, '')}`).join(',')
-    const prefix = [
+    const asImage = [
       'setpriv',
       '--reuid=10001',
       '--regid=10001',
@@ -512,6 +561,33 @@ describe(`the project under the image's Node LTS`, { skip }, () => {
       `--ambient-caps=-all,${caps}`,
       `--bounding-set=-all,${caps}`,
     ]
+    // The pinned state as the README sets it up: its `install -d` line makes a bpffs directory (here
+    // a test's own) for the image's user, which the container gets as a bind mount where the CMD pins.
+    // Here the mount is made in a mount namespace of the daemon's own, on a temporary mount point in
+    // place of the CMD's path (which the host does not have).
+    const { install } = readmeDockerPin()
+    rmSync(hostPin, { recursive: true, force: true })
+    execFileSync(install[0]!, [...install.slice(1, -1), hostPin])
+    const st = statSync(hostPin)
+    assert.deepEqual([st.uid, st.gid, st.mode & 0o7777], [10001, 10001, 0o700])
+    const mountPoint = path.join(dir, 'pin')
+    mkdirSync(mountPoint)
+    const prefix = [
+      'unshare',
+      '--mount',
+      '--propagation',
+      'private',
+      'sh',
+      '-ec',
+      'mount --bind "$1" "$2"; shift 2; exec "$@"',
+      'sh',
+      hostPin,
+      mountPoint,
+      ...asImage,
+    ]
+    const args = [`--config.file=${config('image.yml')}`, `--bpf.pin-path=${mountPoint}`]
+    const stateOf = (s: ScrapedSample[]): Record<string, string> | undefined =>
+      s.find((x) => x.name === 'tcptracer_kernel_state_info')?.labels
     // a connection of root's processes, open before the daemon starts: found through /proc
     const old = await startServer(ns, ['--comm', 'tt-lts-old-srv', '--count', '1'])
     const oldClient = new JsonProcess(
@@ -542,7 +618,7 @@ describe(`the project under the image's Node LTS`, { skip }, () => {
     )
     let d: Daemon | undefined
     try {
-      d = await startDaemon([`--config.file=${config('image.yml')}`], process.env, { node, prefix })
+      d = await startDaemon(args, process.env, { node, prefix })
       const status = readFileSync(`/proc/${d.proc.child.pid}/status`, 'utf8')
       assert.match(status, /^Uid:\s+10001\s/m)
       const first = (await scrape(d)).samples
@@ -550,19 +626,45 @@ describe(`the project under the image's Node LTS`, { skip }, () => {
         valueOf(first, 'tcptracer_active_connections', { comm, netns: String(ns.inode), direction })
       assert.equal(active('tt-lts-old-cli', 'outbound'), 1, 'the older connection is seeded')
       assert.equal(active('tt-lts-old-srv', 'inbound'), 1)
+      const state = stateOf(first)
+      assert.equal(state?.['origin'], 'new', `pinned into the bind mount: ${d.proc.stderr}`)
+      assert.match(state['path'] ?? '', new RegExp(`^${mountPoint}/v\\d+-[0-9a-f]+$`))
+      assert.equal(readdirSync(hostPin).length, 1, "the state is in the host's directory")
 
       await exchange(5, 32)
       assertExact((await scrape(d)).samples, 5, 32)
 
       // the image's HEALTHCHECK command, pointed at this daemon's port
-      const [, ...probeArgs] = health.map((a) => a.replace(/127\.0\.0\.1:\d+/, `127.0.0.1:${d!.port}`))
+      const port = d.port
+      const [, ...probeArgs] = health.map((a) => a.replace(/127\.0\.0\.1:\d+/, `127.0.0.1:${port}`))
       const probe = spawnSync(node, probeArgs, { encoding: 'utf8', timeout: 10000 * TIME_SCALE })
       assert.equal(probe.status, 0, `the health check passes: ${probe.stderr}`)
+
+      // a new container in its place takes the state over: connections made meanwhile count too
+      assert.equal(await d.stop('SIGTERM'), 0, 'SIGTERM exits 0')
+      await exchange(3, 32)
+      d = await startDaemon(args, process.env, { node, prefix })
+      const second = (await scrape(d)).samples
+      assert.equal(stateOf(second)?.['origin'], 'restored', `taken over: ${d.proc.stderr}`)
+      assertExact(second, 8, 32)
     } finally {
       if (d) assert.equal(await d.stop('SIGTERM'), 0, 'SIGTERM exits 0')
       assert.equal(await oldClient.exited, 0)
       assert.equal(await old.proc.exited, 0)
     }
+
+    // `docker run ... unpin` with the same mount: the state goes, the mount point stays, empty
+    const unpin = spawnSync(
+      prefix[0]!,
+      [...prefix.slice(1), node, CLI, 'unpin', `--bpf.pin-path=${mountPoint}`],
+      {
+        encoding: 'utf8',
+      },
+    )
+    assert.equal(unpin.status, 0, unpin.stderr)
+    assert.match(unpin.stdout, new RegExp(`^removed ${mountPoint}/v\\d+-[0-9a-f]+$`, 'm'))
+    assert.match(unpin.stdout, /stays, empty/)
+    assert.deepEqual(readdirSync(hostPin), [])
   })
 
   test('the fetched node is cached: a second fetch installs nothing', () => {

@@ -1,14 +1,26 @@
 // The systemd unit: systemd-analyze verify, the install script, and the daemon
 // started the way the unit starts it (its user, its capabilities, its flags),
-// passing the end-to-end check without root.
+// passing the end-to-end check without root, and pinning its kernel state into a
+// directory made by the unit's own ExecStartPre command, which the next start takes over.
 import assert from 'node:assert/strict'
 import { execFileSync, spawnSync } from 'node:child_process'
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import {
+  chmodSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { packageRoot } from '../../src/paths.js'
+import { DEFAULT_PIN_PATH } from '../../src/state.js'
 import {
+  exchange,
   Netns,
   privileged,
   runClient,
@@ -16,7 +28,9 @@ import {
   startDaemon,
   startServer,
   valueOf,
+  type Daemon,
   type Netns as NetnsT,
+  type ScrapedSample,
 } from './harness.js'
 
 const UNIT = path.join(packageRoot, 'systemd', 'tcptracer-exporter.service')
@@ -44,16 +58,61 @@ describe('systemd unit', { skip }, () => {
   let ns: NetnsT
   let stage: string
   const settings = unitSettings(readFileSync(UNIT, 'utf8'))
+  // this test's own pin directory, in place of the unit's
+  const pin = `/sys/fs/bpf/tt-sd-${process.pid}`
+  const daemons: Daemon[] = []
 
   before(() => {
     ns = new Netns(`tt-sd-${process.pid}`)
     stage = mkdtempSync(path.join(tmpdir(), 'tt-install-'))
     chmodSync(stage, 0o755)
   })
-  after(() => {
+  after(async () => {
+    for (const d of daemons) if (d.proc.child.exitCode === null) await d.stop('SIGKILL')
+    spawnSync(process.execPath, [
+      path.join(packageRoot, 'dist', 'src', 'cli.js'),
+      'unpin',
+      `--bpf.pin-path=${pin}`,
+    ])
     ns.delete()
     rmSync(stage, { recursive: true, force: true })
   })
+
+  /** The unit's user (created if missing), and its capabilities as setpriv gives them. */
+  function unitWay(): { user: string; caps: string[]; prefix: string[]; unitFlags: string[]; cli: string } {
+    const user = settings.get('User') ?? ''
+    assert.ok(user)
+    if (spawnSync('id', [user]).status !== 0) {
+      execFileSync('useradd', [
+        '--system',
+        '--no-create-home',
+        '--home-dir',
+        '/nonexistent',
+        '--shell',
+        '/usr/sbin/nologin',
+        user,
+      ])
+    }
+    const caps = (settings.get('AmbientCapabilities') ?? '').split(/\s+/).filter(Boolean)
+    const capList = caps.map((c) => `+${c.replace(/^CAP_/, '').toLowerCase()}`).join(',')
+    const prefix = [
+      'setpriv',
+      `--reuid=${user}`,
+      `--regid=${user}`,
+      '--clear-groups',
+      `--inh-caps=-all,${capList}`,
+      `--ambient-caps=-all,${capList}`,
+      `--bounding-set=-all,${capList}`,
+      '--no-new-privs',
+      '--',
+    ]
+    // ExecStart's own flags, without the config and listen address that each test sets
+    const exec = (settings.get('ExecStart') ?? '').split(/\s+/)
+    const unitFlags = exec
+      .slice(3)
+      .filter((f) => !f.startsWith('--config.file=') && !f.startsWith('--web.listen-address='))
+    return { user, caps, prefix, unitFlags, cli: path.join(stage, 'opt/tcptracer-exporter/dist/src/cli.js') }
+  }
 
   test('systemd-analyze verify is clean', () => {
     const r = spawnSync('systemd-analyze', ['verify', UNIT], { encoding: 'utf8' })
@@ -108,37 +167,8 @@ describe('systemd unit', { skip }, () => {
   })
 
   test("started the unit's way (its user, only its capabilities, its flags), it counts exactly", async () => {
-    const user = settings.get('User') ?? ''
-    assert.ok(user)
-    if (spawnSync('id', [user]).status !== 0) {
-      execFileSync('useradd', [
-        '--system',
-        '--no-create-home',
-        '--home-dir',
-        '/nonexistent',
-        '--shell',
-        '/usr/sbin/nologin',
-        user,
-      ])
-    }
-    const caps = (settings.get('AmbientCapabilities') ?? '').split(/\s+/).filter(Boolean)
-    const capList = caps.map((c) => `+${c.replace(/^CAP_/, '').toLowerCase()}`).join(',')
-    const prefix = [
-      'setpriv',
-      `--reuid=${user}`,
-      `--regid=${user}`,
-      '--clear-groups',
-      `--inh-caps=-all,${capList}`,
-      `--ambient-caps=-all,${capList}`,
-      `--bounding-set=-all,${capList}`,
-      '--no-new-privs',
-      '--',
-    ]
+    const { user, caps, prefix, unitFlags, cli } = unitWay()
     // ExecStart's own flags, with our config and a free loopback port in place of theirs
-    const exec = (settings.get('ExecStart') ?? '').split(/\s+/)
-    const unitFlags = exec
-      .slice(3)
-      .filter((f) => !f.startsWith('--config.file=') && !f.startsWith('--web.listen-address='))
     const config = path.join(stage, 'test-config.yaml')
     writeFileSync(config, `filters:\n  netns: [${ns.inode}]\n`)
     chmodSync(config, 0o644)
@@ -148,10 +178,7 @@ describe('systemd unit', { skip }, () => {
     const d = await startDaemon(
       [...unitFlags, `--config.file=${config}`, '--web.listen-address=127.0.0.1:0'],
       process.env,
-      {
-        prefix,
-        cli: path.join(stage, 'opt/tcptracer-exporter/dist/src/cli.js'),
-      },
+      { prefix, cli },
     )
     try {
       const status = readFileSync(`/proc/${d.proc.child.pid}/status`, 'utf8')
@@ -206,5 +233,76 @@ describe('systemd unit', { skip }, () => {
     } finally {
       assert.equal(await d.stop(), 0)
     }
+  })
+
+  test("its pinned state: in a directory made by the unit's ExecStartPre, taken over by the next start; unpin removes it", async () => {
+    const { user, prefix, unitFlags, cli } = unitWay()
+    // ExecStartPre=-+/usr/bin/install ...: "+" runs it as root, outside the sandbox, as here
+    const pre = settings.get('ExecStartPre') ?? ''
+    const [command, ...args] = pre.replace(/^[-+@:!]+/, '').split(/\s+/)
+    assert.ok(!/["'\\$%]/.test(pre), `nothing for systemd to unquote or expand: ${pre}`)
+    assert.ok(command !== undefined && command.startsWith('/') && existsSync(command), `a command: ${pre}`)
+    assert.equal(args.at(-1), DEFAULT_PIN_PATH, 'ExecStartPre makes the default pin directory')
+    assert.ok(
+      !unitFlags.some((f) => f.startsWith('--bpf.pin-path')),
+      'and ExecStart pins at the default path',
+    )
+    const rw = (settings.get('ReadWritePaths') ?? '').split(/\s+/).map((p) => p.replace(/^-/, ''))
+    assert.ok(rw.includes(DEFAULT_PIN_PATH), 'which the sandbox lets the daemon write')
+
+    rmSync(pin, { recursive: true, force: true })
+    execFileSync(command, [...args.slice(0, -1), pin])
+    const st = statSync(pin)
+    const id = (flag: string): number => Number(execFileSync('id', [flag, user], { encoding: 'utf8' }).trim())
+    assert.deepEqual([st.uid, st.gid, st.mode & 0o7777], [id('-u'), id('-g'), 0o700])
+
+    const config = path.join(stage, 'pin-config.yaml')
+    writeFileSync(config, `filters:\n  netns: [${ns.inode}]\n`)
+    chmodSync(config, 0o644)
+    const start = async (): Promise<Daemon> => {
+      const d = await startDaemon(
+        [
+          ...unitFlags,
+          `--config.file=${config}`,
+          '--web.listen-address=127.0.0.1:0',
+          `--bpf.pin-path=${pin}`,
+        ],
+        process.env,
+        { prefix, cli },
+      )
+      daemons.push(d)
+      return d
+    }
+    const state = (s: ScrapedSample[]): Record<string, string> | undefined =>
+      s.find((x) => x.name === 'tcptracer_kernel_state_info')?.labels
+    const load = { serverComm: 'tt-sdp-srv', clientComm: 'tt-sdp-cli', send: 8 }
+    const counts = (s: ScrapedSample[]): Array<number | undefined> => [
+      valueOf(s, 'tcptracer_connects_total', { comm: 'tt-sdp-cli', netns: String(ns.inode) }),
+      valueOf(s, 'tcptracer_accepts_total', { comm: 'tt-sdp-srv', netns: String(ns.inode) }),
+      valueOf(s, 'tcptracer_closes_total', { comm: 'tt-sdp-srv', direction: 'inbound' }),
+      valueOf(s, 'tcptracer_connection_received_bytes_total', { comm: 'tt-sdp-srv', direction: 'inbound' }),
+    ]
+
+    const d1 = await start()
+    const first = (await scrape(d1)).samples
+    assert.equal(state(first)?.['origin'], 'new', `pinned: ${d1.proc.stderr}`)
+    assert.match(state(first)?.['path'] ?? '', new RegExp(`^${pin}/v\\d+-[0-9a-f]+$`))
+    await exchange(ns, { ...load, n: 3 })
+    assert.deepEqual(counts((await scrape(d1)).samples), [3, 3, 3, 24])
+    // systemctl restart: the daemon stops, connections go on, it starts again
+    assert.equal(await d1.stop('SIGTERM'), 0)
+    await exchange(ns, { ...load, n: 2 })
+    const d2 = await start()
+    const second = (await scrape(d2)).samples
+    assert.equal(state(second)?.['origin'], 'restored', `taken over: ${d2.proc.stderr}`)
+    assert.deepEqual(counts(second), [5, 5, 5, 40], 'counters continue, nothing missed meanwhile')
+    assert.equal(await d2.stop('SIGTERM'), 0)
+
+    // install.sh --uninstall runs unpin as root
+    assert.equal(readdirSync(pin).length, 1)
+    const r = spawnSync(process.execPath, [cli, 'unpin', `--bpf.pin-path=${pin}`], { encoding: 'utf8' })
+    assert.equal(r.status, 0, r.stderr)
+    assert.match(r.stdout, new RegExp(`^removed ${pin}/v\\d+-[0-9a-f]+$`, 'm'))
+    assert.equal(existsSync(pin), false)
   })
 })

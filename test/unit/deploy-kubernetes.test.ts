@@ -1,6 +1,7 @@
-// The Kubernetes manifests under deploy/kubernetes: every object valid against the Kubernetes and
-// Prometheus Operator schemas (kubernetes-models), no field those schemas do not know, and the policy
-// the DaemonSet promises (not privileged, least capabilities, probes, resources, ...).
+// The Kubernetes manifests under deploy/kubernetes (and deploy/kubernetes/unpin): every object valid
+// against the Kubernetes and Prometheus Operator schemas (kubernetes-models), no field those schemas do
+// not know, and the policy the DaemonSets promise (not privileged, least capabilities, one writable host
+// path for the pinned state, an init container with CAP_CHOWN only, probes, resources, ...).
 //
 // kubernetes-models checks types, required fields, enums, formats (quantities) and the CRDs' patterns,
 // but its schemas do not forbid additional properties: a misspelt field (`readinesProbe`) validates, and
@@ -24,8 +25,11 @@ import { parse as parseYaml, parseAllDocuments } from 'yaml'
 
 import { parseConfig, type Config } from '../../src/config.js'
 import { parseRunArgs } from '../../src/daemon.js'
+import { DEFAULT_PIN_PATH } from '../../src/state.js'
 
 const DIR = new URL('../../deploy/kubernetes/', import.meta.url)
+/** The one-off DaemonSet that unpins the kernel state from every node after the exporter is gone. */
+const UNPIN_DIR = new URL('unpin/', DIR)
 const NAMESPACE = 'tcptracer-exporter'
 const JOB = 'tcptracer'
 const CAPABILITIES = ['BPF', 'DAC_READ_SEARCH', 'PERFMON', 'SYS_PTRACE']
@@ -59,17 +63,18 @@ function isObject(v: Json | undefined): v is JsonObject {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
-function yamlFiles(): string[] {
-  return readdirSync(DIR)
+function yamlFiles(dir: URL = DIR): string[] {
+  return readdirSync(dir)
     .filter((f) => /\.ya?ml$/.test(f))
     .sort()
 }
 
-/** Every document of every YAML file, kustomization.yaml included; YAML errors and warnings fail. */
-function loadAll(): Manifest[] {
+/** Every document of every YAML file of dir, kustomization.yaml included; YAML errors and warnings fail. */
+function loadAll(dir: URL = DIR, prefix = ''): Manifest[] {
   const out: Manifest[] = []
-  for (const file of yamlFiles()) {
-    const docs = parseAllDocuments(readFileSync(new URL(file, DIR), 'utf8'), {
+  for (const name of yamlFiles(dir)) {
+    const file = `${prefix}${name}`
+    const docs = parseAllDocuments(readFileSync(new URL(name, dir), 'utf8'), {
       uniqueKeys: true,
       strict: true,
     })
@@ -87,6 +92,7 @@ function loadAll(): Manifest[] {
 
 const manifests = loadAll()
 const objects = manifests.filter((m) => m.doc['kind'] !== 'Kustomization')
+const unpinManifests = loadAll(UNPIN_DIR, 'unpin/')
 
 function modelFor(doc: JsonObject): ModelClass {
   const key = `${String(doc['apiVersion'])}/${String(doc['kind'])}`
@@ -191,13 +197,17 @@ function plain(c: Config): unknown {
 describe('deploy/kubernetes: schemas', () => {
   test('there are manifests, each a Kubernetes object or the kustomization', () => {
     assert.ok(objects.length >= 7, `only ${objects.length} objects`)
-    for (const { where, doc } of manifests) {
+    assert.deepEqual(
+      unpinManifests.map((m) => `${m.where}: ${String(m.doc['kind'])}`),
+      ['unpin/daemonset.yaml: DaemonSet'],
+    )
+    for (const { where, doc } of [...manifests, ...unpinManifests]) {
       assert.equal(typeof doc['apiVersion'], 'string', `${where}: apiVersion`)
       assert.equal(typeof doc['kind'], 'string', `${where}: kind`)
     }
   })
 
-  for (const { where, doc } of objects) {
+  for (const { where, doc } of [...objects, ...unpinManifests]) {
     describe(`${where}: ${String(doc['kind'])}`, () => {
       test('validates against its schema', () => {
         const Model = modelFor(doc)
@@ -266,10 +276,19 @@ describe('deploy/kubernetes: policy', () => {
   const container = pod?.containers.find((c) => c.name === 'tcptracer-exporter')
   const sc = container?.securityContext
   const podLabels = ds.spec?.template.metadata?.labels
+  const init = pod?.initContainers?.find((c) => c.name === 'bpf-state-owner')
+  const initSc = init?.securityContext
+  // the pinned state: the host's pin directory, and where the exporter mounts it
+  const pinVolume = pod?.volumes?.find((v) => v.hostPath?.path === DEFAULT_PIN_PATH)
+  const pinMount = container?.volumeMounts?.find((m) => m.name === pinVolume?.name)
 
-  test('the DaemonSet runs one exporter container', () => {
-    assert.ok(pod && container && sc)
+  test('the DaemonSet runs one exporter container, after one init container that owns the pin directory', () => {
+    assert.ok(pod && container && sc && init && initSc)
     assert.equal(pod.containers.length, 1)
+    assert.deepEqual(
+      pod.initContainers?.map((c) => c.name),
+      ['bpf-state-owner'],
+    )
     matches(ds.spec?.selector.matchLabels, podLabels)
   })
 
@@ -278,6 +297,8 @@ describe('deploy/kubernetes: policy', () => {
       version: string
     }
     assert.equal(container?.image, `ghcr.io/OWNER/tcptracer-exporter:${pkg.version}`)
+    assert.equal(init?.image, container?.image, 'the init container runs the same image')
+    assert.equal(init?.imagePullPolicy, container?.imagePullPolicy)
     assert.equal(ds.metadata?.labels?.['app.kubernetes.io/version'], pkg.version)
     assert.equal(podLabels?.['app.kubernetes.io/version'], pkg.version)
   })
@@ -293,6 +314,49 @@ describe('deploy/kubernetes: policy', () => {
     assert.ok(['Unconfined', 'Localhost'].includes(sc?.appArmorProfile?.type ?? ''), 'appArmorProfile')
     assert.equal(pod?.hostNetwork ?? false, false)
     assert.equal(pod?.hostIPC ?? false, false)
+    // root only in the init container: not at the pod level, not in the exporter
+    assert.equal(pod?.securityContext?.runAsUser, undefined)
+    assert.equal(pod?.securityContext?.runAsGroup, undefined)
+    assert.deepEqual(
+      [...(pod?.initContainers ?? []), ...(pod?.containers ?? [])]
+        .filter((c) => c.securityContext?.runAsUser === 0)
+        .map((c) => c.name),
+      ['bpf-state-owner'],
+    )
+  })
+
+  test('the init container: root with CAP_CHOWN only, no escalation, read-only root, only the pin directory', () => {
+    assert.equal(initSc?.privileged ?? false, false)
+    assert.equal(initSc?.runAsUser, 0)
+    assert.equal(initSc?.runAsGroup, 0)
+    assert.equal(initSc?.runAsNonRoot, false)
+    assert.equal(initSc?.allowPrivilegeEscalation, false)
+    assert.equal(initSc?.readOnlyRootFilesystem, true)
+    assert.deepEqual(initSc?.capabilities?.drop, ['ALL'])
+    assert.deepEqual(initSc?.capabilities?.add, ['CHOWN'])
+    // chown and chmod need no exemption from the runtime's profiles
+    assert.equal(initSc?.seccompProfile?.type, 'RuntimeDefault')
+    assert.equal(initSc?.appArmorProfile?.type, 'RuntimeDefault')
+    assert.equal(pod?.shareProcessNamespace ?? false, false)
+    // its one mount: the pin directory, where the exporter mounts it
+    assert.ok(pinMount, 'the exporter mounts the pin directory')
+    assert.deepEqual(
+      (init?.volumeMounts ?? []).map((m) => [m.name, m.mountPath, m.readOnly ?? false, m.subPath]),
+      [[pinVolume?.name, pinMount.mountPath, false, undefined]],
+    )
+    assert.equal(init?.env, undefined)
+    assert.equal(init?.envFrom, undefined)
+    // the command: that directory becomes the exporter's user's, mode 0700, whoever owned it (the
+    // kubelet creates it root's, 0755; a previous pod leaves it the exporter's). Chown to root first:
+    // root without CAP_FOWNER may chmod only its own files (test/privileged/45.kubernetes.test.ts runs it)
+    assert.equal(init?.args, undefined)
+    assert.deepEqual(init?.command, [
+      '/bin/sh',
+      '-ec',
+      `chown 0:0 "$1" && chmod 0700 "$1" && chown ${sc?.runAsUser}:${sc?.runAsGroup} "$1"`,
+      'sh',
+      pinMount.mountPath,
+    ])
   })
 
   test('capabilities: drops ALL, adds exactly BPF, PERFMON, SYS_PTRACE and DAC_READ_SEARCH', () => {
@@ -360,21 +424,33 @@ describe('deploy/kubernetes: policy', () => {
   })
 
   test('resources: requests and limits for cpu and memory, requests within limits', () => {
-    const { requests, limits } = container?.resources ?? {}
-    for (const r of ['cpu', 'memory']) {
-      const request = quantity(requests?.[r])
-      const limit = quantity(limits?.[r])
-      assert.ok(request > 0 && request <= limit, `${r}: request ${request} limit ${limit}`)
+    for (const c of [container, init]) {
+      const { requests, limits } = c?.resources ?? {}
+      for (const r of ['cpu', 'memory']) {
+        const request = quantity(requests?.[r])
+        const limit = quantity(limits?.[r])
+        assert.ok(request > 0 && request <= limit, `${c?.name}: ${r}: request ${request} limit ${limit}`)
+      }
     }
   })
 
-  test('volumes: the config at its flag path, host paths read-only', () => {
+  test('volumes: the config at its flag path, host paths read-only but the pin directory', () => {
     const mounts = container?.volumeMounts ?? []
+    const writable: string[] = []
     for (const v of pod?.volumes ?? []) {
       const vm = mounts.filter((m) => m.name === v.name)
       assert.ok(vm.length > 0, `volume ${v.name} is mounted`)
-      if (v.hostPath) for (const m of vm) assert.equal(m.readOnly, true, `${m.mountPath} is read-only`)
+      if (v.hostPath) for (const m of vm) if (m.readOnly !== true) writable.push(v.hostPath.path)
     }
+    assert.deepEqual(writable, [DEFAULT_PIN_PATH], 'one host path is writable: the pin directory')
+    // the kubelet creates it before any container runs (the init container then gives it away)
+    assert.equal(pinVolume?.hostPath?.type, 'DirectoryOrCreate')
+    assert.ok(pinMount)
+    assert.equal(parseRunArgs(container?.args?.slice(1) ?? []).pinPath, pinMount.mountPath, '--bpf.pin-path')
+    // the runtime cannot create a mount point in the container's own sysfs (or its /proc or /dev)
+    assert.ok(!/^\/(sys|proc|dev)(\/|$)/.test(pinMount.mountPath), `${pinMount.mountPath} is outside /sys`)
+    assert.equal(pinMount.subPath, undefined)
+    assert.equal(pinMount.mountPropagation ?? 'None', 'None')
     const configVolume = pod?.volumes?.find((v) => v.configMap !== undefined)
     const cm = only('ConfigMap', ConfigMap)
     assert.equal(configVolume?.configMap?.name, cm.metadata?.name)
@@ -484,6 +560,98 @@ describe('deploy/kubernetes: policy', () => {
         `${String(doc['kind']).toLowerCase()}.yaml`,
         `${file} holds a ${String(doc['kind'])}`,
       )
+    }
+  })
+})
+
+describe('deploy/kubernetes/unpin: policy', () => {
+  const ds = only('DaemonSet', DaemonSet)
+  const exporterPod = ds.spec?.template.spec
+  const exporter = exporterPod?.containers.find((c) => c.name === 'tcptracer-exporter')
+  const exporterPin = exporterPod?.volumes?.find((v) => v.hostPath?.path === DEFAULT_PIN_PATH)
+  const exporterPinMount = exporter?.volumeMounts?.find((m) => m.name === exporterPin?.name)
+  const u = new DaemonSet(unpinManifests[0]?.doc as never)
+  const pod = u.spec?.template.spec
+  const unpin = pod?.initContainers?.find((c) => c.name === 'unpin')
+  const done = pod?.containers.find((c) => c.name === 'done')
+  const labels = u.spec?.template.metadata?.labels
+
+  test('one init container that unpins and one that idles, on every node the exporter runs on', () => {
+    assert.ok(pod && unpin && done)
+    assert.deepEqual(
+      pod.initContainers?.map((c) => c.name),
+      ['unpin'],
+    )
+    assert.deepEqual(
+      pod.containers.map((c) => c.name),
+      ['done'],
+    )
+    assert.equal(u.metadata?.namespace, ds.metadata?.namespace)
+    matches(u.spec?.selector.matchLabels, labels)
+    assert.deepEqual(pod.tolerations, exporterPod?.tolerations)
+    assert.deepEqual(pod.nodeSelector, exporterPod?.nodeSelector)
+    assert.equal(pod.automountServiceAccountToken, false)
+    assert.equal(pod.hostPID ?? false, false)
+    assert.equal(pod.hostNetwork ?? false, false)
+    // the exporter's Service, monitors and DaemonSet must not take these pods for exporters
+    const selectors = [
+      ds.spec?.selector.matchLabels,
+      only('Service', Service).spec?.selector,
+      only('PodMonitor', PodMonitor).spec.selector.matchLabels,
+      only('ServiceMonitor', ServiceMonitor).spec.selector.matchLabels,
+    ]
+    for (const sel of selectors) {
+      assert.ok(
+        Object.entries(sel ?? {}).some(([k, v]) => labels?.[k] !== v),
+        `${JSON.stringify(sel)} selects the unpin pods`,
+      )
+    }
+  })
+
+  test("runs `tcptracer-exporter unpin` on the exporter's pin directory, from the exporter's image", () => {
+    assert.equal(unpin?.image, exporter?.image)
+    assert.equal(done?.image, exporter?.image)
+    assert.equal(unpin?.command, undefined, 'the image entrypoint')
+    const hostPaths = (pod?.volumes ?? []).filter((v) => v.hostPath)
+    assert.equal(hostPaths.length, 1, 'one host path')
+    const vol = hostPaths[0]
+    assert.equal(vol?.hostPath?.path, exporterPin?.hostPath?.path)
+    // a node the exporter never ran on gets an empty directory, so that the pod starts and the rollout ends
+    assert.equal(vol?.hostPath?.type, 'DirectoryOrCreate')
+    const mount = unpin?.volumeMounts?.find((m) => m.name === vol?.name)
+    assert.ok(mount, 'unpin mounts it')
+    assert.equal(mount.readOnly ?? false, false)
+    assert.equal(mount.mountPath, exporterPinMount?.mountPath)
+    assert.deepEqual(unpin?.args, ['unpin', `--bpf.pin-path=${mount.mountPath}`])
+    assert.deepEqual(done?.volumeMounts ?? [], [], 'the idle container mounts nothing')
+    // it exits at once on SIGTERM (a shell as PID 1 ignores it unless trapped)
+    assert.deepEqual(done?.command?.slice(0, 2), ['/bin/sh', '-c'])
+    assert.match(done?.command?.[2] ?? '', /^trap 'exit 0' TERM; /)
+  })
+
+  test("as the exporter's user: no escalation, read-only root; node's file capabilities for unpin, none for the idle container", () => {
+    for (const c of [unpin, done]) {
+      const csc = c?.securityContext
+      assert.equal(csc?.privileged ?? false, false, `${c?.name}`)
+      assert.equal(csc?.runAsNonRoot, true, `${c?.name}`)
+      assert.equal(csc?.runAsUser, exporter?.securityContext?.runAsUser, `${c?.name}`)
+      assert.equal(csc?.runAsGroup, exporter?.securityContext?.runAsGroup, `${c?.name}`)
+      assert.equal(csc?.allowPrivilegeEscalation, false, `${c?.name}`)
+      assert.equal(csc?.readOnlyRootFilesystem, true, `${c?.name}`)
+      assert.deepEqual(csc?.capabilities?.drop, ['ALL'], `${c?.name}`)
+      assert.equal(csc?.seccompProfile?.type, 'RuntimeDefault', `${c?.name}`)
+      const { requests, limits } = c?.resources ?? {}
+      for (const r of ['cpu', 'memory']) {
+        const request = quantity(requests?.[r])
+        assert.ok(request > 0 && request <= quantity(limits?.[r]), `${c?.name}: ${r}`)
+      }
+    }
+    assert.equal(pod?.securityContext?.runAsUser, undefined)
+    // node cannot even be executed without the four it carries (see the exporter's policy above)
+    assert.deepEqual([...(unpin?.securityContext?.capabilities?.add ?? [])].sort(), CAPABILITIES)
+    assert.equal(done?.securityContext?.capabilities?.add, undefined)
+    for (const e of unpin?.env ?? []) {
+      if (e.name === 'NODE_OPTIONS') assert.equal(e.value ?? '', '', 'NODE_OPTIONS must stay empty')
     }
   })
 })

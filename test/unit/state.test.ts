@@ -53,7 +53,11 @@ describe('planPinnedState and unpinAll outside bpffs', () => {
       )
       writeFileSync(path.join(dir, 'keep'), 'x')
       assert.throws(() => unpinAll(dir), /is not on a BPF filesystem: refusing to remove it/)
-      assert.deepEqual(unpinAll(path.join(dir, 'missing')), [], 'a missing directory: nothing to do')
+      assert.deepEqual(
+        unpinAll(path.join(dir, 'missing')),
+        { removed: [] },
+        'a missing directory: nothing to do',
+      )
     } finally {
       rmSync(dir, { recursive: true, force: true })
     }
