@@ -1,5 +1,6 @@
 // Start the built exporter (dist/src/cli.js) as a child process on a free loopback port, with a config
-// file of our own, and stop it again. The child is killed at exit at the latest.
+// file of our own and its kernel state not pinned, and stop it again. The child is killed at exit at the
+// latest.
 import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
@@ -46,6 +47,9 @@ export async function startExporter(opts: StartOptions): Promise<RunningExporter
       '--web.listen-address=127.0.0.1:0',
       `--config.file=${configFile}`,
       '--log.format=json',
+      // not pinned: each run starts from empty kernel maps, and leaves nothing counting behind it
+      // (pinned, the next exporter would take over this one's counters, and another worktree's)
+      '--bpf.pin-path=',
     ],
     { stdio: ['ignore', 'ignore', 'pipe'], cwd: packageRoot, env: { ...process.env, ...opts.env } },
   )
