@@ -137,6 +137,11 @@ export declare class NativeTracer {
   stopEvents(): void
   mapInfo(name: string): MapInfo
   mapEntries(name: string): Array<{ key: Buffer; value: Buffer }>
+  /**
+   * Read every entry into these Buffers: entry i's key at keys[i * keySize], its value at
+   * values[i * valueBytes]. Returns the number of entries, or -1 when the Buffers cannot hold them all.
+   */
+  mapRead(name: string, keys: Buffer, values: Buffer): number
   mapLookup(name: string, key: Buffer): Buffer | null
   mapUpdate(name: string, key: Buffer, value: Buffer, flags?: number): boolean
   mapDelete(name: string, key: Buffer): boolean

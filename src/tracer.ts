@@ -372,6 +372,19 @@ export class TcpTracer {
     return this.native.mapEntries('aggs')
   }
 
+  /**
+   * Read the aggregation map into these Buffers (keys one after another, values likewise): the number of
+   * entries, or -1 when they do not fit (grow the Buffers and read again).
+   */
+  readAggregates(keys: Buffer, values: Buffer): number {
+    return this.native.mapRead('aggs', keys, values)
+  }
+
+  /** The aggregation map's capacity (max_entries). */
+  aggregatesCapacity(): number {
+    return this.native.mapInfo('aggs').maxEntries
+  }
+
   deleteAggregate(key: Buffer): boolean {
     return this.native.mapDelete('aggs', key)
   }

@@ -124,6 +124,7 @@ Napi::Function Tracer::Init(Napi::Env env)
 			       InstanceMethod("stopEvents", &Tracer::JS_stopEvents),
 			       InstanceMethod("mapInfo", &Tracer::JS_mapInfo),
 			       InstanceMethod("mapEntries", &Tracer::JS_mapEntries),
+			       InstanceMethod("mapRead", &Tracer::JS_mapRead),
 			       InstanceMethod("mapLookup", &Tracer::JS_mapLookup),
 			       InstanceMethod("mapUpdate", &Tracer::JS_mapUpdate),
 			       InstanceMethod("mapDelete", &Tracer::JS_mapDelete),
@@ -716,6 +717,78 @@ Napi::Value Tracer::JS_mapEntries(const Napi::CallbackInfo &info)
 		prev = key.data();
 	}
 	return out;
+}
+
+// mapRead(name, keys, values) -> count, or -1. The same walk as mapEntries, but into the caller's
+// Buffers and without an object per entry: entry i's key at keys[i * keySize] and its value at
+// values[i * valueBytes]. -1 when the Buffers cannot hold every entry (a full Buffer counts as too
+// small): grow them and call again. A scrape reads the aggregation map this way.
+Napi::Value Tracer::JS_mapRead(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	bpf_map *m = FindMap(env, info[0]);
+	if (!info[1].IsBuffer() || !info[2].IsBuffer())
+		throw Napi::TypeError::New(env, "mapRead(name, keys, values): keys and values must "
+						"be Buffers");
+	auto kb = info[1].As<Napi::Buffer<uint8_t>>();
+	auto vb = info[2].As<Napi::Buffer<uint8_t>>();
+	int fd = bpf_map__fd(m);
+	size_t ks = bpf_map__key_size(m), vs = ValueBytes(m);
+	size_t cap = std::min(kb.Length() / ks, vb.Length() / vs);
+	uint8_t *keys = kb.Data(), *vals = vb.Data();
+	const Napi::Number full = Napi::Number::New(env, -1);
+
+	size_t n = 0;
+	size_t chunk = std::max<uint32_t>(64, std::min<uint32_t>(bpf_map__max_entries(m), 4096));
+	std::vector<uint8_t> in(std::max<size_t>(ks, 8)), outb(std::max<size_t>(ks, 8));
+	bool first = true, batched = true;
+	for (;;) {
+		if (n == cap)
+			return full;
+		size_t want = std::min(chunk, cap - n);
+		uint32_t count = static_cast<uint32_t>(want);
+		LIBBPF_OPTS(bpf_map_batch_opts, bo);
+		int err = bpf_map_lookup_batch(fd, first ? nullptr : in.data(), outb.data(),
+					       keys + n * ks, vals + n * vs, &count, &bo);
+		int e = err ? errno : 0;
+		if (err && e == ENOSPC && count == 0) { // a bucket larger than `want`
+			if (want == cap - n)
+				return full;
+			chunk *= 2;
+			continue;
+		}
+		if (err && e != ENOENT) {
+			// 524 is the kernel's internal ENOTSUPP, returned for maps without batch
+			// ops
+			if (first && (e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP || e == 524)) {
+				batched = false;
+				break;
+			}
+			throw MakeBpfError(env, "map lookup_batch " + std::string(bpf_map__name(m)),
+					   e);
+		}
+		n += count;
+		if (err) // ENOENT: that was the last batch
+			break;
+		in = outb;
+		first = false;
+	}
+	if (batched)
+		return Napi::Number::New(env, static_cast<double>(n));
+
+	std::vector<uint8_t> key(ks), next(ks);
+	void *prev = nullptr;
+	while (bpf_map_get_next_key(fd, prev, next.data()) == 0) {
+		if (n == cap)
+			return full;
+		if (bpf_map_lookup_elem(fd, next.data(), vals + n * vs) == 0) {
+			std::memcpy(keys + n * ks, next.data(), ks);
+			n++;
+		}
+		key = next;
+		prev = key.data();
+	}
+	return Napi::Number::New(env, static_cast<double>(n));
 }
 
 Napi::Value Tracer::JS_mapLookup(const Napi::CallbackInfo &info)

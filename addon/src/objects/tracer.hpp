@@ -49,6 +49,7 @@ class Tracer : public Napi::ObjectWrap<Tracer>
 	Napi::Value JS_stopEvents(const Napi::CallbackInfo &info);
 	Napi::Value JS_mapInfo(const Napi::CallbackInfo &info);
 	Napi::Value JS_mapEntries(const Napi::CallbackInfo &info);
+	Napi::Value JS_mapRead(const Napi::CallbackInfo &info);
 	Napi::Value JS_mapLookup(const Napi::CallbackInfo &info);
 	Napi::Value JS_mapUpdate(const Napi::CallbackInfo &info);
 	Napi::Value JS_mapDelete(const Napi::CallbackInfo &info);
