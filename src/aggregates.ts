@@ -32,8 +32,34 @@ export interface KernelEntry extends Owner {
   buckets: number[]
 }
 
+/** A u64 as a Number (exact up to 2^53, rounded once above), without a BigInt in between. */
 function u64(b: Buffer, off: number): number {
-  return Number(b.readBigUInt64LE(off))
+  return b.readUInt32LE(off) + b.readUInt32LE(off + 4) * 0x1_0000_0000
+}
+
+/** Who owns a kernel entry, decoded from its key at `base` in `keys`. */
+export interface EntryOwner extends Owner {
+  direction: Direction
+  overflow: boolean
+  unattributed: boolean
+}
+
+function ownerAt(keys: Buffer, base: number, L: EventLayout, C: NativeConstants): EntryOwner {
+  const K = L.aggKey
+  const flags = keys.readUInt8(base + K.flags)
+  const comm = base + K.comm
+  const commEnd = keys.indexOf(0, comm)
+  return {
+    comm: keys.toString('utf8', comm, commEnd < 0 || commEnd > comm + L.commLen ? comm + L.commLen : commEnd),
+    netns: keys.readUInt32LE(base + K.netns),
+    pid: keys.readUInt32LE(base + K.pid),
+    cgroupId: keys.readBigUInt64LE(base + K.cgroup_id),
+    port: keys.readUInt16LE(base + K.port),
+    ip: keys.readUInt8(base + K.ip) === 6 ? 6 : 4,
+    direction: keys.readUInt8(base + K.direction) === 2 ? 'inbound' : 'outbound',
+    overflow: (flags & C.AGG_OVERFLOW) !== 0,
+    unattributed: (flags & C.AGG_UNATTRIBUTED) !== 0,
+  }
 }
 
 export function decodeAggEntry(
@@ -50,8 +76,6 @@ export function decodeAggEntry(
       `aggs entry is ${key.length}/${value.length} bytes, the header says ${K.size}/${V.size}`,
     )
   }
-  const flags = key.readUInt8(K.flags)
-  const commEnd = key.indexOf(0, K.comm)
   const buckets: number[] = []
   for (let i = 0; i < nbuckets; i++) buckets.push(u64(value, V.buckets + 8 * i))
   buckets.push(u64(value, V.buckets + 8 * V.maxBuckets))
@@ -59,19 +83,7 @@ export function decodeAggEntry(
   for (let i = 0; i < V.failReasons; i++) failed.push(u64(value, V.failed + 8 * i))
   return {
     key,
-    comm: key.toString(
-      'utf8',
-      K.comm,
-      commEnd < 0 || commEnd > K.comm + L.commLen ? K.comm + L.commLen : commEnd,
-    ),
-    netns: key.readUInt32LE(K.netns),
-    pid: key.readUInt32LE(K.pid),
-    cgroupId: key.readBigUInt64LE(K.cgroup_id),
-    port: key.readUInt16LE(K.port),
-    ip: key.readUInt8(K.ip) === 6 ? 6 : 4,
-    direction: key.readUInt8(K.direction) === 2 ? 'inbound' : 'outbound',
-    overflow: (flags & C.AGG_OVERFLOW) !== 0,
-    unattributed: (flags & C.AGG_UNATTRIBUTED) !== 0,
+    ...ownerAt(key, 0, L, C),
     opened: u64(value, V.opened),
     closed: u64(value, V.closed),
     failed,
@@ -125,8 +137,20 @@ export interface AggregatorOptions {
   nowNs?: () => bigint
 }
 
+/** One label set's series at one scrape. Never changed once made: a label set whose values change gets a new one. */
+export interface LabelSetSeries {
+  /** the label set's identity: its labels as JSON */
+  readonly id: string
+  readonly labels: Array<[LabelName, string]>
+  readonly outbound: Series | undefined
+  readonly inbound: Series | undefined
+}
+
 export interface Snapshot {
+  /** every series: label set by label set (`sets`), outbound before inbound */
   series: Series[]
+  /** admitted label sets in admission order, then the overflow label set if it has series */
+  sets: LabelSetSeries[]
   /** kernel keys of label sets that expired: the caller deletes them from the map */
   expiredKeys: Buffer[]
   /** label sets admitted, and folded into the overflow series, at this moment */
@@ -149,6 +173,180 @@ function emptySeries(labels: Array<[LabelName, string]>, direction: Direction, n
   }
 }
 
+/**
+ * The entries of the kernel's aggregation map as read at one scrape, by index. Keys are unique within
+ * a table. The aggregator asks for little of an entry it has seen before: its identity and whether its
+ * values changed.
+ */
+export interface EntryTable {
+  readonly length: number
+  /** entry i's identity: equal ids are the same kernel entry, in this table and the next */
+  id(i: number): string
+  /** whether entry i may hold other values than entry `j` of `prev`, the previous table */
+  changed(i: number, prev: EntryTable | undefined, j: number): boolean
+  owner(i: number): EntryOwner
+  /** a copy of entry i's key, to delete it from the map */
+  key(i: number): Buffer
+  lastNs(i: number): bigint
+  /** opened - closed - seededClosed of entry i */
+  active(i: number): number
+  /** whether entry i has counted nothing (the kernel's overflow entries start that way) */
+  empty(i: number): boolean
+  /** add entry i's counts into x; its active count too unless `counts` is 'counters' */
+  addInto(i: number, x: Series, counts?: 'all' | 'counters'): void
+}
+
+/** A table of decoded entries (tests, and the take-over of pinned state): every entry counts as changed. */
+export class DecodedEntries implements EntryTable {
+  private readonly ids: string[]
+  constructor(private readonly entries: readonly KernelEntry[]) {
+    this.ids = entries.map((e) => e.key.toString('latin1'))
+  }
+
+  get length(): number {
+    return this.entries.length
+  }
+
+  private at(i: number): KernelEntry {
+    const e = this.entries[i]
+    if (e === undefined) throw new RangeError(`entry ${i} of ${this.entries.length}`)
+    return e
+  }
+
+  id(i: number): string {
+    return this.ids[i] ?? ''
+  }
+
+  changed(): boolean {
+    return true
+  }
+
+  owner(i: number): EntryOwner {
+    return this.at(i)
+  }
+
+  key(i: number): Buffer {
+    return this.at(i).key
+  }
+
+  lastNs(i: number): bigint {
+    return this.at(i).lastNs
+  }
+
+  active(i: number): number {
+    const e = this.at(i)
+    return e.opened - e.closed - e.seededClosed
+  }
+
+  empty(i: number): boolean {
+    const e = this.at(i)
+    return e.opened + e.closed + e.seededClosed + e.failed.reduce((a, b) => a + b, 0) === 0
+  }
+
+  addInto(i: number, x: Series, counts: 'all' | 'counters' = 'all'): void {
+    const e = this.at(i)
+    x.opened += e.opened
+    x.closed += e.closed
+    for (let k = 0; k < x.failed.length; k++) x.failed[k] = (x.failed[k] ?? 0) + (e.failed[k] ?? 0)
+    x.sentBytes += e.sentBytes
+    x.receivedBytes += e.receivedBytes
+    x.durationSumNs += e.durationSumNs
+    for (let k = 0; k < x.buckets.length; k++) x.buckets[k] = (x.buckets[k] ?? 0) + (e.buckets[k] ?? 0)
+    if (counts === 'all') x.active += e.opened - e.closed - e.seededClosed
+  }
+}
+
+/**
+ * The aggregation map as read at one scrape, raw: `count` keys one after another in `keys`, their values
+ * likewise in `values` (the native mapRead). Entries are decoded only as far as asked; an entry's values
+ * changed when its bytes differ from those it had in the previous table.
+ */
+export class AggregateDump implements EntryTable {
+  private readonly ks: number
+  private readonly vs: number
+  private readonly V: EventLayout['aggValue']
+
+  constructor(
+    readonly keys: Buffer,
+    readonly values: Buffer,
+    readonly length: number,
+    private readonly L: EventLayout,
+    private readonly C: NativeConstants,
+    private readonly nbuckets: number,
+  ) {
+    this.ks = L.aggKey.size
+    this.vs = L.aggValue.size
+    this.V = L.aggValue
+    if (keys.length < length * this.ks || values.length < length * this.vs) {
+      throw new RangeError(`${length} entries do not fit ${keys.length}/${values.length} bytes`)
+    }
+  }
+
+  id(i: number): string {
+    return this.keys.toString('latin1', i * this.ks, (i + 1) * this.ks)
+  }
+
+  changed(i: number, prev: EntryTable | undefined, j: number): boolean {
+    if (!(prev instanceof AggregateDump) || prev.vs !== this.vs || j >= prev.length) return true
+    const vs = this.vs
+    return this.values.compare(prev.values, j * vs, (j + 1) * vs, i * vs, (i + 1) * vs) !== 0
+  }
+
+  owner(i: number): EntryOwner {
+    return ownerAt(this.keys, i * this.ks, this.L, this.C)
+  }
+
+  key(i: number): Buffer {
+    return Buffer.from(this.keys.subarray(i * this.ks, (i + 1) * this.ks))
+  }
+
+  cgroupId(i: number): bigint {
+    return this.keys.readBigUInt64LE(i * this.ks + this.L.aggKey.cgroup_id)
+  }
+
+  lastNs(i: number): bigint {
+    return this.values.readBigUInt64LE(i * this.vs + this.V.last_ns)
+  }
+
+  active(i: number): number {
+    const b = i * this.vs
+    const v = this.values
+    const V = this.V
+    return u64(v, b + V.opened) - u64(v, b + V.closed) - u64(v, b + V.seeded_closed)
+  }
+
+  empty(i: number): boolean {
+    const b = i * this.vs
+    const v = this.values
+    const V = this.V
+    let sum = u64(v, b + V.opened) + u64(v, b + V.closed) + u64(v, b + V.seeded_closed)
+    for (let k = 0; k < V.failReasons; k++) sum += u64(v, b + V.failed + 8 * k)
+    return sum === 0
+  }
+
+  addInto(i: number, x: Series, counts: 'all' | 'counters' = 'all'): void {
+    const b = i * this.vs
+    const v = this.values
+    const V = this.V
+    const opened = u64(v, b + V.opened)
+    const closed = u64(v, b + V.closed)
+    x.opened += opened
+    x.closed += closed
+    const failed = x.failed
+    for (let k = 0; k < failed.length; k++) {
+      failed[k] = (failed[k] ?? 0) + (k < V.failReasons ? u64(v, b + V.failed + 8 * k) : 0)
+    }
+    x.sentBytes += u64(v, b + V.sent_bytes)
+    x.receivedBytes += u64(v, b + V.received_bytes)
+    x.durationSumNs += u64(v, b + V.duration_sum_ns)
+    const buckets = x.buckets
+    const nb = this.nbuckets
+    for (let k = 0; k < nb; k++) buckets[k] = (buckets[k] ?? 0) + u64(v, b + V.buckets + 8 * k)
+    buckets[nb] = (buckets[nb] ?? 0) + u64(v, b + V.buckets + 8 * V.maxBuckets)
+    if (counts === 'all') x.active += opened - closed - u64(v, b + V.seeded_closed)
+  }
+}
+
 function addInto(dst: Series, src: Series): void {
   dst.opened += src.opened
   dst.closed += src.closed
@@ -160,22 +358,70 @@ function addInto(dst: Series, src: Series): void {
   dst.active += src.active
 }
 
-/** A label set across both directions, and what the aggregator remembers of it. */
+const OUT = 0
+const IN = 1
+const dirIndex = (d: Direction): 0 | 1 => (d === 'inbound' ? IN : OUT)
+
+/** What the aggregator remembers of one kernel entry between scrapes. */
+interface EntryRecord {
+  readonly id: string
+  /** its index in the latest table */
+  index: number
+  /** the snapshot that last saw it */
+  gen: number
+  /** its label set; undefined when the comm filters drop it */
+  set: LabelSet | undefined
+  readonly direction: Direction
+  /** one of the kernel's own overflow entries: skipped while it has counted nothing */
+  readonly kernelOverflow: boolean
+  /** its cgroup had no name yet: projected again at every scrape until it has one */
+  unresolved: boolean
+}
+
+/**
+ * A label set: admitted (its own series), folded (counted in the overflow series) or the overflow label set
+ * itself (the kernel's overflow entries and anything projecting onto __overflow__ labels).
+ */
 interface LabelSet {
-  labels: Array<[LabelName, string]>
-  byDirection: Map<Direction, Series>
-  keys: Buffer[]
+  readonly id: string
+  readonly labels: Array<[LabelName, string]>
+  readonly kind: 'admitted' | 'folded' | 'overflow'
+  /** its kernel entries; records that left it are dropped at its next recount */
+  entries: EntryRecord[]
+  /** connections open before the daemon started, [outbound, inbound] */
+  seeded: [number, number]
+  /** its entries or seeded connections changed since its last recount */
+  dirty: boolean
+  /** the newest last_ns of its entries, and its open connections, as of its last recount */
   lastNs: bigint
+  active: number
+  /** admitted label sets: their series as of the last recount */
+  view: LabelSetSeries | undefined
 }
 
 export class Aggregator {
   private opts: Required<AggregatorOptions>
-  /** label sets with their own series, in admission order */
-  private readonly admitted = new Set<string>()
-  /** label sets that arrived past the cap: counted in the overflow series */
-  private readonly folded = new Set<string>()
+  /** kernel entries seen, by id */
+  private entries = new Map<string, EntryRecord>()
+  /** every label set with kernel entries or seeded connections, by id */
+  private sets = new Map<string, LabelSet>()
+  /** admitted label sets, in admission order */
+  private readonly admitted = new Map<string, LabelSet>()
+  private foldedNow = 0
+  /** label sets to recount at this snapshot */
+  private dirty: LabelSet[] = []
   /** what folded label sets had when they expired, so the overflow series never goes down */
-  private retired = new Map<Direction, Series>()
+  private retired: [Series | undefined, Series | undefined] = [undefined, undefined]
+  private overflowLabelsNow: Array<[LabelName, string]> = []
+  private overflowId = ''
+  private overflowView: LabelSetSeries | undefined
+  /** whether the overflow series must be summed again */
+  private overflowDirty = true
+  /** whether the seeded connections must be projected again */
+  private seededDirty = true
+  /** the previous snapshot's table, to tell which entries changed; undefined: treat all as changed */
+  private prev: EntryTable | undefined
+  private gen = 0
   /** label sets ever folded: the "series dropped by the cardinality limit" counter */
   foldedTotal = 0
   /** label sets removed after idling */
@@ -185,6 +431,23 @@ export class Aggregator {
 
   constructor(opts: AggregatorOptions) {
     this.opts = { nowNs: () => process.hrtime.bigint(), ...opts }
+    this.forget()
+  }
+
+  /** Forget every label set and entry: the next snapshot projects and admits afresh. */
+  private forget(): void {
+    this.entries = new Map()
+    this.sets = new Map()
+    this.admitted.clear()
+    this.foldedNow = 0
+    this.dirty = []
+    this.retired = [undefined, undefined]
+    this.overflowLabelsNow = this.opts.labels.map((l) => [l, OVERFLOW])
+    this.overflowId = JSON.stringify(this.overflowLabelsNow)
+    this.overflowView = undefined
+    this.overflowDirty = true
+    this.seededDirty = true
+    this.prev = undefined
   }
 
   /**
@@ -197,11 +460,7 @@ export class Aggregator {
       opts.commInclude.map(String).join() !== this.opts.commInclude.map(String).join() ||
       opts.commExclude.map(String).join() !== this.opts.commExclude.map(String).join()
     this.opts = { nowNs: this.opts.nowNs, ...opts }
-    if (shapeChanged) {
-      this.admitted.clear()
-      this.folded.clear()
-      this.retired.clear()
-    }
+    if (shapeChanged) this.forget()
   }
 
   private overflowLabels(): Array<[LabelName, string]> {
@@ -236,147 +495,275 @@ export class Aggregator {
     })
   }
 
+  /** Whether projected labels carry an empty cgroup for an owner that has one: a name not known yet. */
+  private unresolved(o: Owner, labels: ReadonlyArray<[LabelName, string]>): boolean {
+    return o.cgroupId !== 0n && labels.some(([k, v]) => k === 'cgroup' && v === '')
+  }
+
   /**
    * Connections that were open when the daemon started (owner -> count). The kernel
    * counts their closes in seeded_closed, so active = opened - closed - seeded_closed + these.
    */
   setSeeded(seeded: ReadonlyArray<[Owner, number]>): void {
     this.seeded = seeded.map(([o, n]) => [o, n])
+    this.seededDirty = true
   }
 
   /** Keep only the seeded connections that pass `keep` (a reload narrowed the filters). */
   filterSeeded(keep: (o: Owner) => boolean): void {
     this.seeded = this.seeded.filter(([o]) => keep(o))
+    this.seededDirty = true
   }
 
-  /** Build this scrape's series from the kernel entries, and decide which label sets expire. */
-  snapshot(entries: readonly KernelEntry[]): Snapshot {
-    const { nbuckets, maxLabelSets, idleExpiryMs } = this.opts
-    const sets = new Map<string, LabelSet>()
-    const setOf = (labels: Array<[LabelName, string]>): LabelSet => {
-      const id = JSON.stringify(labels)
-      let s = sets.get(id)
-      if (!s) {
-        s = { labels, byDirection: new Map(), keys: [], lastNs: 0n }
-        sets.set(id, s)
-      }
-      return s
-    }
-    const seriesOf = (s: LabelSet, d: Direction): Series => {
-      let x = s.byDirection.get(d)
-      if (!x) {
-        x = emptySeries(s.labels, d, nbuckets)
-        s.byDirection.set(d, x)
-      }
-      return x
-    }
+  private markDirty(s: LabelSet): void {
+    if (s.dirty) return
+    s.dirty = true
+    this.dirty.push(s)
+  }
 
-    for (const e of entries) {
-      // the kernel's overflow entries exist from the start; they only matter once used
-      if (e.overflow && e.opened + e.closed + e.seededClosed + e.failed.reduce((a, b) => a + b, 0) === 0) {
-        continue
+  /** The label set of these labels, made (and admitted or folded) if it is new. */
+  private setOf(labels: Array<[LabelName, string]>): LabelSet {
+    const id = JSON.stringify(labels)
+    let s = this.sets.get(id)
+    if (s === undefined) {
+      const kind =
+        id === this.overflowId
+          ? 'overflow'
+          : this.admitted.size < this.opts.maxLabelSets
+            ? 'admitted'
+            : 'folded'
+      s = {
+        id,
+        labels,
+        kind,
+        entries: [],
+        seeded: [0, 0],
+        dirty: false,
+        lastNs: 0n,
+        active: 0,
+        view: undefined,
       }
-      const labels = this.project(e)
-      if (!labels) continue
-      const s = setOf(labels)
-      s.keys.push(e.key)
-      if (e.lastNs > s.lastNs) s.lastNs = e.lastNs
-      const x = seriesOf(s, e.direction)
-      x.opened += e.opened
-      x.closed += e.closed
-      for (let i = 0; i < x.failed.length; i++) x.failed[i] = (x.failed[i] ?? 0) + (e.failed[i] ?? 0)
-      x.sentBytes += e.sentBytes
-      x.receivedBytes += e.receivedBytes
-      x.durationSumNs += e.durationSumNs
-      for (let i = 0; i < x.buckets.length; i++) x.buckets[i] = (x.buckets[i] ?? 0) + (e.buckets[i] ?? 0)
-      x.active += e.opened - e.closed - e.seededClosed
+      this.sets.set(id, s)
+      if (kind === 'admitted') {
+        this.admitted.set(id, s)
+      } else if (kind === 'folded') {
+        this.foldedNow++
+        this.foldedTotal++
+      }
     }
-    for (const [o, n] of this.seeded) {
-      const labels = this.project(o)
-      if (!labels) continue
-      seriesOf(setOf(labels), o.direction).active += n
-    }
-    const expiredIds = new Set<string>()
+    return s
+  }
 
-    const overflowId = JSON.stringify(this.overflowLabels())
-    const now = this.opts.nowNs()
-    const idleNs = BigInt(idleExpiryMs) * 1_000_000n
-    const expiredKeys: Buffer[] = []
-    const out = new Map<string, LabelSet>()
-    const overflow = (): LabelSet => {
-      let o = out.get(overflowId)
-      if (!o) {
-        o = { labels: this.overflowLabels(), byDirection: new Map(), keys: [], lastNs: 0n }
-        out.set(overflowId, o)
-      }
-      return o
-    }
+  private dropSet(s: LabelSet): void {
+    this.sets.delete(s.id)
+    if (s.kind === 'admitted') this.admitted.delete(s.id)
+    else if (s.kind === 'folded') this.foldedNow--
+    if (s.kind !== 'admitted') this.overflowDirty = true
+  }
 
-    for (const [id, s] of sets) {
-      const active = [...s.byDirection.values()].reduce((a, x) => a + x.active, 0)
-      const idle = idleNs > 0n && active === 0 && s.lastNs > 0n && now - s.lastNs > idleNs
-      if (id === overflowId) {
-        // the kernel's own overflow entry, or label sets that project onto it
-        for (const x of s.byDirection.values()) addInto(seriesOf(overflow(), x.direction), x)
-        continue
+  /** Project a kernel entry onto its label set. */
+  private place(rec: EntryRecord, o: Owner): void {
+    const labels = this.project(o)
+    const s = labels === undefined ? undefined : this.setOf(labels)
+    rec.unresolved = labels !== undefined && this.unresolved(o, labels)
+    if (s === rec.set) return
+    if (rec.set !== undefined) this.markDirty(rec.set) // its next recount drops the record
+    rec.set = s
+    if (s !== undefined) {
+      s.entries.push(rec)
+      this.markDirty(s)
+    }
+  }
+
+  /** Count a label set's entries and seeded connections again. */
+  private recount(s: LabelSet, t: EntryTable): void {
+    s.dirty = false
+    s.entries = s.entries.filter((r) => r.set === s)
+    if (s.entries.length === 0 && s.seeded[OUT] === 0 && s.seeded[IN] === 0) {
+      // no kernel entries left (deleted elsewhere) and nothing seeded: forgotten
+      this.dropSet(s)
+      return
+    }
+    let lastNs = 0n
+    for (const r of s.entries) {
+      const ns = t.lastNs(r.index)
+      if (ns > lastNs) lastNs = ns
+    }
+    s.lastNs = lastNs
+    if (s.kind !== 'admitted') {
+      let active = s.seeded[OUT] + s.seeded[IN]
+      for (const r of s.entries) {
+        if (!(r.kernelOverflow && t.empty(r.index))) active += t.active(r.index)
       }
-      if (!this.admitted.has(id) && !this.folded.has(id)) {
-        if (this.admitted.size < maxLabelSets) {
-          this.admitted.add(id)
-        } else {
-          this.folded.add(id)
-          this.foldedTotal++
+      s.active = active
+      this.overflowDirty = true
+      return
+    }
+    const nb = this.opts.nbuckets
+    const by: [Series | undefined, Series | undefined] = [undefined, undefined]
+    for (const r of s.entries) {
+      const d = dirIndex(r.direction)
+      const x = (by[d] ??= emptySeries(s.labels, r.direction, nb))
+      t.addInto(r.index, x)
+    }
+    if (s.seeded[OUT] > 0) (by[OUT] ??= emptySeries(s.labels, 'outbound', nb)).active += s.seeded[OUT]
+    if (s.seeded[IN] > 0) (by[IN] ??= emptySeries(s.labels, 'inbound', nb)).active += s.seeded[IN]
+    s.active = (by[OUT]?.active ?? 0) + (by[IN]?.active ?? 0)
+    s.view = { id: s.id, labels: s.labels, outbound: by[OUT], inbound: by[IN] }
+  }
+
+  /** Sum the overflow series: the overflow label set, the folded label sets and the retired counts. */
+  private sumOverflow(t: EntryTable): void {
+    const nb = this.opts.nbuckets
+    const labels = this.overflowLabelsNow
+    const by: [Series | undefined, Series | undefined] = [undefined, undefined]
+    for (const s of this.sets.values()) {
+      if (s.kind === 'admitted') continue
+      for (const r of s.entries) {
+        if (r.kernelOverflow && t.empty(r.index)) continue
+        t.addInto(r.index, (by[dirIndex(r.direction)] ??= emptySeries(labels, r.direction, nb)))
+      }
+      if (s.seeded[OUT] > 0) (by[OUT] ??= emptySeries(labels, 'outbound', nb)).active += s.seeded[OUT]
+      if (s.seeded[IN] > 0) (by[IN] ??= emptySeries(labels, 'inbound', nb)).active += s.seeded[IN]
+    }
+    for (const r of this.retired) {
+      if (r !== undefined) addInto((by[dirIndex(r.direction)] ??= emptySeries(labels, r.direction, nb)), r)
+    }
+    this.overflowView =
+      by[OUT] === undefined && by[IN] === undefined
+        ? undefined
+        : { id: this.overflowId, labels, outbound: by[OUT], inbound: by[IN] }
+    this.overflowDirty = false
+  }
+
+  /**
+   * Build this scrape's series from the kernel entries, and decide which label sets expire. Only what
+   * changed since the previous snapshot is counted again: entries whose values changed, new entries,
+   * entries gone, seeded connections.
+   */
+  snapshot(input: readonly KernelEntry[] | EntryTable): Snapshot {
+    const t = Array.isArray(input) ? new DecodedEntries(input) : (input as EntryTable)
+    try {
+      const snap = this.update(t)
+      this.prev = t
+      return snap
+    } catch (e) {
+      // a half-applied update: count everything again next time
+      this.prev = undefined
+      this.dirty = []
+      for (const s of this.sets.values()) {
+        s.dirty = false
+        this.markDirty(s)
+      }
+      this.overflowDirty = true
+      throw e
+    }
+  }
+
+  private update(t: EntryTable): Snapshot {
+    const gen = ++this.gen
+    const prev = this.prev
+    let seen = 0
+    for (let i = 0; i < t.length; i++) {
+      const id = t.id(i)
+      let rec = this.entries.get(id)
+      if (rec === undefined) {
+        const o = t.owner(i)
+        rec = {
+          id,
+          index: i,
+          gen,
+          set: undefined,
+          direction: o.direction,
+          kernelOverflow: o.overflow,
+          unresolved: false,
         }
+        this.entries.set(id, rec)
+        this.place(rec, o)
+      } else {
+        if (rec.gen === gen) continue // the kernel never repeats a key; a table that did is counted once
+        if (rec.set !== undefined && t.changed(i, prev, rec.index)) this.markDirty(rec.set)
+        rec.index = i
+        rec.gen = gen
+        if (rec.unresolved) this.place(rec, t.owner(i))
       }
-      if (this.folded.has(id)) {
-        if (!idle) for (const x of s.byDirection.values()) addInto(seriesOf(overflow(), x.direction), x)
-        if (idle) {
-          // keep its counts in the overflow series: a counter never goes down
-          for (const x of s.byDirection.values()) {
-            let r = this.retired.get(x.direction)
-            if (!r) {
-              r = emptySeries(this.overflowLabels(), x.direction, nbuckets)
-              this.retired.set(x.direction, r)
-            }
-            addInto(r, { ...x, active: 0 })
-          }
-          this.folded.delete(id)
-          expiredKeys.push(...s.keys)
-          expiredIds.add(id)
-          this.expiredTotal++
-        }
-        continue
-      }
-      if (idle) {
-        this.admitted.delete(id)
-        expiredKeys.push(...s.keys)
-        expiredIds.add(id)
-        this.expiredTotal++
-        continue
-      }
-      out.set(id, s)
+      seen++
     }
-    // label sets the aggregator knew that have no kernel entries left (deleted elsewhere)
-    for (const id of this.admitted) if (!sets.has(id)) this.admitted.delete(id)
-    for (const id of this.folded) if (!sets.has(id)) this.folded.delete(id)
-
-    for (const r of this.retired.values()) addInto(seriesOf(overflow(), r.direction), r)
-    if (expiredIds.size > 0) {
-      // their seeded connections all closed (active was 0): forget them with the label set
-      this.seeded = this.seeded.filter(([o]) => {
+    if (seen !== this.entries.size) {
+      // entries gone from the map (deleted by an earlier expiry, or elsewhere)
+      for (const [id, rec] of this.entries) {
+        if (rec.gen === gen) continue
+        this.entries.delete(id)
+        if (rec.set !== undefined) this.markDirty(rec.set)
+        rec.set = undefined
+      }
+    }
+    if (this.seededDirty) {
+      for (const s of this.sets.values()) {
+        if (s.seeded[OUT] === 0 && s.seeded[IN] === 0) continue
+        s.seeded = [0, 0]
+        this.markDirty(s)
+      }
+      for (const [o, n] of this.seeded) {
         const labels = this.project(o)
-        return !labels || !expiredIds.has(JSON.stringify(labels))
-      })
+        if (labels === undefined) continue
+        const s = this.setOf(labels)
+        s.seeded[dirIndex(o.direction)] += n
+        this.markDirty(s)
+      }
+      this.seededDirty = false
     }
+    const dirty = this.dirty
+    this.dirty = []
+    for (const s of dirty) this.recount(s, t)
 
-    const series: Series[] = []
-    for (const s of out.values()) {
-      // a stable order for the exposition: outbound first
-      for (const d of ['outbound', 'inbound'] as const) {
-        const x = s.byDirection.get(d)
-        if (x) series.push(x)
+    const expiredKeys: Buffer[] = []
+    const { idleExpiryMs, nbuckets } = this.opts
+    if (idleExpiryMs > 0) {
+      const before = this.opts.nowNs() - BigInt(idleExpiryMs) * 1_000_000n
+      const expiredIds = new Set<string>()
+      for (const s of this.sets.values()) {
+        if (s.kind === 'overflow' || s.active !== 0 || s.lastNs === 0n || s.lastNs >= before) continue
+        for (const r of s.entries) {
+          expiredKeys.push(t.key(r.index))
+          this.entries.delete(r.id)
+          r.set = undefined
+          if (s.kind === 'folded') {
+            // keep its counts in the overflow series: a counter never goes down
+            const d = dirIndex(r.direction)
+            t.addInto(
+              r.index,
+              (this.retired[d] ??= emptySeries(this.overflowLabelsNow, r.direction, nbuckets)),
+              'counters',
+            )
+          }
+        }
+        this.dropSet(s)
+        this.expiredTotal++
+        if (s.seeded[OUT] + s.seeded[IN] > 0) expiredIds.add(s.id)
+      }
+      if (expiredIds.size > 0) {
+        // their seeded connections all closed (active was 0): forget them with the label set
+        this.seeded = this.seeded.filter(([o]) => {
+          const labels = this.project(o)
+          return !labels || !expiredIds.has(JSON.stringify(labels))
+        })
       }
     }
-    return { series, expiredKeys, admitted: this.admitted.size, folded: this.folded.size }
+    if (this.overflowDirty) this.sumOverflow(t)
+
+    const sets: LabelSetSeries[] = []
+    const series: Series[] = []
+    for (const s of this.admitted.values()) {
+      const v = s.view
+      if (v === undefined) continue
+      sets.push(v)
+    }
+    if (this.overflowView !== undefined) sets.push(this.overflowView)
+    for (const v of sets) {
+      if (v.outbound !== undefined) series.push(v.outbound)
+      if (v.inbound !== undefined) series.push(v.inbound)
+    }
+    return { series, sets, expiredKeys, admitted: this.admitted.size, folded: this.foldedNow }
   }
 }

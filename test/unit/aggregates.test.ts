@@ -222,10 +222,11 @@ describe('projection', () => {
       entry({ overflow: true, comm: '', netns: 0, direction: 'inbound', failed: [0, 0, 0, 1] }),
       entry({ opened: 1 }),
     ])
+    // admitted label sets in admission order, the overflow series last
     assert.deepEqual(ids(snap), [
+      `comm=curl,netns=${NETNS},family=ipv4 outbound`,
       `${all} outbound`,
       `${all} inbound`,
-      `comm=curl,netns=${NETNS},family=ipv4 outbound`,
     ])
     const o = get(snap, all)
     assert.equal(o.opened, 5)
