@@ -2,9 +2,10 @@
 // and the metric families computed from both at scrape time.
 import { mkdirSync } from 'node:fs'
 import os from 'node:os'
-import { Aggregator, decodeAggEntry, FAIL_REASON_NAMES, type Owner, type Series } from './aggregates.js'
+import { AggregateDump, Aggregator, decodeAggEntry, type Owner } from './aggregates.js'
 import { capabilityNames, threadCapabilities, type CapabilityStatus } from './capabilities.js'
 import { CgroupResolver } from './cgroups.js'
+import { ConnectionExposition } from './connection-metrics.js'
 import type { Config } from './config.js'
 import type { MetricFamily, Sample } from './exposition.js'
 import type { ProgramStatus } from './native.js'
@@ -127,6 +128,19 @@ export interface ExporterOptions {
 export class Exporter {
   private config: Config
   private readonly aggregator: Aggregator
+  /** the connection families' lines, kept between scrapes */
+  private readonly exposition = new ConnectionExposition()
+  /**
+   * Two pairs of Buffers the aggregation map is read into, in turn: the aggregator compares each entry
+   * with the previous read, which the other pair still holds. They grow to what the map holds.
+   */
+  private readonly readBuffers = [
+    { keys: Buffer.alloc(0), values: Buffer.alloc(0) },
+    { keys: Buffer.alloc(0), values: Buffer.alloc(0) },
+  ]
+  private nextRead = 0
+  /** the collection in progress: collections run one at a time */
+  private collecting: Promise<unknown> = Promise.resolve()
   private readonly cgroups = new CgroupResolver()
   private netnsNames = new Map<number, string>()
   private netnsNamesAt = 0
@@ -383,13 +397,46 @@ export class Exporter {
 
   /** Every metric family, computed now from the kernel's aggregates. */
   async collect(): Promise<MetricFamily[]> {
-    if (Date.now() - this.netnsNamesAt > 30_000) await this.refreshNames().catch(() => {})
+    const run = this.collecting.then(async () => await this.collectNow())
+    this.collecting = run.catch(() => {})
+    return await run
+  }
+
+  /**
+   * Read the aggregation map into the pair of Buffers the previous snapshot does not use, growing it
+   * until the map fits.
+   */
+  private readAggregates(): AggregateDump {
     const L = this.tracer.layout
-    const C = this.tracer.constants
-    const nb = this.config.histogram.buckets_seconds.length
-    let entries
+    const ks = L.aggKey.size
+    const vs = L.aggValue.size
+    const pair = this.readBuffers[this.nextRead]!
+    for (let attempt = 0; ; attempt++) {
+      const n = this.tracer.readAggregates(pair.keys, pair.values)
+      if (n >= 0) {
+        return new AggregateDump(
+          pair.keys,
+          pair.values,
+          n,
+          L,
+          this.tracer.constants,
+          this.config.histogram.buckets_seconds.length,
+        )
+      }
+      if (attempt > 8) throw new Error('the aggregation map kept growing while it was read')
+      const fits = pair.keys.length / ks
+      // room for the whole map, plus one: a read that fills the Buffers exactly counts as too small
+      const want = Math.max(1024, Math.min(2 * fits, this.tracer.aggregatesCapacity() + 1), fits + 1)
+      pair.keys = Buffer.allocUnsafeSlow(want * ks)
+      pair.values = Buffer.allocUnsafeSlow(want * vs)
+    }
+  }
+
+  private async collectNow(): Promise<MetricFamily[]> {
+    if (Date.now() - this.netnsNamesAt > 30_000) await this.refreshNames().catch(() => {})
+    let table
     try {
-      entries = this.tracer.aggregateEntries().map((e) => decodeAggEntry(e.key, e.value, L, C, nb))
+      table = this.readAggregates()
       this.lastReadError = undefined
     } catch (e) {
       this.lastReadError = (e as Error).message
@@ -397,16 +444,22 @@ export class Exporter {
     }
     if (this.config.labels.includes('cgroup') && Date.now() - this.cgroupsAt > 1000) {
       // a cgroup created since the last walk (a new container) is named now, not one scrape later
-      if (entries.some((e) => e.cgroupId !== 0n && this.cgroups.resolve(e.cgroupId) === '')) {
-        this.cgroupsAt = Date.now()
-        await this.cgroups.refresh().catch(() => {})
+      for (let i = 0; i < table.length; i++) {
+        const id = table.cgroupId(i)
+        if (id !== 0n && this.cgroups.resolve(id) === '') {
+          this.cgroupsAt = Date.now()
+          await this.cgroups.refresh().catch(() => {})
+          break
+        }
       }
     }
-    const snap = this.aggregator.snapshot(entries)
+    const snap = this.aggregator.snapshot(table)
+    // the next read goes into the other Buffers: this snapshot's are the next one's comparison
+    this.nextRead ^= 1
     for (const key of snap.expiredKeys) this.tracer.deleteAggregate(key)
     const stats = this.tracer.kernelStats()
     return [
-      ...this.connectionFamilies(snap.series),
+      ...this.exposition.families(snap.sets, this.config.histogram.buckets_seconds),
       ...this.selfFamilies(stats, snap.admitted, snap.folded),
       await this.capabilityFamily(),
     ]
@@ -435,71 +488,6 @@ export class Exporter {
       type: 'info',
       samples: [...samples('effective', effective), ...samples('permitted', permitted)],
     }
-  }
-
-  private connectionFamilies(series: readonly Series[]): MetricFamily[] {
-    const bounds = this.config.histogram.buckets_seconds
-    const out = series.filter((s) => s.direction === 'outbound')
-    const inb = series.filter((s) => s.direction === 'inbound')
-    const withDir = (s: Series): Array<[string, string]> => [...s.labels, ['direction', s.direction]]
-    const sample = (labels: Array<[string, string]>, value: number): Sample => ({ labels, value })
-    return [
-      {
-        name: 'tcptracer_connects_total',
-        help: 'Outbound TCP connections established (reached ESTABLISHED), by the process that called connect().',
-        type: 'counter',
-        samples: out.map((s) => sample(s.labels, s.opened)),
-      },
-      {
-        name: 'tcptracer_connect_failures_total',
-        help: 'Outbound TCP connection attempts that never reached ESTABLISHED, by reason: refused, timeout, unreachable, other.',
-        type: 'counter',
-        samples: out.flatMap((s) =>
-          FAIL_REASON_NAMES.map((r, i) => sample([...s.labels, ['reason', r]], s.failed[i] ?? 0)),
-        ),
-      },
-      {
-        name: 'tcptracer_accepts_total',
-        help: 'Inbound TCP connections accepted, by the process that accepted them.',
-        type: 'counter',
-        samples: inb.map((s) => sample(s.labels, s.opened)),
-      },
-      {
-        name: 'tcptracer_closes_total',
-        help: 'Established TCP connections closed, counted against the process that connected or accepted.',
-        type: 'counter',
-        samples: series.map((s) => sample(withDir(s), s.closed)),
-      },
-      {
-        name: 'tcptracer_connection_duration_seconds',
-        help: 'Lifetime of closed TCP connections, from ESTABLISHED to CLOSE.',
-        type: 'histogram',
-        histograms: series.map((s) => ({
-          labels: withDir(s),
-          bounds,
-          counts: s.buckets,
-          sum: s.durationSumNs / 1e9,
-        })),
-      },
-      {
-        name: 'tcptracer_connection_sent_bytes_total',
-        help: 'Payload bytes sent on TCP connections, summed when they close.',
-        type: 'counter',
-        samples: series.map((s) => sample(withDir(s), s.sentBytes)),
-      },
-      {
-        name: 'tcptracer_connection_received_bytes_total',
-        help: 'Payload bytes received on TCP connections, summed when they close.',
-        type: 'counter',
-        samples: series.map((s) => sample(withDir(s), s.receivedBytes)),
-      },
-      {
-        name: 'tcptracer_active_connections',
-        help: 'Open TCP connections, including those already open when the exporter started.',
-        type: 'gauge',
-        samples: series.map((s) => sample(withDir(s), s.active)),
-      },
-    ]
   }
 
   private selfFamilies(

@@ -58,6 +58,17 @@ export interface MetricFamily {
   samples?: readonly Sample[]
   /** histogram */
   histograms?: readonly HistogramSample[]
+  /** instead of samples or histograms: sample lines rendered ahead (see SampleLines) */
+  lines?: SampleLines
+}
+
+/**
+ * A family's sample lines, rendered ahead of time by the producer of the family (src/connection-metrics.ts
+ * keeps them between scrapes). They must be exactly what render() would print for the family's samples.
+ */
+export interface SampleLines {
+  /** the sample lines in `format`, as UTF-8 chunks of about `bytes` bytes each (or fewer) */
+  chunks(format: Format, bytes: number): Iterable<Buffer>
 }
 
 export type Format = 'prometheus' | 'openmetrics'
@@ -137,7 +148,11 @@ export function formatLe(v: number): string {
 }
 
 /** The label pairs of one sample as `a="x",b="y"`, checking that no name repeats. */
-function labelPairs(labels: ReadonlyArray<readonly [string, string]>, name: string, noLe: boolean): string {
+export function labelPairs(
+  labels: ReadonlyArray<readonly [string, string]>,
+  name: string,
+  noLe: boolean,
+): string {
   let s = ''
   for (let i = 0; i < labels.length; i++) {
     const pair = labels[i]!
@@ -241,6 +256,13 @@ export function render(families: readonly MetricFamily[], format: Format, opts: 
       out.push('# TYPE ' + family + ' ' + typeWord + '\n')
     }
 
+    if (f.lines !== undefined) {
+      if ((f.samples?.length ?? 0) > 0 || (f.histograms?.length ?? 0) > 0) {
+        throw new Error(`${name}: a family takes rendered lines or samples, not both`)
+      }
+      for (const chunk of f.lines.chunks(format, 1 << 16)) out.push(chunk.toString('utf8'))
+      continue
+    }
     if (type === 'histogram') {
       if (f.samples !== undefined && f.samples.length > 0) {
         throw new Error(`${name}: a histogram takes histograms, not samples`)
@@ -324,18 +346,38 @@ export function negotiate(accept: string | undefined): Format {
 }
 
 /**
- * The exposition as a sequence of chunks of at most about `perChunk` samples, so a large scrape is
- * streamed instead of held as one string (and its UTF-8 copy) in memory.
+ * The exposition as a sequence of chunks of at most about `perChunk` samples, or `bytesPerChunk` bytes of
+ * rendered lines, so a large scrape is streamed instead of held as one string (and its UTF-8 copy) in
+ * memory. Small families share a chunk, up to `perChunk` samples in all.
  */
 export function* renderChunks(
   families: readonly MetricFamily[],
   format: Format,
   perChunk = 2000,
-): Generator<string> {
+  bytesPerChunk = 1 << 16,
+): Generator<string | Buffer> {
+  let group: MetricFamily[] = []
+  let grouped = 0
   for (const f of families) {
+    if (f.lines !== undefined) {
+      // the metadata lines (and the checks) as render() does them, then the lines as they are
+      group.push({ name: f.name, help: f.help, type: f.type })
+      yield render(group, format, { eof: false })
+      group = []
+      grouped = 0
+      yield* f.lines.chunks(format, bytesPerChunk)
+      continue
+    }
     const items: readonly unknown[] = (f.type === 'histogram' ? f.histograms : f.samples) ?? []
-    if (items.length <= perChunk) {
-      yield render([f], format, { eof: false })
+    const n = Math.max(1, items.length)
+    if (group.length > 0 && grouped + n > perChunk) {
+      yield render(group, format, { eof: false })
+      group = []
+      grouped = 0
+    }
+    if (n <= perChunk) {
+      group.push(f)
+      grouped += n
       continue
     }
     for (let i = 0; i < items.length; i += perChunk) {
@@ -346,4 +388,5 @@ export function* renderChunks(
       yield render([part], format, { eof: false, headers: i === 0 })
     }
   }
+  if (group.length > 0) yield render(group, format, { eof: false })
 }

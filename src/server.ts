@@ -489,7 +489,7 @@ export function build(opts: ServerOptions): FastifyInstance {
     const own = state.families()
     // streamed in chunks: a large exposition is never one string in memory
     const registry = registries?.[format]
-    async function* body(): AsyncGenerator<string> {
+    async function* body(): AsyncGenerator<string | Buffer> {
       for (const chunk of renderChunks(collection.families, format, SAMPLES_PER_CHUNK)) {
         yield chunk
         // let other requests and timers run between chunks: without this, a socket that takes every

@@ -12,6 +12,7 @@ import {
   formatValue,
   negotiate,
   render,
+  renderChunks,
 } from '../../src/exposition.js'
 import type { Format, MetricFamily } from '../../src/exposition.js'
 
@@ -680,6 +681,54 @@ function promtoolAvailable(): boolean {
   const r = spawnSync('promtool', ['--version'], { encoding: 'utf8' })
   return r.error === undefined && r.status === 0
 }
+
+test("renderChunks: the chunks joined are render()'s output; small families share a chunk", () => {
+  const families = richFixture()
+  const samples = (f: MetricFamily): number => Math.max(1, (f.samples ?? f.histograms ?? []).length)
+  for (const format of ['prometheus', 'openmetrics'] as const) {
+    const whole = render(families, format, { eof: false })
+    for (const perChunk of [1, 2, 3, 5, 100, 2000]) {
+      const chunks = [...renderChunks(families, format, perChunk)]
+      assert.equal(chunks.join(''), whole, `${format}, ${perChunk} per chunk`)
+      for (const c of chunks) assert.equal(typeof c, 'string')
+      // no fewer chunks than the samples need at perChunk each (a family without samples counts as one)
+      const total = families.reduce((a, f) => a + samples(f), 0)
+      assert.ok(
+        chunks.length >= Math.ceil(total / perChunk),
+        `${format}, ${perChunk}: ${chunks.length} chunks`,
+      )
+    }
+    // all of it in one chunk when it fits
+    assert.equal([...renderChunks(families, format, 2000)].length, 1)
+  }
+  // rendered lines pass through as they are, after their family's metadata
+  const lines: MetricFamily = {
+    name: 'tcptracer_closes_total',
+    help: 'Closes.',
+    type: 'counter',
+    lines: {
+      chunks: () => [
+        Buffer.from('tcptracer_closes_total{a="1"} 2\n'),
+        Buffer.from('tcptracer_closes_total 3\n'),
+      ],
+    },
+  }
+  const out = [...renderChunks([{ ...INFO }, lines, { ...GAUGE }], 'prometheus', 100)]
+  assert.deepEqual(
+    out.map((c) => (typeof c === 'string' ? 'text' : 'bytes')),
+    ['text', 'bytes', 'bytes', 'text'],
+  )
+  const joined = out.map((c) => c.toString()).join('')
+  assert.equal(
+    joined,
+    render([{ ...INFO }], 'prometheus') +
+      '# HELP tcptracer_closes_total Closes.\n# TYPE tcptracer_closes_total counter\n' +
+      'tcptracer_closes_total{a="1"} 2\ntcptracer_closes_total 3\n' +
+      render([{ ...GAUGE }], 'prometheus'),
+  )
+  assert.equal(render([{ ...INFO }, lines, { ...GAUGE }], 'prometheus'), joined)
+  assert.throws(() => render([{ ...lines, samples: [{ labels: [], value: 1 }] }], 'prometheus'), /not both/)
+})
 
 test('promtool check metrics accepts the text format', (t) => {
   if (!promtoolAvailable()) {
