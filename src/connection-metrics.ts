@@ -104,24 +104,6 @@ export function connectionFamilies(series: readonly Series[], bounds: readonly n
   ]
 }
 
-/** One label set's lines in one format: family f's lines are bytes offsets[f] to offsets[f + 1]. */
-interface Rendered {
-  bytes: Buffer
-  offsets: number[]
-}
-
-/** What is kept of a label set between scrapes. */
-interface Kept {
-  /** the series the rendered lines are of */
-  of: LabelSetSeries
-  /** its label pairs, escaped, in UTF-8: `comm="x",netns="1"` */
-  pairs: Uint8Array
-  prometheus: Rendered | undefined
-  openmetrics: Rendered | undefined
-  /** the last collection that had this label set */
-  gen: number
-}
-
 /**
  * The fixed bytes of one kind of line, around the label set's own label pairs: `head` pairs `tail` value,
  * or, for a label set without labels, `bare` value. `extra` is what the line adds to the label set's
@@ -253,6 +235,7 @@ class LineWriter {
 /**
  * The lines of one label set, byte for byte what render() prints for the samples connectionFamilies()
  * makes of its series: the same label pairs (escaped once, by exposition.ts), fixed parts and values.
+ * They are left in the writer's Buffer: family f's lines from `offsets[f]` to `offsets[f + 1]`.
  */
 function renderSet(
   s: LabelSetSeries,
@@ -261,12 +244,14 @@ function renderSet(
   nbounds: number,
   om: boolean,
   w: LineWriter,
-): Rendered {
+  offsets: number[],
+): void {
   const L = sh.longest
   const o = s.outbound
   const n = s.inbound
-  const offsets = [0]
+  offsets.length = 0
   w.at = 0
+  offsets.push(0)
   if (o !== undefined) w.line(sh.connects, pairs, o.opened, L)
   offsets.push(w.at)
   if (o !== undefined) {
@@ -315,72 +300,214 @@ function renderSet(
   offsets.push(w.at)
   for (let d = 0; d < 2; d++) if (both[d] !== undefined) w.line(by[d]!.active, pairs, both[d]!.active, L)
   offsets.push(w.at)
-  const bytes = Buffer.allocUnsafeSlow(w.at)
-  w.buf.copy(bytes, 0, 0, w.at)
-  return { bytes, offsets }
 }
 
 /** At most this many label sets are rendered anew for one chunk, so that one chunk is quick to make. */
 const MAX_RENDERED_PER_CHUNK = 64
 
-/** One collection's label sets: the lines each family's chunks are copied from. */
-class CollectionLines {
-  private readonly rendered: Record<Format, Array<Rendered | undefined>> = { prometheus: [], openmetrics: [] }
+const NFAMILIES = FAMILIES.length
+
+/** Retired Lines waited for before their Buffers can be reused; older ones are left to the GC. */
+const MAX_RETIRED = 4
+
+/** A Buffer that lines are appended to, grown as needed. */
+class Arena {
+  buf: Buffer
+  len = 0
+
+  /** `spare`: a recycled Buffer to fill, when it is big enough */
+  constructor(capacity: number, spare: Buffer | undefined) {
+    this.buf =
+      spare !== undefined && spare.length >= capacity
+        ? spare
+        : Buffer.allocUnsafeSlow(Math.max(4096, capacity))
+  }
+
+  /** Make room for `capacity` bytes in all (the first label set's lines, times the label sets, say). */
+  reserve(capacity: number): void {
+    if (capacity <= this.buf.length) return
+    const bigger = Buffer.allocUnsafeSlow(capacity)
+    this.buf.copy(bigger, 0, 0, this.len)
+    this.buf = bigger
+  }
+
+  append(src: Uint8Array, from: number, to: number): void {
+    const n = to - from
+    if (n <= 0) return
+    if (this.len + n > this.buf.length) {
+      const bigger = Buffer.allocUnsafeSlow(Math.max(Math.ceil(1.5 * this.buf.length), this.len + n))
+      this.buf.copy(bigger, 0, 0, this.len)
+      this.buf = bigger
+    }
+    this.len += Buffer.prototype.copy.call(src, this.buf, this.len, from, to)
+  }
+}
+
+/**
+ * One format's lines of one collection's label sets, family by family: family f's lines of label set i
+ * are arenas[f] from starts[f][i] to starts[f][i + 1]. Filled label set by label set as the chunks ask
+ * for them: copied from an earlier collection's Lines where the label set did not change, rendered
+ * otherwise. A collection whose label sets are all unchanged shares the previous collection's Lines.
+ */
+class Lines {
+  readonly arenas: Arena[]
+  readonly starts: number[][]
+  /** label sets appended so far */
+  filled = 0
+  /** collections using these lines that the server has not released yet */
+  users = 0
+  /** its arenas were given back for reuse: it must never be read again */
+  recycled = false
 
   constructor(
+    readonly sets: readonly LabelSetSeries[],
+    sizes: readonly number[],
+    spares: ReadonlyArray<Buffer | undefined>,
+    /** whether `sizes` come from earlier lines; if not, the first label set's lines decide */
+    readonly sized: boolean,
+  ) {
+    this.arenas = sizes.map((n, f) => new Arena(n, spares[f]))
+    this.starts = sizes.map(() => [0])
+  }
+
+  get complete(): boolean {
+    return this.filled === this.sets.length
+  }
+}
+
+/** Where a label set's lines were last put, and of which of its series. */
+interface Placed {
+  of: LabelSetSeries
+  lines: Lines
+  index: number
+}
+
+/** What is kept of a label set between scrapes. */
+interface Kept {
+  /** its newest series */
+  of: LabelSetSeries
+  /** its label pairs, escaped, in UTF-8: `comm="x",netns="1"` */
+  pairs: Uint8Array
+  placed: Record<Format, Placed | undefined>
+  /** the last collection that had this label set */
+  gen: number
+}
+
+/** One collection's connection families: its label sets' lines, per format, made when first asked for. */
+class CollectionLines {
+  readonly lines: Record<Format, Lines | undefined>
+  private readonly offsets: number[] = []
+  private released = false
+
+  constructor(
+    private readonly owner: ConnectionExposition,
     private readonly sets: readonly LabelSetSeries[],
     private readonly kept: readonly Kept[],
-    private readonly shapes: Shapes,
-    private readonly nbounds: number,
-    private readonly writer: LineWriter,
-    private readonly counter: { rendered: number },
-  ) {}
+    /** the previous collection's, when it has the very same series: its Lines serve this one too */
+    same: CollectionLines | undefined,
+  ) {
+    this.lines = { prometheus: same?.lines.prometheus, openmetrics: same?.lines.openmetrics }
+    for (const l of Object.values(this.lines)) if (l !== undefined) l.users++
+  }
 
-  /** label sets rendered anew by this collection, so far */
-  private renderedNow = 0
-
-  /** Label set i's lines: kept from an earlier scrape, or rendered now (and kept, unless outdated). */
-  private linesOf(i: number, format: Format): Rendered {
-    const mine = this.rendered[format]
-    const had = mine[i]
-    if (had !== undefined) return had
-    const s = this.sets[i]!
-    const k = this.kept[i]!
-    let r = k.of === s ? k[format] : undefined
-    if (r === undefined) {
-      r = renderSet(s, k.pairs, this.shapes, this.nbounds, format === 'openmetrics', this.writer)
-      this.renderedNow++
-      this.counter.rendered++
-      // a later collection may have moved on to newer series of this label set: keep only current lines
-      if (k.of === s) k[format] = r
+  /** This collection's Lines in `format`. */
+  linesFor(format: Format): Lines {
+    let l = this.lines[format]
+    if (l === undefined) {
+      l = this.owner.newLines(format, this.sets)
+      l.users++
+      this.lines[format] = l
     }
-    mine[i] = r
-    return r
+    if (l.recycled) throw new Error('connection-metrics: lines read after they were recycled')
+    return l
+  }
+
+  /** The server sent or dropped every chunk of this collection: its memory may be reused. */
+  release(): void {
+    if (this.released) return
+    this.released = true
+    for (const l of Object.values(this.lines)) if (l !== undefined) l.users--
+    this.owner.recycle()
+  }
+
+  /**
+   * Append label sets to `l` until `upTo` are in, or `maxRendered` had to be rendered. Label sets kept
+   * unchanged are copied from where they were put last, runs of them with one copy per family.
+   */
+  private fill(l: Lines, format: Format, upTo: number, maxRendered: number): void {
+    const w = this.owner.writer
+    const sh = this.owner.shapes
+    const nb = this.owner.nbounds
+    const om = format === 'openmetrics'
+    let rendered = 0
+    // a run of label sets to copy: from `run` (a Lines), indexes runFrom .. runTo - 1
+    let run: Lines | undefined
+    let runFrom = 0
+    let runTo = 0
+    const flush = (): void => {
+      if (run === undefined) return
+      for (let f = 0; f < NFAMILIES; f++) {
+        const src = run.starts[f]!
+        const dst = l.starts[f]!
+        const a = l.arenas[f]!
+        const base = a.len - src[runFrom]!
+        a.append(run.arenas[f]!.buf, src[runFrom]!, src[runTo]!)
+        for (let j = runFrom + 1; j <= runTo; j++) dst.push(base + src[j]!)
+      }
+      run = undefined
+    }
+    while (l.filled < upTo && rendered < maxRendered) {
+      const i = l.filled
+      const s = l.sets[i]!
+      const k = this.kept[i]!
+      const at = k.placed[format]
+      if (at !== undefined && at.of === s && at.lines !== l && at.index < at.lines.filled) {
+        if (run === at.lines && runTo === at.index) {
+          runTo++
+        } else {
+          flush()
+          run = at.lines
+          runFrom = at.index
+          runTo = at.index + 1
+        }
+      } else {
+        flush()
+        renderSet(s, k.pairs, sh, nb, om, w, this.offsets)
+        rendered++
+        this.owner.rendered++
+        for (let f = 0; f < NFAMILIES; f++) {
+          const a = l.arenas[f]!
+          a.append(w.buf, this.offsets[f]!, this.offsets[f + 1]!)
+          l.starts[f]!.push(a.len)
+        }
+      }
+      // the newest series of the label set are now here too (never point it at older series)
+      if (k.of === s) k.placed[format] = { of: s, lines: l, index: i }
+      l.filled++
+      if (l.filled === 1 && !l.sized) {
+        // the first lines of this format: as much room as the first label set's lines times all of them
+        const n = l.sets.length
+        for (const a of l.arenas) a.reserve(Math.ceil(1.1 * a.len * n) + 4096)
+      }
+    }
+    flush()
+    // the lines this one was copied from may be free now
+    if (l.complete) this.owner.recycle()
   }
 
   *chunks(f: number, format: Format, bytes: number): Generator<Buffer> {
-    const n = this.sets.length
+    const l = this.linesFor(format)
+    const n = l.sets.length
     let i = 0
     while (i < n) {
-      let size = 0
-      const renderedBefore = this.renderedNow
-      let j = i
-      while (
-        j < n &&
-        (j === i || (size < bytes && this.renderedNow - renderedBefore < MAX_RENDERED_PER_CHUNK))
-      ) {
-        const r = this.linesOf(j++, format)
-        size += r.offsets[f + 1]! - r.offsets[f]!
-      }
-      if (size > 0) {
-        const chunk = Buffer.allocUnsafe(size)
-        let at = 0
-        for (let k = i; k < j; k++) {
-          const r = this.rendered[format][k]!
-          at += r.bytes.copy(chunk, at, r.offsets[f]!, r.offsets[f + 1]!)
-        }
-        yield chunk
-      }
+      // what is not in yet: copied, or rendered (at most one batch of label sets for this chunk)
+      if (l.filled < n) this.fill(l, format, n, MAX_RENDERED_PER_CHUNK)
+      // as many label sets as make about `bytes` of this family, and at least one
+      const starts = l.starts[f]!
+      let j = i + 1
+      while (j < l.filled && starts[j + 1]! - starts[i]! <= bytes) j++
+      // a view of the arena, which may later be replaced by a bigger copy but never changes where filled
+      if (starts[j]! > starts[i]!) yield l.arenas[f]!.buf.subarray(starts[i]!, starts[j]!)
       i = j
     }
   }
@@ -391,13 +518,78 @@ class CollectionLines {
  * its series change. Label sets gone from a snapshot are forgotten.
  */
 export class ConnectionExposition {
-  /** label sets rendered so far, in either format (the rest of what was sent was kept) */
+  /** label sets rendered so far, in either format (the rest of what was sent was copied or shared) */
   rendered = 0
+  /** the newest Lines of each format: new ones are sized like it */
+  private readonly newest: Record<Format, Lines | undefined> = {
+    prometheus: undefined,
+    openmetrics: undefined,
+  }
+  /** Lines no longer the newest of their format, to recycle once nothing uses them */
+  private readonly retired: Lines[] = []
+  /** one recycled Buffer per family, for the next Lines of either format */
+  private readonly spares: Array<Buffer | undefined> = []
+  /** Buffers of recycled Lines reused so far (a number for the tests) */
+  reused = 0
+  readonly writer = new LineWriter()
+  shapes: Shapes = shapes([])
+  nbounds = 0
   private kept = new Map<string, Kept>()
   private gen = 0
   private bounds: readonly number[] | undefined
-  private shapes: Shapes = shapes([])
-  private readonly writer = new LineWriter()
+  private last: CollectionLines | undefined
+  private lastSets: readonly LabelSetSeries[] = []
+
+  /** New Lines in `format` for these label sets, in recycled Buffers where there are big enough ones. */
+  newLines(format: Format, sets: readonly LabelSetSeries[]): Lines {
+    // sized like the newest Lines of this format, which most label sets are copied from (or of the
+    // other format, whose lines are as long: only a histogram's _sum and _count swap places)
+    const like = this.newest[format]
+    const other = this.newest[format === 'openmetrics' ? 'prometheus' : 'openmetrics']
+    const hint = like ?? other
+    const spares = this.spares
+    const sizes = FAMILIES.map((_, f) => (hint ? Math.ceil(1.05 * hint.arenas[f]!.len) : 1 << 12))
+    const l = new Lines(sets, sizes, spares, hint !== undefined)
+    for (let f = 0; f < NFAMILIES; f++) {
+      if (spares[f] !== undefined && l.arenas[f]!.buf === spares[f]) this.reused++
+      spares[f] = undefined
+    }
+    if (like !== undefined) {
+      this.retired.push(like)
+      // Lines a collection never released (a scrape that failed midway, say) are left to the garbage
+      // collector: only the last few are waited for
+      if (this.retired.length > MAX_RETIRED) this.retired.shift()
+    }
+    this.newest[format] = l
+    return l
+  }
+
+  /**
+   * Give the Buffers of retired Lines back for reuse, once no collection the server has not released
+   * uses them and no label set is to be copied from them. Lines never released are left to the
+   * garbage collector.
+   */
+  recycle(): void {
+    for (let r = 0; r < this.retired.length; r++) {
+      const l = this.retired[r]!
+      if (l.users > 0) continue
+      let inUse = false
+      for (const k of this.kept.values()) {
+        if (k.placed.prometheus?.lines === l || k.placed.openmetrics?.lines === l) {
+          inUse = true
+          break
+        }
+      }
+      if (inUse) continue
+      this.retired.splice(r--, 1)
+      l.recycled = true
+      const spares = this.spares
+      for (let f = 0; f < NFAMILIES; f++) {
+        const b = l.arenas[f]!.buf
+        if (spares[f] === undefined || spares[f]!.length < b.length) spares[f] = b
+      }
+    }
+  }
 
   families(sets: readonly LabelSetSeries[], bounds: readonly number[]): MetricFamily[] {
     if (bounds !== this.bounds) {
@@ -410,26 +602,32 @@ export class ConnectionExposition {
       }
       this.bounds = bounds
       this.shapes = shapes(bounds.map(formatLe))
+      this.nbounds = bounds.length
       this.kept.clear()
+      this.last = undefined
+      this.lastSets = []
+      this.newest.prometheus = undefined
+      this.newest.openmetrics = undefined
+      this.retired.length = 0
+      this.spares.length = 0
     }
     const gen = ++this.gen
     const kept: Kept[] = new Array<Kept>(sets.length)
+    let same = sets.length === this.lastSets.length
     for (let i = 0; i < sets.length; i++) {
       const s = sets[i]!
+      if (same && this.lastSets[i] !== s) same = false
       let k = this.kept.get(s.id)
       if (k === undefined) {
         k = {
           of: s,
           pairs: new Uint8Array(Buffer.from(labelPairs(s.labels, 'label set', false), 'utf8')),
-          prometheus: undefined,
-          openmetrics: undefined,
+          placed: { prometheus: undefined, openmetrics: undefined },
           gen,
         }
         this.kept.set(s.id, k)
-      } else if (k.of !== s) {
+      } else {
         k.of = s
-        k.prometheus = undefined
-        k.openmetrics = undefined
       }
       k.gen = gen
       kept[i] = k
@@ -437,10 +635,15 @@ export class ConnectionExposition {
     if (this.kept.size > sets.length) {
       for (const [id, k] of this.kept) if (k.gen !== gen) this.kept.delete(id)
     }
-    const lines = new CollectionLines(sets, kept, this.shapes, bounds.length, this.writer, this)
+    const lines = new CollectionLines(this, sets, kept, same ? this.last : undefined)
+    this.last = lines
+    this.lastSets = sets
     return FAMILIES.map((f, i) => ({
       ...f,
-      lines: { chunks: (format: Format, bytes: number) => lines.chunks(i, format, bytes) },
+      lines: {
+        chunks: (format: Format, bytes: number) => lines.chunks(i, format, bytes),
+        release: () => lines.release(),
+      },
     }))
   }
 }

@@ -69,6 +69,11 @@ export interface MetricFamily {
 export interface SampleLines {
   /** the sample lines in `format`, as UTF-8 chunks of about `bytes` bytes each (or fewer) */
   chunks(format: Format, bytes: number): Iterable<Buffer>
+  /**
+   * Optional: every chunk taken from this family, by every reader, has been written out or dropped, and
+   * no more will be taken: their memory may be reused. Callers that cannot tell never call it.
+   */
+  release?(): void
 }
 
 export type Format = 'prometheus' | 'openmetrics'

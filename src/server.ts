@@ -284,7 +284,26 @@ export class HttpState {
 /** One read of the source, shared by the scrapes that asked for it at the same time. */
 export class Collection {
   private readonly process: Partial<Record<Format, Promise<string>>> = {}
+  private users = 0
+  private released = false
   constructor(readonly families: MetricFamily[]) {}
+
+  /** A response is about to send this collection. */
+  retain(): void {
+    if (this.released) throw new Error('a collection was retained after its release')
+    this.users++
+  }
+
+  /**
+   * A response that retained this collection is finished or its connection is gone: once every one is,
+   * the families may reuse the memory of what was sent (SampleLines.release). Every scrape that shares a
+   * collection retains it in the turn its read completes, before any of them can finish.
+   */
+  release(): void {
+    if (this.users <= 0 || --this.users > 0) return
+    this.released = true
+    for (const f of this.families) f.lines?.release?.()
+  }
 
   /** prom-client's process metrics, rendered once per collection and format. */
   async processText(format: Format, registry: Registry<RegistryContentType>): Promise<string> {
@@ -475,22 +494,28 @@ export function build(opts: ServerOptions): FastifyInstance {
       req.raw.socket?.destroy()
     }, state.limits.responseDeadlineMs)
     deadline.unref()
+    let collection: Collection | undefined
     const release = (): void => {
       if (done) return
       done = true
       state.inFlight--
       clearTimeout(deadline)
+      // 'finish': every byte was handed to the kernel; 'close' without it: the rest was dropped
+      collection?.release()
     }
     reply.raw.once('finish', release)
     reply.raw.once('close', release)
 
     const format = negotiate(req.headers.accept)
-    const collection = await state.collect(source)
+    const got = await state.collect(source)
+    got.retain()
+    // a client gone while the maps were read is never released: its collection's memory is not reused
+    if (!done) collection = got
     const own = state.families()
     // streamed in chunks: a large exposition is never one string in memory
     const registry = registries?.[format]
     async function* body(): AsyncGenerator<string | Buffer> {
-      for (const chunk of renderChunks(collection.families, format, SAMPLES_PER_CHUNK)) {
+      for (const chunk of renderChunks(got.families, format, SAMPLES_PER_CHUNK)) {
         yield chunk
         // let other requests and timers run between chunks: without this, a socket that takes every
         // write at once (loopback) gets the whole exposition rendered in one turn of the event loop,
@@ -498,7 +523,7 @@ export function build(opts: ServerOptions): FastifyInstance {
         await yieldToEventLoop()
       }
       yield* renderChunks(own, format)
-      if (registry) yield await collection.processText(format, registry)
+      if (registry) yield await got.processText(format, registry)
       else if (format === 'openmetrics') yield '# EOF\n'
     }
     return reply.type(CONTENT_TYPES[format]).send(Readable.from(body(), { objectMode: false }))

@@ -388,6 +388,89 @@ describe('kept between scrapes, exactly what a fresh render gives', () => {
     assert.equal(scrapeText(next.families, 'prometheus', 64), newer.want)
   })
 
+  test('released collections give their Buffers back; one still being sent keeps its bytes', () => {
+    const clock = { now: T0 }
+    const kernel = new Kernel()
+    const agg = new Aggregator(options(clock, { idleExpiryMs: 0, maxLabelSets: 100 }))
+    const kept = new ConnectionExposition()
+    const entries = Array.from({ length: 30 }, (_, i) =>
+      kernel.put(modelEntry({ comm: `p${i}`, port: 80 + i, opened: 1n, closed: 1n })),
+    )
+    const collect = (): { families: MetricFamily[]; want: string } => {
+      const { dump, commit } = kernel.read(0)
+      const snap = agg.snapshot(dump)
+      commit()
+      return {
+        families: kept.families(snap.sets, BOUNDS),
+        want: render(connectionFamilies(snap.series, BOUNDS), 'prometheus', { eof: false }),
+      }
+    }
+    const release = (c: { families: MetricFamily[] }): void => {
+      for (const f of c.families) f.lines?.release?.()
+    }
+    // a slow scraper: its collection is sent in part, and not released for a long time
+    const slow = collect()
+    const slowChunks = [...renderChunks(slow.families, 'prometheus', 100, 300)]
+    let reused = 0
+    for (let round = 0; round < 6; round++) {
+      entries[round % entries.length]!.opened += 1n
+      entries[(round * 7) % entries.length]!.sent += 10n
+      const c = collect()
+      assert.equal(scrapeText(c.families, 'prometheus', 512), c.want, `round ${round}`)
+      release(c)
+      reused = kept.reused
+    }
+    assert.ok(reused > 0, 'Buffers of released collections were reused')
+    // what the slow scraper got, and what it gets now, is still its own collection's
+    const joined = Buffer.concat(slowChunks.map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p)))).toString()
+    assert.equal(joined, slow.want)
+    assert.equal(scrapeText(slow.families, 'prometheus', 300), slow.want)
+    // a released collection is never read again
+    release(slow)
+    const latest = collect()
+    assert.equal(scrapeText(latest.families, 'prometheus', 4096), latest.want)
+    release(latest)
+    entries[0]!.opened += 1n
+    const after = collect()
+    assert.equal(scrapeText(after.families, 'prometheus', 4096), after.want)
+    assert.throws(() => scrapeText(slow.families, 'prometheus', 300), /recycled/)
+  })
+
+  test('lines that label sets are still to be copied from are not given back', () => {
+    const clock = { now: T0 }
+    const kernel = new Kernel()
+    const agg = new Aggregator(options(clock, { idleExpiryMs: 0, maxLabelSets: 1000 }))
+    const kept = new ConnectionExposition()
+    const entries = Array.from({ length: 200 }, (_, i) =>
+      kernel.put(modelEntry({ comm: `p${i}`, port: 1000 + i, opened: 1n, closed: 1n })),
+    )
+    const collect = (): { families: MetricFamily[]; want: string } => {
+      const { dump, commit } = kernel.read(0)
+      const snap = agg.snapshot(dump)
+      commit()
+      return {
+        families: kept.families(snap.sets, BOUNDS),
+        want: render(connectionFamilies(snap.series, BOUNDS), 'prometheus', { eof: false }),
+      }
+    }
+    const release = (c: { families: MetricFamily[] }): void => {
+      for (const f of c.families) f.lines?.release?.()
+    }
+    const a = collect()
+    assert.equal(scrapeText(a.families, 'prometheus', 4096), a.want)
+    release(a)
+    // more label sets change than one chunk renders, and their lines get longer
+    for (let i = 0; i < 100; i++) entries[i]!.opened += 1_000_000_000_000n
+    const b = collect()
+    const it = renderChunks(b.families, 'prometheus', 100, 64)[Symbol.iterator]()
+    it.next() // the metadata
+    it.next() // one chunk: the first label sets rendered, the rest not yet copied from a's lines
+    release(b) // the scraper went away
+    entries[0]!.opened += 1n
+    const c = collect()
+    assert.equal(scrapeText(c.families, 'prometheus', 4096), c.want)
+  })
+
   test('the overflow label set comes last, admitted ones in admission order', () => {
     const clock = { now: T0 }
     const kernel = new Kernel()
