@@ -76,6 +76,13 @@ interface ScrapeSize {
   rssMb: { start: number; loaded: number; maxDuringScrapes: number; peakVmHWM: number }
   otherBusyPct?: number
   generation?: { wallMs: number; exporterCpuMs: number }
+  changed?: {
+    scrapes: number
+    p50Ms: number
+    p99Ms: number
+    cpuMsPerScrape: number
+    rssMb: { maxDuringPass: number; peakVmHWM: number }
+  } | null
   profile?: {
     busyMs: number
     byArea: Array<{ area: string; pct: number }>
@@ -87,7 +94,7 @@ interface ScrapeSize {
 interface ScrapeCost {
   started?: string
   host?: Record<string, unknown>
-  options?: { scrapes?: number; omScrapes?: number }
+  options?: { scrapes?: number; omScrapes?: number; changed?: number; client?: string }
   exporter?: { labels?: string[]; samplesPerPort?: number }
   targets?: Target[]
   sizes?: ScrapeSize[]
@@ -374,7 +381,13 @@ function scrapeSection(sc: ScrapeCost): string[] {
       `(one label set, both directions); ${sc.options?.scrapes ?? '?'} text-format and ${sc.options?.omScrapes ?? '?'} ` +
       'OpenMetrics scrapes per size, back to back, after 2 discarded warm-up scrapes. p99 is nearest-rank: ' +
       `with ${sc.options?.scrapes ?? '?'} scrapes${(sc.options?.scrapes ?? 0) < 100 ? ', the slowest one' : ''}. ` +
-      '"first scrape" is the first one after the load, before any warm-up.',
+      '"first scrape" is the first one after the load, before any warm-up. ' +
+      (sc.options?.changed
+        ? `"all changed": ${sc.options.changed} more text-format scrapes, each after one more connection to ` +
+          'every port, so that every label set changed since the previous scrape (CPU counted during the ' +
+          'scrapes only). '
+        : '') +
+      `Client: ${sc.options?.client === 'fetch' ? 'fetch() (undici)' : 'node:http, the body read into Buffers'}.`,
     '',
     table(
       [
@@ -389,6 +402,8 @@ function scrapeSection(sc: ScrapeCost): string[] {
         'text MB',
         'OpenMetrics p50 / p99 ms',
         'OpenMetrics MB',
+        'all changed p50 / p99 ms',
+        'all changed CPU ms / scrape',
         'RSS loaded MB',
         'RSS max during scrapes MB',
         'RSS peak (VmHWM) MB',
@@ -405,9 +420,11 @@ function scrapeSection(sc: ScrapeCost): string[] {
         s.text.bytes / 1e6,
         s.openmetrics ? `${num(s.openmetrics.p50Ms)} / ${num(s.openmetrics.p99Ms)}` : null,
         s.openmetrics ? s.openmetrics.bytes / 1e6 : null,
+        s.changed ? `${num(s.changed.p50Ms)} / ${num(s.changed.p99Ms)}` : null,
+        s.changed ? s.changed.cpuMsPerScrape : null,
         s.rssMb.loaded,
         s.rssMb.maxDuringScrapes,
-        s.rssMb.peakVmHWM,
+        Math.max(s.rssMb.peakVmHWM, s.changed?.rssMb.peakVmHWM ?? 0),
       ]),
     ),
   )
@@ -434,9 +451,9 @@ function scrapeSection(sc: ScrapeCost): string[] {
       '### Where the scrape time goes',
       '',
       "Self time of the exporter's main thread during text-format scrapes, from V8's sampling profiler " +
-        '(a separate, profiled pass; % of busy time). Native frames count for the JavaScript that called them: ' +
-        '`node core (native)` is mostly `writev`, Node encoding the response string to UTF-8 and writing it to ' +
-        'the socket; `addon (native)` is the batch read of the kernel map.',
+        '(a separate, profiled pass of back-to-back scrapes; % of busy time). Native frames count for the ' +
+        'JavaScript that called them: `node core (native)` is mostly `writev`, writing the response to the ' +
+        'socket; `addon (native)` is the batch read of the kernel map.',
       '',
       table(
         ['area', ...profiled.map((s) => `${s.target} samples %`)],
@@ -444,8 +461,9 @@ function scrapeSection(sc: ScrapeCost): string[] {
         'l',
       ),
       '',
-      'Inclusive time of named functions (% of busy time; `collect` covers reading and projecting the kernel map, ' +
-        "`render` the exposition text, `metrics` prom-client's process metrics):",
+      'Inclusive time of named functions (% of busy time; `collect` covers reading and projecting the kernel ' +
+        'map, `snapshot` the aggregator, `renderSet` rendering label sets whose series changed, `chunks` the ' +
+        "connection families' lines, `render` the other families, `metrics` prom-client's process metrics):",
       '',
       table(
         ['function', ...profiled.map((s) => `${s.target} samples %`)],
