@@ -182,6 +182,8 @@ export interface EntryTable {
   readonly length: number
   /** entry i's identity: equal ids are the same kernel entry, in this table and the next */
   id(i: number): string
+  /** whether entry i has the same key as entry `j` of `prev` (a quicker test than comparing ids) */
+  sameKey(i: number, prev: EntryTable | undefined, j: number): boolean
   /** whether entry i may hold other values than entry `j` of `prev`, the previous table */
   changed(i: number, prev: EntryTable | undefined, j: number): boolean
   owner(i: number): EntryOwner
@@ -219,6 +221,10 @@ export class DecodedEntries implements EntryTable {
 
   changed(): boolean {
     return true
+  }
+
+  sameKey(): boolean {
+    return false
   }
 
   owner(i: number): EntryOwner {
@@ -284,6 +290,12 @@ export class AggregateDump implements EntryTable {
 
   id(i: number): string {
     return this.keys.toString('latin1', i * this.ks, (i + 1) * this.ks)
+  }
+
+  sameKey(i: number, prev: EntryTable | undefined, j: number): boolean {
+    if (!(prev instanceof AggregateDump) || prev.ks !== this.ks || j >= prev.length) return false
+    const ks = this.ks
+    return this.keys.compare(prev.keys, j * ks, (j + 1) * ks, i * ks, (i + 1) * ks) === 0
   }
 
   changed(i: number, prev: EntryTable | undefined, j: number): boolean {
@@ -360,6 +372,7 @@ function addInto(dst: Series, src: Series): void {
 
 const OUT = 0
 const IN = 1
+const NO_LABELS: Array<[LabelName, string]> = []
 const dirIndex = (d: Direction): 0 | 1 => (d === 'inbound' ? IN : OUT)
 
 /** What the aggregator remembers of one kernel entry between scrapes. */
@@ -376,6 +389,8 @@ interface EntryRecord {
   readonly kernelOverflow: boolean
   /** its cgroup had no name yet: projected again at every scrape until it has one */
   unresolved: boolean
+  /** still known: false once it expired or left the map */
+  alive: boolean
 }
 
 /**
@@ -421,6 +436,8 @@ export class Aggregator {
   private seededDirty = true
   /** the previous snapshot's table, to tell which entries changed; undefined: treat all as changed */
   private prev: EntryTable | undefined
+  /** the records of the previous table's entries, by index */
+  private byIndex: Array<EntryRecord | undefined> = []
   private gen = 0
   /** label sets ever folded: the "series dropped by the cardinality limit" counter */
   foldedTotal = 0
@@ -448,6 +465,7 @@ export class Aggregator {
     this.overflowDirty = true
     this.seededDirty = true
     this.prev = undefined
+    this.byIndex = []
   }
 
   /**
@@ -534,7 +552,8 @@ export class Aggregator {
             : 'folded'
       s = {
         id,
-        labels,
+        // a folded label set's labels are never shown: its id is enough to know it again
+        labels: kind === 'folded' ? NO_LABELS : labels,
         kind,
         entries: [],
         seeded: [0, 0],
@@ -617,15 +636,15 @@ export class Aggregator {
     const nb = this.opts.nbuckets
     const labels = this.overflowLabelsNow
     const by: [Series | undefined, Series | undefined] = [undefined, undefined]
-    for (const s of this.sets.values()) {
-      if (s.kind === 'admitted') continue
+    this.sets.forEach((s) => {
+      if (s.kind === 'admitted') return
       for (const r of s.entries) {
         if (r.kernelOverflow && t.empty(r.index)) continue
         t.addInto(r.index, (by[dirIndex(r.direction)] ??= emptySeries(labels, r.direction, nb)))
       }
       if (s.seeded[OUT] > 0) (by[OUT] ??= emptySeries(labels, 'outbound', nb)).active += s.seeded[OUT]
       if (s.seeded[IN] > 0) (by[IN] ??= emptySeries(labels, 'inbound', nb)).active += s.seeded[IN]
-    }
+    })
     for (const r of this.retired) {
       if (r !== undefined) addInto((by[dirIndex(r.direction)] ??= emptySeries(labels, r.direction, nb)), r)
     }
@@ -650,6 +669,7 @@ export class Aggregator {
     } catch (e) {
       // a half-applied update: count everything again next time
       this.prev = undefined
+      this.byIndex = []
       this.dirty = []
       for (const s of this.sets.values()) {
         s.dirty = false
@@ -663,10 +683,15 @@ export class Aggregator {
   private update(t: EntryTable): Snapshot {
     const gen = ++this.gen
     const prev = this.prev
+    const byIndex = this.byIndex
     let seen = 0
     for (let i = 0; i < t.length; i++) {
-      const id = t.id(i)
-      let rec = this.entries.get(id)
+      // most entries are where they were in the previous read: compare keys there before any lookup
+      let rec = prev === undefined ? undefined : byIndex[i]
+      byIndex[i] = undefined
+      if (rec !== undefined && (!rec.alive || rec.gen === gen || !t.sameKey(i, prev, i))) rec = undefined
+      const id = rec === undefined ? t.id(i) : rec.id
+      rec ??= this.entries.get(id)
       if (rec === undefined) {
         const o = t.owner(i)
         rec = {
@@ -677,6 +702,7 @@ export class Aggregator {
           direction: o.direction,
           kernelOverflow: o.overflow,
           unresolved: false,
+          alive: true,
         }
         this.entries.set(id, rec)
         this.place(rec, o)
@@ -687,16 +713,19 @@ export class Aggregator {
         rec.gen = gen
         if (rec.unresolved) this.place(rec, t.owner(i))
       }
+      byIndex[i] = rec
       seen++
     }
+    byIndex.length = t.length
     if (seen !== this.entries.size) {
       // entries gone from the map (deleted by an earlier expiry, or elsewhere)
-      for (const [id, rec] of this.entries) {
-        if (rec.gen === gen) continue
+      this.entries.forEach((rec, id) => {
+        if (rec.gen === gen) return
         this.entries.delete(id)
+        rec.alive = false
         if (rec.set !== undefined) this.markDirty(rec.set)
         rec.set = undefined
-      }
+      })
     }
     if (this.seededDirty) {
       for (const s of this.sets.values()) {
@@ -722,11 +751,13 @@ export class Aggregator {
     if (idleExpiryMs > 0) {
       const before = this.opts.nowNs() - BigInt(idleExpiryMs) * 1_000_000n
       const expiredIds = new Set<string>()
-      for (const s of this.sets.values()) {
-        if (s.kind === 'overflow' || s.active !== 0 || s.lastNs === 0n || s.lastNs >= before) continue
+      // forEach: an iterator's result objects would be 65,536 allocations per scrape at the kernel's cap
+      this.sets.forEach((s) => {
+        if (s.kind === 'overflow' || s.active !== 0 || s.lastNs === 0n || s.lastNs >= before) return
         for (const r of s.entries) {
           expiredKeys.push(t.key(r.index))
           this.entries.delete(r.id)
+          r.alive = false
           r.set = undefined
           if (s.kind === 'folded') {
             // keep its counts in the overflow series: a counter never goes down
@@ -741,7 +772,7 @@ export class Aggregator {
         this.dropSet(s)
         this.expiredTotal++
         if (s.seeded[OUT] + s.seeded[IN] > 0) expiredIds.add(s.id)
-      }
+      })
       if (expiredIds.size > 0) {
         // their seeded connections all closed (active was 0): forget them with the label set
         this.seeded = this.seeded.filter(([o]) => {

@@ -310,6 +310,9 @@ const NFAMILIES = FAMILIES.length
 /** Retired Lines waited for before their Buffers can be reused; older ones are left to the GC. */
 const MAX_RETIRED = 4
 
+/** A format no scrape asked for in more than this many collections in a row has its lines dropped. */
+const UNUSED_COLLECTIONS = 8
+
 /** A Buffer that lines are appended to, grown as needed. */
 class Arena {
   buf: Buffer
@@ -406,12 +409,18 @@ class CollectionLines {
     /** the previous collection's, when it has the very same series: its Lines serve this one too */
     same: CollectionLines | undefined,
   ) {
-    this.lines = { prometheus: same?.lines.prometheus, openmetrics: same?.lines.openmetrics }
+    // the very same series: the previous collection's lines serve this one too (unless dropped)
+    const carry = (format: Format): Lines | undefined => {
+      const l = same?.lines[format]
+      return l !== undefined && owner.isNewest(format, l) ? l : undefined
+    }
+    this.lines = { prometheus: carry('prometheus'), openmetrics: carry('openmetrics') }
     for (const l of Object.values(this.lines)) if (l !== undefined) l.users++
   }
 
   /** This collection's Lines in `format`. */
   linesFor(format: Format): Lines {
+    this.owner.asked(format)
     let l = this.lines[format]
     if (l === undefined) {
       l = this.owner.newLines(format, this.sets)
@@ -540,15 +549,46 @@ export class ConnectionExposition {
   private last: CollectionLines | undefined
   private lastSets: readonly LabelSetSeries[] = []
 
+  /** the last collection in which each format was asked for */
+  private readonly askedAt: Record<Format, number> = { prometheus: 0, openmetrics: 0 }
+  /** the family sizes of a format's last lines, to size the next ones after its lines were dropped */
+  private readonly sizesOf: Record<Format, number[] | undefined> = {
+    prometheus: undefined,
+    openmetrics: undefined,
+  }
+
+  isNewest(format: Format, l: Lines): boolean {
+    return this.newest[format] === l
+  }
+
+  asked(format: Format): void {
+    this.askedAt[format] = this.gen
+  }
+
+  /**
+   * Drop the lines of a format no scrape asked for lately (a Prometheus that scraped OpenMetrics once,
+   * say): nothing is copied from them any more, and they go once no collection uses them.
+   */
+  private dropUnused(): void {
+    for (const format of ['prometheus', 'openmetrics'] as const) {
+      const l = this.newest[format]
+      // the collections since the last that asked for it, this one not counted (it has not asked yet)
+      if (l === undefined || this.gen - this.askedAt[format] - 1 <= UNUSED_COLLECTIONS) continue
+      this.sizesOf[format] = l.arenas.map((a) => a.len)
+      this.newest[format] = undefined
+      for (const k of this.kept.values()) k.placed[format] = undefined
+    }
+  }
+
   /** New Lines in `format` for these label sets, in recycled Buffers where there are big enough ones. */
   newLines(format: Format, sets: readonly LabelSetSeries[]): Lines {
     // sized like the newest Lines of this format, which most label sets are copied from (or of the
     // other format, whose lines are as long: only a histogram's _sum and _count swap places)
     const like = this.newest[format]
     const other = this.newest[format === 'openmetrics' ? 'prometheus' : 'openmetrics']
-    const hint = like ?? other
+    const hint = (like ?? other)?.arenas.map((a) => a.len) ?? this.sizesOf[format]
     const spares = this.spares
-    const sizes = FAMILIES.map((_, f) => (hint ? Math.ceil(1.05 * hint.arenas[f]!.len) : 1 << 12))
+    const sizes = FAMILIES.map((_, f) => (hint ? Math.ceil(1.05 * hint[f]!) : 1 << 12))
     const l = new Lines(sets, sizes, spares, hint !== undefined)
     for (let f = 0; f < NFAMILIES; f++) {
       if (spares[f] !== undefined && l.arenas[f]!.buf === spares[f]) this.reused++
@@ -610,8 +650,11 @@ export class ConnectionExposition {
       this.newest.openmetrics = undefined
       this.retired.length = 0
       this.spares.length = 0
+      this.sizesOf.prometheus = undefined
+      this.sizesOf.openmetrics = undefined
     }
     const gen = ++this.gen
+    this.dropUnused()
     const kept: Kept[] = new Array<Kept>(sets.length)
     let same = sets.length === this.lastSets.length
     for (let i = 0; i < sets.length; i++) {
@@ -633,7 +676,9 @@ export class ConnectionExposition {
       kept[i] = k
     }
     if (this.kept.size > sets.length) {
-      for (const [id, k] of this.kept) if (k.gen !== gen) this.kept.delete(id)
+      this.kept.forEach((k, id) => {
+        if (k.gen !== gen) this.kept.delete(id)
+      })
     }
     const lines = new CollectionLines(this, sets, kept, same ? this.last : undefined)
     this.last = lines
