@@ -311,19 +311,20 @@ const NFAMILIES = FAMILIES.length
 const MAX_RETIRED = 4
 
 /** A format no scrape asked for in more than this many collections in a row has its lines dropped. */
-const UNUSED_COLLECTIONS = 8
+const UNUSED_COLLECTIONS = 3
 
 /** A Buffer that lines are appended to, grown as needed. */
 class Arena {
   buf: Buffer
   len = 0
 
-  /** `spare`: a recycled Buffer to fill, when it is big enough */
-  constructor(capacity: number, spare: Buffer | undefined) {
+  /**
+   * `spare`: a recycled Buffer to fill, taken when it holds at least `need` bytes; otherwise a new one of
+   * `capacity` (a little more than `need`: lines grow as their counts gain digits).
+   */
+  constructor(need: number, capacity: number, spare: Buffer | undefined) {
     this.buf =
-      spare !== undefined && spare.length >= capacity
-        ? spare
-        : Buffer.allocUnsafeSlow(Math.max(4096, capacity))
+      spare !== undefined && spare.length >= need ? spare : Buffer.allocUnsafeSlow(Math.max(4096, capacity))
   }
 
   /** Make room for `capacity` bytes in all (the first label set's lines, times the label sets, say). */
@@ -338,7 +339,7 @@ class Arena {
     const n = to - from
     if (n <= 0) return
     if (this.len + n > this.buf.length) {
-      const bigger = Buffer.allocUnsafeSlow(Math.max(Math.ceil(1.5 * this.buf.length), this.len + n))
+      const bigger = Buffer.allocUnsafeSlow(Math.max(Math.ceil(1.25 * this.buf.length), this.len + n))
       this.buf.copy(bigger, 0, 0, this.len)
       this.buf = bigger
     }
@@ -369,7 +370,7 @@ class Lines {
     /** whether `sizes` come from earlier lines; if not, the first label set's lines decide */
     readonly sized: boolean,
   ) {
-    this.arenas = sizes.map((n, f) => new Arena(n, spares[f]))
+    this.arenas = sizes.map((n, f) => new Arena(n, Math.ceil(1.05 * n), spares[f]))
     this.starts = sizes.map(() => [0])
   }
 
@@ -588,7 +589,7 @@ export class ConnectionExposition {
     const other = this.newest[format === 'openmetrics' ? 'prometheus' : 'openmetrics']
     const hint = (like ?? other)?.arenas.map((a) => a.len) ?? this.sizesOf[format]
     const spares = this.spares
-    const sizes = FAMILIES.map((_, f) => (hint ? Math.ceil(1.05 * hint[f]!) : 1 << 12))
+    const sizes = FAMILIES.map((_, f) => (hint ? hint[f]! : 1 << 12))
     const l = new Lines(sets, sizes, spares, hint !== undefined)
     for (let f = 0; f < NFAMILIES; f++) {
       if (spares[f] !== undefined && l.arenas[f]!.buf === spares[f]) this.reused++

@@ -183,6 +183,12 @@ export interface Binding {
   dropCapabilities(keep: bigint): CapabilityDrop
   /** whether bpf() on file descriptors already open needs CAP_BPF or CAP_SYS_ADMIN on this kernel */
   bpfNeedsCapability(): boolean
+  /**
+   * glibc's M_MMAP_THRESHOLD, fixed: blocks of at least `bytes` are mapped on their own and given back to
+   * the kernel when freed (glibc otherwise raises the threshold as such blocks are freed). False where
+   * the C library is not glibc.
+   */
+  mmapThreshold(bytes: number): boolean
 }
 
 /** Errors thrown by the addon: the failing step, the errno and, where known, the fix. */

@@ -2,6 +2,7 @@
 // Module entry: libbpf log routing, the Tracer class, the shared record layout
 // and a few host helpers.
 #include <bpf/libbpf.h>
+#include <malloc.h>
 #include <napi.h>
 #include <sys/mount.h>
 #include <sys/statfs.h>
@@ -238,6 +239,24 @@ void FlushLog(Napi::Env env, const Napi::FunctionReference &log)
 	}
 }
 
+// mmapThreshold(bytes) -> whether set. Allocations of at least `bytes` get their own mapping, which
+// free() gives back to the kernel. glibc otherwise raises this threshold each time such a block is
+// freed, and later blocks of that size come from the heap, where freed memory mostly stays
+// resident: the exporter's multi-megabyte exposition Buffers then let its RSS creep up. Not glibc:
+// false.
+Napi::Value MmapThreshold(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	if (!info[0].IsNumber())
+		throw Napi::TypeError::New(env, "mmapThreshold(bytes): bytes must be a number");
+#ifdef __GLIBC__
+	int bytes = info[0].As<Napi::Number>().Int32Value();
+	return Napi::Boolean::New(env, bytes > 0 && mallopt(M_MMAP_THRESHOLD, bytes) == 1);
+#else
+	return Napi::Boolean::New(env, false);
+#endif
+}
+
 } // namespace tcptracer
 
 Napi::Object InitModule(Napi::Env env, Napi::Object exports)
@@ -256,6 +275,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports)
 		    Napi::Function::New(env, DropCapabilities, "dropCapabilities"));
 	exports.Set("bpfNeedsCapability",
 		    Napi::Function::New(env, BpfNeedsCapability, "bpfNeedsCapability"));
+	exports.Set("mmapThreshold", Napi::Function::New(env, MmapThreshold, "mmapThreshold"));
 	return exports;
 }
 
