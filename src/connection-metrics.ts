@@ -178,16 +178,45 @@ function shapes(le: readonly string[]): Shapes {
   return { ...all, longest }
 }
 
-/** Writes lines into one growing scratch Buffer; a label set's lines are then copied out at their size. */
-class LineWriter {
-  buf = Buffer.allocUnsafeSlow(1 << 16)
+/**
+ * A Buffer that lines are written or copied into, grown as needed: one family's lines of one format.
+ * Bytes once written never change: views of them stay valid when a bigger Buffer replaces this one.
+ */
+class Arena {
+  buf: Buffer
   at = 0
+
+  /**
+   * `spare`: a recycled Buffer to fill, taken when it holds at least `need` bytes; otherwise a new one of
+   * `capacity` (a little more than `need`: lines grow as their counts gain digits).
+   */
+  constructor(need: number, capacity: number, spare: Buffer | undefined) {
+    this.buf =
+      spare !== undefined && spare.length >= need ? spare : Buffer.allocUnsafeSlow(Math.max(4096, capacity))
+  }
 
   private room(n: number): void {
     if (this.at + n <= this.buf.length) return
-    const bigger = Buffer.allocUnsafeSlow(Math.max(2 * this.buf.length, this.at + n))
+    this.resize(Math.max(Math.ceil(1.25 * this.buf.length), this.at + n))
+  }
+
+  private resize(capacity: number): void {
+    const bigger = Buffer.allocUnsafeSlow(capacity)
     this.buf.copy(bigger, 0, 0, this.at)
     this.buf = bigger
+  }
+
+  /** Make room for `capacity` bytes in all (the first label set's lines, times the label sets, say). */
+  reserve(capacity: number): void {
+    if (capacity > this.buf.length) this.resize(capacity)
+  }
+
+  /** Copy src[from .. to) to the end. */
+  append(src: Buffer, from: number, to: number): void {
+    const n = to - from
+    if (n <= 0) return
+    this.room(n)
+    this.at += src.copy(this.buf, this.at, from, to)
   }
 
   private put(src: Uint8Array): void {
@@ -235,7 +264,7 @@ class LineWriter {
 /**
  * The lines of one label set, byte for byte what render() prints for the samples connectionFamilies()
  * makes of its series: the same label pairs (escaped once, by exposition.ts), fixed parts and values.
- * They are left in the writer's Buffer: family f's lines from `offsets[f]` to `offsets[f + 1]`.
+ * Family f's lines are written at the end of `w[f]`.
  */
 function renderSet(
   s: LabelSetSeries,
@@ -243,37 +272,31 @@ function renderSet(
   sh: Shapes,
   nbounds: number,
   om: boolean,
-  w: LineWriter,
-  offsets: number[],
+  w: readonly Arena[],
 ): void {
   const L = sh.longest
   const o = s.outbound
   const n = s.inbound
-  offsets.length = 0
-  w.at = 0
-  offsets.push(0)
-  if (o !== undefined) w.line(sh.connects, pairs, o.opened, L)
-  offsets.push(w.at)
+  if (o !== undefined) w[CONNECTS]!.line(sh.connects, pairs, o.opened, L)
   if (o !== undefined) {
-    for (let i = 0; i < sh.failures.length; i++) w.line(sh.failures[i]!, pairs, o.failed[i] ?? 0, L)
+    const f = w[FAILURES]!
+    for (let i = 0; i < sh.failures.length; i++) f.line(sh.failures[i]!, pairs, o.failed[i] ?? 0, L)
   }
-  offsets.push(w.at)
-  if (n !== undefined) w.line(sh.accepts, pairs, n.opened, L)
-  offsets.push(w.at)
+  if (n !== undefined) w[ACCEPTS]!.line(sh.accepts, pairs, n.opened, L)
   const both = [o, n]
   const by = [sh.outbound, sh.inbound]
-  for (let d = 0; d < 2; d++) if (both[d] !== undefined) w.line(by[d]!.closes, pairs, both[d]!.closed, L)
-  offsets.push(w.at)
   for (let d = 0; d < 2; d++) {
     const x = both[d]
     if (x === undefined) continue
     const shp = by[d]!
+    w[CLOSES]!.line(shp.closes, pairs, x.closed, L)
     const counts = x.buckets
     if (counts.length !== nbounds + 1) {
       throw new Error(
         `${family(DURATION).name}: ${counts.length} counts for ${nbounds} bounds (want bounds.length + 1)`,
       )
     }
+    const h = w[DURATION]!
     let total = 0
     for (let i = 0; i <= nbounds; i++) {
       const c = counts[i]!
@@ -281,25 +304,19 @@ function renderSet(
         throw new Error(`${family(DURATION).name}: bucket counts must not be negative or NaN, got ${c}`)
       }
       total += c
-      w.line(shp.buckets[i]!, pairs, total, L)
+      h.line(shp.buckets[i]!, pairs, total, L)
     }
     if (om) {
-      w.line(shp.count, pairs, total, L)
-      w.line(shp.sum, pairs, x.durationSumNs / 1e9, L)
+      h.line(shp.count, pairs, total, L)
+      h.line(shp.sum, pairs, x.durationSumNs / 1e9, L)
     } else {
-      w.line(shp.sum, pairs, x.durationSumNs / 1e9, L)
-      w.line(shp.count, pairs, total, L)
+      h.line(shp.sum, pairs, x.durationSumNs / 1e9, L)
+      h.line(shp.count, pairs, total, L)
     }
+    w[SENT]!.line(shp.sent, pairs, x.sentBytes, L)
+    w[RECEIVED]!.line(shp.received, pairs, x.receivedBytes, L)
+    w[ACTIVE]!.line(shp.active, pairs, x.active, L)
   }
-  offsets.push(w.at)
-  for (let d = 0; d < 2; d++) if (both[d] !== undefined) w.line(by[d]!.sent, pairs, both[d]!.sentBytes, L)
-  offsets.push(w.at)
-  for (let d = 0; d < 2; d++) {
-    if (both[d] !== undefined) w.line(by[d]!.received, pairs, both[d]!.receivedBytes, L)
-  }
-  offsets.push(w.at)
-  for (let d = 0; d < 2; d++) if (both[d] !== undefined) w.line(by[d]!.active, pairs, both[d]!.active, L)
-  offsets.push(w.at)
 }
 
 /** At most this many label sets are rendered anew for one chunk, so that one chunk is quick to make. */
@@ -312,40 +329,6 @@ const MAX_RETIRED = 4
 
 /** A format no scrape asked for in more than this many collections in a row has its lines dropped. */
 const UNUSED_COLLECTIONS = 3
-
-/** A Buffer that lines are appended to, grown as needed. */
-class Arena {
-  buf: Buffer
-  len = 0
-
-  /**
-   * `spare`: a recycled Buffer to fill, taken when it holds at least `need` bytes; otherwise a new one of
-   * `capacity` (a little more than `need`: lines grow as their counts gain digits).
-   */
-  constructor(need: number, capacity: number, spare: Buffer | undefined) {
-    this.buf =
-      spare !== undefined && spare.length >= need ? spare : Buffer.allocUnsafeSlow(Math.max(4096, capacity))
-  }
-
-  /** Make room for `capacity` bytes in all (the first label set's lines, times the label sets, say). */
-  reserve(capacity: number): void {
-    if (capacity <= this.buf.length) return
-    const bigger = Buffer.allocUnsafeSlow(capacity)
-    this.buf.copy(bigger, 0, 0, this.len)
-    this.buf = bigger
-  }
-
-  append(src: Uint8Array, from: number, to: number): void {
-    const n = to - from
-    if (n <= 0) return
-    if (this.len + n > this.buf.length) {
-      const bigger = Buffer.allocUnsafeSlow(Math.max(Math.ceil(1.25 * this.buf.length), this.len + n))
-      this.buf.copy(bigger, 0, 0, this.len)
-      this.buf = bigger
-    }
-    this.len += Buffer.prototype.copy.call(src, this.buf, this.len, from, to)
-  }
-}
 
 /**
  * One format's lines of one collection's label sets, family by family: family f's lines of label set i
@@ -400,7 +383,6 @@ interface Kept {
 /** One collection's connection families: its label sets' lines, per format, made when first asked for. */
 class CollectionLines {
   readonly lines: Record<Format, Lines | undefined>
-  private readonly offsets: number[] = []
   private released = false
 
   constructor(
@@ -445,7 +427,6 @@ class CollectionLines {
    * unchanged are copied from where they were put last, runs of them with one copy per family.
    */
   private fill(l: Lines, format: Format, upTo: number, maxRendered: number): void {
-    const w = this.owner.writer
     const sh = this.owner.shapes
     const nb = this.owner.nbounds
     const om = format === 'openmetrics'
@@ -460,7 +441,7 @@ class CollectionLines {
         const src = run.starts[f]!
         const dst = l.starts[f]!
         const a = l.arenas[f]!
-        const base = a.len - src[runFrom]!
+        const base = a.at - src[runFrom]!
         a.append(run.arenas[f]!.buf, src[runFrom]!, src[runTo]!)
         for (let j = runFrom + 1; j <= runTo; j++) dst.push(base + src[j]!)
       }
@@ -482,14 +463,10 @@ class CollectionLines {
         }
       } else {
         flush()
-        renderSet(s, k.pairs, sh, nb, om, w, this.offsets)
+        renderSet(s, k.pairs, sh, nb, om, l.arenas)
         rendered++
         this.owner.rendered++
-        for (let f = 0; f < NFAMILIES; f++) {
-          const a = l.arenas[f]!
-          a.append(w.buf, this.offsets[f]!, this.offsets[f + 1]!)
-          l.starts[f]!.push(a.len)
-        }
+        for (let f = 0; f < NFAMILIES; f++) l.starts[f]!.push(l.arenas[f]!.at)
       }
       // the newest series of the label set are now here too (never point it at older series)
       if (k.of === s) k.placed[format] = { of: s, lines: l, index: i }
@@ -497,7 +474,7 @@ class CollectionLines {
       if (l.filled === 1 && !l.sized) {
         // the first lines of this format: as much room as the first label set's lines times all of them
         const n = l.sets.length
-        for (const a of l.arenas) a.reserve(Math.ceil(1.1 * a.len * n) + 4096)
+        for (const a of l.arenas) a.reserve(Math.ceil(1.1 * a.at * n) + 4096)
       }
     }
     flush()
@@ -541,7 +518,6 @@ export class ConnectionExposition {
   private readonly spares: Array<Buffer | undefined> = []
   /** Buffers of recycled Lines reused so far (a number for the tests) */
   reused = 0
-  readonly writer = new LineWriter()
   shapes: Shapes = shapes([])
   nbounds = 0
   private kept = new Map<string, Kept>()
@@ -575,7 +551,7 @@ export class ConnectionExposition {
       const l = this.newest[format]
       // the collections since the last that asked for it, this one not counted (it has not asked yet)
       if (l === undefined || this.gen - this.askedAt[format] - 1 <= UNUSED_COLLECTIONS) continue
-      this.sizesOf[format] = l.arenas.map((a) => a.len)
+      this.sizesOf[format] = l.arenas.map((a) => a.at)
       this.newest[format] = undefined
       for (const k of this.kept.values()) k.placed[format] = undefined
     }
@@ -587,7 +563,7 @@ export class ConnectionExposition {
     // other format, whose lines are as long: only a histogram's _sum and _count swap places)
     const like = this.newest[format]
     const other = this.newest[format === 'openmetrics' ? 'prometheus' : 'openmetrics']
-    const hint = (like ?? other)?.arenas.map((a) => a.len) ?? this.sizesOf[format]
+    const hint = (like ?? other)?.arenas.map((a) => a.at) ?? this.sizesOf[format]
     const spares = this.spares
     const sizes = FAMILIES.map((_, f) => (hint ? hint[f]! : 1 << 12))
     const l = new Lines(sets, sizes, spares, hint !== undefined)
