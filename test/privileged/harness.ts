@@ -149,9 +149,34 @@ export async function startServer(ns: Netns, args: string[]): Promise<ServerInfo
   const proc = new JsonProcess(
     spawn('ip', ['netns', 'exec', ns.name, TCPLOAD, 'server', ...args], { stdio: 'pipe' }),
   )
+  return await listening(proc)
+}
+
+async function listening(proc: JsonProcess): Promise<ServerInfo> {
   await proc.until(() => proc.lines.some((l) => l['event'] === 'listening'), 10000, 'the server to listen')
   const l = proc.lines.find((x) => x['event'] === 'listening')!
   return { proc, pid: l['pid'] as number, port: l['port'] as number }
+}
+
+/**
+ * A `tcpload server` whose pid is known before it runs: a shell that waits for release() and then
+ * execs the server in its own process (`ip netns exec` execs too), so a tracer can be told the pid
+ * and attached before the server calls listen() and accept().
+ */
+export function gatedServer(ns: Netns, args: string[]): { pid: number; release(): Promise<ServerInfo> } {
+  const child = spawn(
+    'ip',
+    ['netns', 'exec', ns.name, 'sh', '-c', 'read -r _ && exec "$0" "$@"', TCPLOAD, 'server', ...args],
+    { stdio: 'pipe' },
+  )
+  const proc = new JsonProcess(child)
+  return {
+    pid: child.pid!,
+    release: async () => {
+      child.stdin!.end('go\n')
+      return await listening(proc)
+    },
+  }
 }
 
 /** Run `tcpload client` inside a namespace to completion; returns its lines. */
