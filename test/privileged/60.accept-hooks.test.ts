@@ -15,6 +15,7 @@ import {
   privileged,
   runClient,
   scrape,
+  scrapeUntil,
   startDaemon,
   startServer,
   valueOf,
@@ -214,8 +215,14 @@ describe('accept hooks on the real kernel', { skip }, () => {
           String(N),
         ])
         assert.equal(await srv.proc.exited, 0)
-        const { samples } = await scrape(d)
         const at = { netns: String(ns.inode), family: 'ipv4' }
+        // a server's close completes with the client's last ACK, after the server has exited
+        const { samples } = await scrapeUntil(
+          d,
+          (s) =>
+            valueOf(s, 'tcptracer_closes_total', { ...at, comm: SRV, direction: 'inbound' }) ===
+            valueOf(s, 'tcptracer_accepts_total', { ...at, comm: SRV }),
+        )
         const accepts = valueOf(samples, 'tcptracer_accepts_total', { ...at, comm: SRV }) ?? 0
         const closes =
           valueOf(samples, 'tcptracer_closes_total', { ...at, comm: SRV, direction: 'inbound' }) ?? 0

@@ -388,6 +388,25 @@ export async function scrape(
   return { text, samples: parseExposition(text) }
 }
 
+/**
+ * Scrape until `settled` holds or `timeout` ms (scaled by TIME_SCALE) pass; returns the last scrape
+ * either way, for the caller's exact assertions. For counts that complete after the generator exits:
+ * the final ACK of a close, TIME_WAIT.
+ */
+export async function scrapeUntil(
+  d: Daemon,
+  settled: (samples: ScrapedSample[]) => boolean,
+  timeout = 5000,
+): Promise<{ text: string; samples: ScrapedSample[] }> {
+  const deadline = Date.now() + timeout * TIME_SCALE
+  let last = await scrape(d)
+  while (!settled(last.samples) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    last = await scrape(d)
+  }
+  return last
+}
+
 export interface ExchangeOptions {
   n: number
   send: number
