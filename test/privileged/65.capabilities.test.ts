@@ -272,11 +272,18 @@ describe('least privilege at runtime', { skip }, () => {
     // a root process with every capability, as a container's processes or systemd are to the daemon
     const target = spawn('sleep', ['60'], { stdio: 'ignore' })
     try {
+      // the child is sleep, not the forked copy of node about to exec it
+      const execed = Date.now() + 5000 * TIME_SCALE
+      while (readFileSync(`/proc/${target.pid}/comm`, 'utf8').trim() !== 'sleep' && Date.now() < execed) {
+        await new Promise((resolve) => setTimeout(resolve, 10))
+      }
       const script = `const b = require(${JSON.stringify(ADDON)}); b.dropCapabilities(BigInt(process.argv[1]));
         try { console.log(require('fs').readlinkSync('/proc/${target.pid}/ns/net')) } catch (e) { console.log(e.code) }`
       const run = (prefix: readonly string[], keep: bigint): string => {
         const argv = [...prefix, process.execPath, '-e', script, keep.toString()]
-        return execFileSync(argv[0]!, argv.slice(1), { encoding: 'utf8' }).trim()
+        const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' })
+        assert.equal(r.status, 0, `${argv.join(' ')}: exit ${r.status}: ${r.stderr}`)
+        return r.stdout.trim() || `(nothing on stdout; stderr: ${r.stderr})`
       }
       for (const [what, prefix] of [
         ['root', []],
