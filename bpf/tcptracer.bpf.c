@@ -119,11 +119,18 @@ struct {
  */
 struct conn {
 	struct owner owner;
-	__u64 established_ns; /* 0 while SYN_SENT */
+	__u64 established_ns; /* at ESTABLISHED; before it, outbound: at connect() */
 	__u16 sport;	      /* local port at establishment: unhashing at CLOSE zeroes it */
 	__u8 direction;	      /* enum direction */
 	__u8 reported;	      /* the connect/accept event was emitted */
-	__u8 __pad[4];
+	/*
+	 * The label set the connection is counted in (set at connect(), or for inbound at
+	 * establishment): what counts its close should its CLOSE go unseen (on_unseen_close).
+	 */
+	__u32 netns;
+	__u16 port; /* service port */
+	__u8 ip;
+	__u8 __pad[5];
 };
 
 struct {
@@ -363,6 +370,9 @@ static __always_inline void aggregate_event(__u32 netns, __u8 type, const struct
 	case TCP_EVENT_TYPE_SEEDED_CLOSE:
 		__sync_fetch_and_add(&v->seeded_closed, 1);
 		break;
+	case TCP_EVENT_TYPE_CLOSE_UNSEEN:
+		__sync_fetch_and_add(&v->closed, 1);
+		break;
 	}
 	v->last_ns = f->now;
 }
@@ -435,6 +445,46 @@ static __always_inline void record(struct sock *sk, __u16 family, __u32 netns, _
 	emit(sk, family, netns, type, c, reason, &f);
 }
 
+/* Remember the label set of a connection being established (see struct conn). */
+static __always_inline void identify(struct conn *c, struct sock *sk, __u16 family, __u32 netns)
+{
+	c->netns = netns;
+	c->ip = ip_version(sk, family);
+	c->port = c->direction == DIRECTION_INBOUND
+		      ? c->sport
+		      : bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
+/*
+ * A counted connection whose CLOSE neither program saw: a new socket took over its
+ * memory, so its entry is still there. Count the close now, in the label set it was
+ * established in; its lifetime and bytes are gone with the socket. This happens when
+ * the kernel does not run the programs for an event at all (docs/tracer.md, Known
+ * limits).
+ */
+static __always_inline void on_unseen_close(const struct conn *c)
+{
+	struct facts f = {.now = bpf_ktime_get_ns(), .ip = c->ip, .port = c->port};
+
+	if (!c->reported)
+		return; /* neither its connect nor its accept was counted */
+	stat_inc(STAT_CLOSE_UNSEEN);
+	if (aggregate)
+		aggregate_event(c->netns, TCP_EVENT_TYPE_CLOSE_UNSEEN, &c->owner, c->direction, 0,
+				&f);
+}
+
+/* Drop whatever a freed socket at this address left behind; see on_unseen_close. */
+static __always_inline void forget_stale(__u64 key)
+{
+	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+
+	if (!c)
+		return;
+	on_unseen_close(c);
+	bpf_map_delete_elem(&conns, &key);
+}
+
 /* A connection open before the daemon started reached CLOSE: count it if it was seeded. */
 static __always_inline void on_seeded_close(struct sock *sk, __u16 family, __u32 netns)
 {
@@ -460,15 +510,32 @@ static __always_inline void on_seeded_close(struct sock *sk, __u16 family, __u32
 	bpf_map_delete_elem(&seeded, &t);
 }
 
-static __always_inline void on_connect_start(struct sock *sk)
+static __always_inline void on_connect_start(struct sock *sk, __u16 family, __u32 netns)
 {
 	__u64 key = (__u64)sk;
-	struct conn c = {.direction = DIRECTION_OUTBOUND};
+	struct conn c = {.direction = DIRECTION_OUTBOUND}, *old;
+	long err;
 
 	current_owner(&c.owner);
-	if (filter_pid && c.owner.pid != filter_pid)
+	if (filter_pid && c.owner.pid != filter_pid) {
+		forget_stale(key);
 		return;
-	if (bpf_map_update_elem(&conns, &key, &c, BPF_ANY))
+	}
+	/* the start of its lifetime should its establishment go unseen (on_unseen_connect) */
+	c.established_ns = bpf_ktime_get_ns();
+	identify(&c, sk, family, netns);
+	/*
+	 * An entry already here belongs to a freed socket whose CLOSE we never saw (or to
+	 * this event, seen by both copies of the programs during a takeover: not reported).
+	 */
+	err = bpf_map_update_elem(&conns, &key, &c, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		old = bpf_map_lookup_elem(&conns, &key);
+		if (old)
+			on_unseen_close(old);
+		err = bpf_map_update_elem(&conns, &key, &c, BPF_ANY);
+	}
+	if (err)
 		stat_inc(STAT_MAP_UPDATE_FAILED);
 }
 
@@ -544,6 +611,7 @@ static __always_inline void on_accepted(struct sock *sk, __u16 family, __u32 net
 		return;
 	c.established_ns = bpf_ktime_get_ns();
 	c.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	identify(&c, sk, family, netns);
 	if (accept_mode == ACCEPT_MODE_LISTENER) {
 		struct listener_key k = {
 		    .netns = netns,
@@ -600,6 +668,20 @@ static __always_inline void on_orphan_closed(struct sock *sk, __u16 family, __u3
 	record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0);
 }
 
+/*
+ * An outbound connection closed whose establishment neither program saw (the kernel
+ * did not run them for it; see on_unseen_close): count its connect now, then its
+ * close, with its lifetime measured from connect().
+ */
+static __always_inline void on_unseen_connect(struct sock *sk, __u16 family, __u32 netns,
+					      struct conn *c)
+{
+	stat_inc(STAT_CONNECT_UNSEEN);
+	c->reported = 1;
+	record(sk, family, netns, TCP_EVENT_TYPE_CONNECT, c, 0);
+	record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0);
+}
+
 static __always_inline void on_closed(struct sock *sk, __u16 family, __u32 netns, int oldstate)
 {
 	__u64 key = (__u64)sk;
@@ -621,21 +703,20 @@ static __always_inline void on_closed(struct sock *sk, __u16 family, __u32 netns
 	else if (c->direction == DIRECTION_INBOUND)
 		/* syscall or kernel mode: established, never returned by an accept */
 		stat_inc(STAT_ACCEPT_UNATTRIBUTED);
+	else if (oldstate != TCP_SYN_RECV) /* not a simultaneous open that failed */
+		on_unseen_connect(sk, family, netns, c);
 	/* terminal state: drop the socket's entry */
 	bpf_map_delete_elem(&conns, &key);
 }
 
 /*
  * A listener's new child socket: any entry under its address belongs to a freed
- * socket whose CLOSE we never saw (the kernel's recursion guard skips a program
- * run that interrupts the same program on the same CPU). Without this, a stale
- * outbound entry would make the accept look like a simultaneous open.
+ * socket whose CLOSE we never saw (on_unseen_close). Without this, a stale outbound
+ * entry would make the accept look like a simultaneous open.
  */
 static __always_inline void on_child_created(struct sock *sk)
 {
-	__u64 key = (__u64)sk;
-
-	bpf_map_delete_elem(&conns, &key);
+	forget_stale((__u64)sk);
 }
 
 /*
@@ -677,7 +758,7 @@ static __always_inline void set_state(struct sock *sk, int oldstate, int newstat
 		return;
 
 	if (newstate == TCP_SYN_SENT && oldstate == TCP_CLOSE)
-		on_connect_start(sk);
+		on_connect_start(sk, family, netns);
 	else if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT)
 		on_connected(sk, family, netns);
 	else if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV)
@@ -791,6 +872,7 @@ static __always_inline int on_accept_return(struct sock *sk)
 		return 0;
 	n.established_ns = bpf_ktime_get_ns();
 	n.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	identify(&n, sk, family, netns);
 	err = bpf_map_update_elem(&conns, &key, &n, BPF_NOEXIST);
 	if (err == -EEXIST) {
 		/* the handshake's last step got in between lookup and update after all */

@@ -563,6 +563,15 @@ export class Exporter {
         ],
       },
       {
+        name: 'tcptracer_unseen_total',
+        help: "State changes the kernel never ran the BPF programs for, found later and counted then: close = a counted connection's close, found when a new socket reused its memory (in tcptracer_closes_total, not in the lifetime histogram or the byte counters); connect = an outbound connection's establishment, found at its close (connect and close counted then, lifetime from connect()).",
+        type: 'counter',
+        samples: [
+          { labels: [['kind', 'close']], value: n(stats.closeUnseen) },
+          { labels: [['kind', 'connect']], value: n(stats.connectUnseen) },
+        ],
+      },
+      {
         name: 'tcptracer_label_sets_dropped_total',
         help: 'Label sets folded into the __overflow__ series because limits.max_label_sets was reached.',
         type: 'counter',

@@ -70,6 +70,8 @@ export interface NativeConstants {
   STAT_ACCEPT_UNATTRIBUTED: number
   STAT_CONNECT_UNATTRIBUTED: number
   STAT_AGG_FULL: number
+  STAT_CLOSE_UNSEEN: number
+  STAT_CONNECT_UNSEEN: number
   STAT_MAX: number
   LABEL_PID: number
   LABEL_CGROUP: number

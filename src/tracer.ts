@@ -87,6 +87,13 @@ export interface KernelStats {
   mapUpdateFailed: bigint
   acceptUnattributed: bigint
   connectUnattributed: bigint
+  /**
+   * closes of counted connections that neither program saw, counted late when a new socket
+   * took over the closed one's memory (docs/tracer.md, Known limits)
+   */
+  closeUnseen: bigint
+  /** outbound connections whose establishment neither program saw, counted at their close */
+  connectUnseen: bigint
 }
 
 /** A connection that was open before the daemon started, and what to count it against. */
@@ -523,6 +530,8 @@ export class TcpTracer {
       mapUpdateFailed: sums[c.STAT_MAP_UPDATE_FAILED] ?? 0n,
       acceptUnattributed: sums[c.STAT_ACCEPT_UNATTRIBUTED] ?? 0n,
       connectUnattributed: sums[c.STAT_CONNECT_UNATTRIBUTED] ?? 0n,
+      closeUnseen: sums[c.STAT_CLOSE_UNSEEN] ?? 0n,
+      connectUnseen: sums[c.STAT_CONNECT_UNSEEN] ?? 0n,
     }
   }
 
