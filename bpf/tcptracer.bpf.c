@@ -322,6 +322,14 @@ static __always_inline __u32 bucket_of(__u64 d)
 	return i < nbuckets ? i : MAX_BUCKETS; /* past the last bound: +Inf */
 }
 
+/* Whether the exporter's netns and port filters (config) let a label set be counted. */
+static __always_inline bool filters_pass(__u32 netns, __u16 port)
+{
+	if (netns_filter_on && !bpf_map_lookup_elem(&netns_filter, &netns))
+		return false;
+	return !port_filter_on || bpf_map_lookup_elem(&port_filter, &port);
+}
+
 /* Count one event against its owner's label set. */
 static __always_inline void aggregate_event(__u32 netns, __u8 type, const struct owner *o,
 					    __u8 direction, __u8 reason, const struct facts *f)
@@ -330,9 +338,7 @@ static __always_inline void aggregate_event(__u32 netns, __u8 type, const struct
 	struct agg_value *v;
 	__u32 mask = label_mask, b;
 
-	if (netns_filter_on && !bpf_map_lookup_elem(&netns_filter, &netns))
-		return;
-	if (port_filter_on && !bpf_map_lookup_elem(&port_filter, &f->port))
+	if (!filters_pass(netns, f->port))
 		return;
 	if (o->pid == 0) {
 		k.flags = AGG_UNATTRIBUTED;
@@ -468,21 +474,31 @@ static __always_inline void on_unseen_close(const struct conn *c)
 
 	if (!c->reported)
 		return; /* neither its connect nor its accept was counted */
+	if (!aggregate) {
+		stat_inc(STAT_CLOSE_UNSEEN);
+		return;
+	}
+	/* the exporter tracks every namespace; count what its filters count */
+	if (!filters_pass(c->netns, c->port))
+		return;
 	stat_inc(STAT_CLOSE_UNSEEN);
-	if (aggregate)
-		aggregate_event(c->netns, TCP_EVENT_TYPE_CLOSE_UNSEEN, &c->owner, c->direction, 0,
-				&f);
+	aggregate_event(c->netns, TCP_EVENT_TYPE_CLOSE_UNSEEN, &c->owner, c->direction, 0, &f);
 }
 
-/* Drop whatever a freed socket at this address left behind; see on_unseen_close. */
+/*
+ * Drop what a freed socket at this address left behind, and count its close; see
+ * on_unseen_close. Whoever deletes an entry counts it: the CLOSE handler, this, or
+ * sweep_conns, which can race with either.
+ */
 static __always_inline void forget_stale(__u64 key)
 {
-	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	struct conn *c = bpf_map_lookup_elem(&conns, &key), gone;
 
 	if (!c)
 		return;
-	on_unseen_close(c);
-	bpf_map_delete_elem(&conns, &key);
+	gone = *c;
+	if (bpf_map_delete_elem(&conns, &key) == 0)
+		on_unseen_close(&gone);
 }
 
 /* A connection open before the daemon started reached CLOSE: count it if it was seeded. */
@@ -513,7 +529,7 @@ static __always_inline void on_seeded_close(struct sock *sk, __u16 family, __u32
 static __always_inline void on_connect_start(struct sock *sk, __u16 family, __u32 netns)
 {
 	__u64 key = (__u64)sk;
-	struct conn c = {.direction = DIRECTION_OUTBOUND}, *old;
+	struct conn c = {.direction = DIRECTION_OUTBOUND};
 	long err;
 
 	current_owner(&c.owner);
@@ -530,9 +546,7 @@ static __always_inline void on_connect_start(struct sock *sk, __u16 family, __u3
 	 */
 	err = bpf_map_update_elem(&conns, &key, &c, BPF_NOEXIST);
 	if (err == -EEXIST) {
-		old = bpf_map_lookup_elem(&conns, &key);
-		if (old)
-			on_unseen_close(old);
+		forget_stale(key);
 		err = bpf_map_update_elem(&conns, &key, &c, BPF_ANY);
 	}
 	if (err)
@@ -676,7 +690,8 @@ static __always_inline void on_orphan_closed(struct sock *sk, __u16 family, __u3
 static __always_inline void on_unseen_connect(struct sock *sk, __u16 family, __u32 netns,
 					      struct conn *c)
 {
-	stat_inc(STAT_CONNECT_UNSEEN);
+	if (!aggregate || filters_pass(c->netns, c->port))
+		stat_inc(STAT_CONNECT_UNSEEN);
 	c->reported = 1;
 	record(sk, family, netns, TCP_EVENT_TYPE_CONNECT, c, 0);
 	record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0);
@@ -685,28 +700,30 @@ static __always_inline void on_unseen_connect(struct sock *sk, __u16 family, __u
 static __always_inline void on_closed(struct sock *sk, __u16 family, __u32 netns, int oldstate)
 {
 	__u64 key = (__u64)sk;
-	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	struct conn *v = bpf_map_lookup_elem(&conns, &key), c;
 
-	if (!c) {
+	if (!v) {
 		if (aggregate && seeded_any)
 			on_seeded_close(sk, family, netns);
 		return;
 	}
+	/* terminal state: drop the socket's entry; whoever deletes it counts it (forget_stale) */
+	c = *v;
+	if (bpf_map_delete_elem(&conns, &key))
+		return;
 	if (oldstate == TCP_SYN_SENT)
-		record(sk, family, netns, TCP_EVENT_TYPE_CONNECT_FAILED, c, fail_reason(sk));
-	else if (c->reported)
-		record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0);
-	else if (c->direction == DIRECTION_INBOUND && accept_mode == ACCEPT_MODE_LISTENER)
+		record(sk, family, netns, TCP_EVENT_TYPE_CONNECT_FAILED, &c, fail_reason(sk));
+	else if (c.reported)
+		record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, &c, 0);
+	else if (c.direction == DIRECTION_INBOUND && accept_mode == ACCEPT_MODE_LISTENER)
 		/* left waiting for an accept hook by a copy in another mode that handed over to us
 		 */
-		on_orphan_closed(sk, family, netns, c);
-	else if (c->direction == DIRECTION_INBOUND)
+		on_orphan_closed(sk, family, netns, &c);
+	else if (c.direction == DIRECTION_INBOUND)
 		/* syscall or kernel mode: established, never returned by an accept */
 		stat_inc(STAT_ACCEPT_UNATTRIBUTED);
 	else if (oldstate != TCP_SYN_RECV) /* not a simultaneous open that failed */
-		on_unseen_connect(sk, family, netns, c);
-	/* terminal state: drop the socket's entry */
-	bpf_map_delete_elem(&conns, &key);
+		on_unseen_connect(sk, family, netns, &c);
 }
 
 /*
@@ -801,6 +818,43 @@ int BPF_PROG(handle_set_state_nested, struct sock *sk, int oldstate, int newstat
 		return 0;
 	if (is_active())
 		set_state(sk, oldstate, newstate);
+	return 0;
+}
+
+/*
+ * Never attached: the daemon runs it (BPF_PROG_TEST_RUN) before it reads the counters.
+ * It counts the closes that neither the CLOSE handler nor a new socket taking over
+ * the memory (forget_stale) has: entries of counted connections whose socket's memory
+ * no longer holds them. The socket's state is stored after the tracepoint, so a socket
+ * reads CLOSE only once its CLOSE handler has run; then the entry is gone, or was
+ * never deleted because the handler never ran.
+ */
+static __always_inline bool still_open(struct sock *sk, const struct conn *c)
+{
+	switch (BPF_CORE_READ(sk, __sk_common.skc_state)) {
+	case TCP_CLOSE:
+	case TCP_LISTEN:
+	case TCP_TIME_WAIT:
+	case TCP_NEW_SYN_RECV:
+		return false;
+	}
+	return local_port(sk) == c->sport &&
+	       BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) == c->netns;
+}
+
+static long sweep_one(struct bpf_map *map, __u64 *key, struct conn *c, void *ctx)
+{
+	/* unreported: still connecting (its socket reads CLOSE until SYN_SENT is stored) */
+	if (c->reported && !still_open((struct sock *)*key, c))
+		forget_stale(*key);
+	return 0;
+}
+
+SEC("raw_tp")
+int sweep_conns(void *ctx)
+{
+	if (is_active())
+		bpf_for_each_map_elem(&conns, sweep_one, NULL, 0);
 	return 0;
 }
 

@@ -168,6 +168,7 @@ export async function runTrace(argv: string[]): Promise<number> {
       let k, d
       try {
         tracer.stopEvents()
+        tracer.sweepUnseenCloses()
         k = tracer.kernelStats()
         d = tracer.drainStats()
       } catch (e) {
@@ -184,7 +185,7 @@ export async function runTrace(argv: string[]): Promise<number> {
       if (lost > 0n) err(`${lost} events lost: the consumer fell behind (try a larger --ringbuf-bytes)`)
       if (k.closeUnseen > 0n) {
         err(
-          `${k.closeUnseen} closes never seen: the kernel did not run the programs for them (docs/tracer.md, Known limits); found when their sockets were reused, after their close`,
+          `${k.closeUnseen} closes never seen: the kernel did not run the programs for them (docs/tracer.md, Known limits); counted when found, after the close`,
         )
       }
       if (args.verbose) {

@@ -116,6 +116,8 @@ export interface SeedConnection {
 export const BACKBONE_PROGRAM = 'handle_set_state'
 /** The backbone's stand-in for the runs the kernel skips while it is interrupted mid-run. */
 export const NESTED_BACKBONE_PROGRAM = 'handle_set_state_nested'
+/** Run on demand, never attached: counts the closes the programs never saw (sweepUnseenCloses). */
+export const SWEEP_PROGRAM = 'sweep_conns'
 
 const BPF_NOEXIST = 1
 
@@ -258,6 +260,7 @@ export class TcpTracer {
         },
         maxEntries: { conns: maxConnections, seeded: maxConnections, aggs: maxLabelSets, events: rb },
         disabledPrograms: allAcceptPrograms.filter((p) => !ACCEPT_PROGRAMS[hook].includes(p)),
+        onDemandPrograms: [SWEEP_PROGRAM],
         ...(opts.btfPath === undefined ? {} : { btfPath: opts.btfPath }),
         ...(opts.pinMapsDir === undefined ? {} : { pin: { dir: opts.pinMapsDir, maps: PINNED_MAPS } }),
         ...(log ? { log } : {}),
@@ -372,6 +375,20 @@ export class TcpTracer {
       if (this.native.mapUpdate('listeners', key, value, BPF_NOEXIST)) added++
     }
     return added
+  }
+
+  /**
+   * Count the closes of counted connections that the programs never saw and no new socket
+   * has found yet (docs/tracer.md, Known limits): one walk of the per-socket state in the
+   * kernel, before the counters are read. False where the kernel cannot run it (before 5.13).
+   */
+  sweepUnseenCloses(): boolean {
+    try {
+      this.native.runProgram(SWEEP_PROGRAM)
+      return true
+    } catch {
+      return false
+    }
   }
 
   /** Raw entries of the aggregation map, read in the kernel's batch order. */
