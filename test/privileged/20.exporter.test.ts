@@ -10,20 +10,20 @@ import { Prometheus, until } from './prometheus.js'
 import { nameFromCgroupPath } from '../../src/cgroups.js'
 import {
   CLI,
+  type Daemon,
   exchange as runExchange,
+  inNetns,
   JsonProcess,
   Netns,
-  TCPLOAD,
-  TIME_SCALE,
+  type Netns as NetnsT,
   privileged,
   runClient,
   scrape,
+  type ScrapedSample,
   startDaemon,
   startServer,
+  TIME_SCALE,
   valueOf,
-  type Daemon,
-  type Netns as NetnsT,
-  type ScrapedSample,
 } from './harness.js'
 
 const { skip } = privileged()
@@ -68,29 +68,17 @@ describe('exporter on the real kernel', { skip }, () => {
 
     // a connection open before the daemon starts: seeded into the active gauge
     const old = await startServer(a, ['--comm', 'tt-old-srv', '--count', '1'])
-    const oldClient = new JsonProcess(
-      spawn(
-        'ip',
-        [
-          'netns',
-          'exec',
-          a.name,
-          TCPLOAD,
-          'client',
-          '--comm',
-          'tt-old-cli',
-          '--addr',
-          '127.0.0.1',
-          '--port',
-          String(old.port),
-          '--hold-ms',
-          String(4000 * TIME_SCALE),
-        ],
-        {
-          stdio: 'pipe',
-        },
-      ),
-    )
+    const oldClient = inNetns(a, [
+      'client',
+      '--comm',
+      'tt-old-cli',
+      '--addr',
+      '127.0.0.1',
+      '--port',
+      String(old.port),
+      '--hold-ms',
+      String(4000 * TIME_SCALE),
+    ])
     await oldClient.until(
       () => oldClient.lines.some((l) => l['event'] === 'connected'),
       10000,

@@ -10,7 +10,7 @@
 // programs on its time, nor counts the skip anywhere: a loopback run then misses a few state changes
 // for reasons no tracer can see (docs/tracer.md).
 import assert from 'node:assert/strict'
-import { spawn, spawnSync } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -19,17 +19,16 @@ import { decodeAggEntry } from '../../src/aggregates.js'
 import { loadBinding } from '../../src/native.js'
 import { TcpTracer } from '../../src/tracer.js'
 import {
-  JsonProcess,
+  inNetns,
   Netns,
-  TCPLOAD,
-  TIME_SCALE,
   privileged,
   runClient,
   scrape,
+  type ScrapedSample,
   startDaemon,
   startServer,
+  TIME_SCALE,
   valueOf,
-  type ScrapedSample,
 } from './harness.js'
 
 const { skip } = privileged()
@@ -226,31 +225,21 @@ describe('exact at full rate', { skip }, () => {
     // K connections held open until the client is killed, counted while the programs run
     const K = 16
     const server = await startServer(b, ['--comm', 'tt-us-srv', '--count', String(K), '--threads', String(K)])
-    const client = new JsonProcess(
-      spawn(
-        'ip',
-        [
-          'netns',
-          'exec',
-          b.name,
-          TCPLOAD,
-          'client',
-          '--comm',
-          'tt-us-cli',
-          '--addr',
-          '127.0.0.1',
-          '--port',
-          String(server.port),
-          '--count',
-          String(K),
-          '--threads',
-          String(K),
-          '--hold-ms',
-          '600000',
-        ],
-        { stdio: 'pipe' },
-      ),
-    )
+    const client = inNetns(b, [
+      'client',
+      '--comm',
+      'tt-us-cli',
+      '--addr',
+      '127.0.0.1',
+      '--port',
+      String(server.port),
+      '--count',
+      String(K),
+      '--threads',
+      String(K),
+      '--hold-ms',
+      '600000',
+    ])
     const heldDeadline = Date.now() + 10_000 * TIME_SCALE
     while ((counts('tt-us-cli').opened < K || counts('tt-us-srv').opened < K) && Date.now() < heldDeadline) {
       await sleep(50)

@@ -2,7 +2,7 @@
 // restart, or an upgrade that loads different programs, keeps the connections in flight, the counters
 // and the events that happen while no daemon runs. Real daemons, real sockets, a real bpffs.
 import assert from 'node:assert/strict'
-import { spawn, spawnSync } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -10,18 +10,17 @@ import { after, before, describe, test } from 'node:test'
 import { formatLe } from '../../src/exposition.js'
 import {
   CLI,
+  type Daemon,
   exchange,
-  JsonProcess,
+  inNetns,
   Netns,
   privileged,
   scrape,
+  type ScrapedSample,
   startDaemon,
   startServer,
-  TCPLOAD,
   TIME_SCALE,
   valueOf,
-  type Daemon,
-  type ScrapedSample,
 } from './harness.js'
 
 const gate = privileged()
@@ -109,33 +108,23 @@ describe('restart without loss', { skip: gate.skip }, () => {
       '--threads',
       String(n),
     ])
-    const client = new JsonProcess(
-      spawn(
-        'ip',
-        [
-          'netns',
-          'exec',
-          ns.name,
-          TCPLOAD,
-          'client',
-          '--comm',
-          'tt-rs-cli',
-          '--addr',
-          '127.0.0.1',
-          '--port',
-          String(server.port),
-          '--count',
-          String(n),
-          '--threads',
-          String(n),
-          '--send',
-          '7',
-          '--hold-ms',
-          '3600000',
-        ],
-        { stdio: 'pipe' },
-      ),
-    )
+    const client = inNetns(ns, [
+      'client',
+      '--comm',
+      'tt-rs-cli',
+      '--addr',
+      '127.0.0.1',
+      '--port',
+      String(server.port),
+      '--count',
+      String(n),
+      '--threads',
+      String(n),
+      '--send',
+      '7',
+      '--hold-ms',
+      '3600000',
+    ])
     const active = async (d: Daemon, comm: string, direction: string): Promise<number | undefined> =>
       valueOf((await scrape(d)).samples, 'tcptracer_active_connections', { comm, direction })
     const deadline = Date.now() + 20000 * TIME_SCALE
@@ -234,31 +223,21 @@ describe('restart without loss', { skip: gate.skip }, () => {
     const gen = { stop: false, rounds: 0, connected: 0, accepted: 0 }
     const generator = (async () => {
       while (!gen.stop) {
-        const round = new JsonProcess(
-          spawn(
-            'ip',
-            [
-              'netns',
-              'exec',
-              ns.name,
-              TCPLOAD,
-              'pair',
-              '--comm',
-              'tt-up-main',
-              '--comm-server',
-              'tt-up-srv',
-              '--comm-client',
-              'tt-up-cli',
-              '--count',
-              '2000',
-              // one thread pair: with both CPUs saturated the kernel currently loses a few client
-              // closes per 100k on its own, takeover or not (under investigation; see docs/tracer.md)
-              '--threads',
-              '1',
-            ],
-            { stdio: 'pipe' },
-          ),
-        )
+        const round = inNetns(ns, [
+          'pair',
+          '--comm',
+          'tt-up-main',
+          '--comm-server',
+          'tt-up-srv',
+          '--comm-client',
+          'tt-up-cli',
+          '--count',
+          '2000',
+          // one thread pair: with both CPUs saturated the kernel currently loses a few client
+          // closes per 100k on its own, takeover or not (under investigation; see docs/tracer.md)
+          '--threads',
+          '1',
+        ])
         assert.equal(await round.exited, 0, round.stderr)
         const done = round.lines.find((l) => l['event'] === 'done')!
         gen.connected += done['connected'] as number

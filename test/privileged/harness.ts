@@ -144,12 +144,14 @@ export interface ServerInfo {
   port: number
 }
 
+/** A program (tcpload by default) run inside a namespace, its JSON lines collected. */
+export function inNetns(ns: Netns, args: string[], program = TCPLOAD): JsonProcess {
+  return new JsonProcess(spawn('ip', ['netns', 'exec', ns.name, program, ...args], { stdio: 'pipe' }))
+}
+
 /** Start `tcpload server` inside a namespace and wait until it listens. */
 export async function startServer(ns: Netns, args: string[]): Promise<ServerInfo> {
-  const proc = new JsonProcess(
-    spawn('ip', ['netns', 'exec', ns.name, TCPLOAD, 'server', ...args], { stdio: 'pipe' }),
-  )
-  return await listening(proc)
+  return await listening(inNetns(ns, ['server', ...args]))
 }
 
 async function listening(proc: JsonProcess): Promise<ServerInfo> {
@@ -181,9 +183,7 @@ export function gatedServer(ns: Netns, args: string[]): { pid: number; release()
 
 /** Run `tcpload client` inside a namespace to completion; returns its lines. */
 export async function runClient(ns: Netns, args: string[]): Promise<Json[]> {
-  const proc = new JsonProcess(
-    spawn('ip', ['netns', 'exec', ns.name, TCPLOAD, 'client', ...args], { stdio: 'pipe' }),
-  )
+  const proc = inNetns(ns, ['client', ...args])
   const code = await proc.exited
   if (code !== 0) throw new Error(`tcpload client exited with ${code}: ${proc.stderr}`)
   return proc.lines
