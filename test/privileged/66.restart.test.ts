@@ -13,6 +13,7 @@ import {
   type Daemon,
   exchange,
   inNetns,
+  losses,
   Netns,
   privileged,
   scrape,
@@ -282,14 +283,14 @@ describe('restart without loss', { skip: gate.skip }, () => {
       await new Promise((resolve) => setTimeout(resolve, 100))
       s = (await scrape(d2)).samples
     }
-    assert.equal(valueOf(s, 'tcptracer_connects_total', { comm: 'tt-up-cli' }), n, 'connects')
-    assert.equal(total('tcptracer_accepts_total'), n, 'accepts')
+    assert.equal(valueOf(s, 'tcptracer_connects_total', { comm: 'tt-up-cli' }), n, `connects: ${losses(s)}`)
+    assert.equal(total('tcptracer_accepts_total'), n, `accepts: ${losses(s)}`)
     assert.equal(
       valueOf(s, 'tcptracer_closes_total', { comm: 'tt-up-cli', direction: 'outbound' }),
       n,
-      'closes out',
+      `closes out: ${losses(s)}`,
     )
-    assert.equal(total('tcptracer_closes_total', { direction: 'inbound' }), n, 'closes in')
+    assert.equal(total('tcptracer_closes_total', { direction: 'inbound' }), n, `closes in: ${losses(s)}`)
     assert.equal(
       valueOf(s, 'tcptracer_active_connections', { comm: 'tt-up-cli', direction: 'outbound' }),
       0,

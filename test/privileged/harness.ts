@@ -388,6 +388,21 @@ export async function scrape(
   return { text, samples: parseExposition(text) }
 }
 
+/** The kernel-side loss counters of a scrape, for assertion messages: where a count went when it is off. */
+export function losses(samples: ScrapedSample[]): string {
+  const pick = (name: string): string =>
+    samples
+      .filter((s) => s.name === name)
+      .map((s) => `${Object.values(s.labels).join('/') || name}=${s.value}`)
+      .join(' ')
+  return [
+    pick('tcptracer_kernel_map_update_failures_total'),
+    pick('tcptracer_program_recursion_misses_total'),
+    pick('tcptracer_unattributed_total'),
+    pick('tcptracer_unseen_total'),
+  ].join('; ')
+}
+
 /**
  * Scrape until `settled` holds or `timeout` ms (scaled by TIME_SCALE) pass; returns the last scrape
  * either way, for the caller's exact assertions. For counts that complete after the generator exits:
