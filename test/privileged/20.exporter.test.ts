@@ -9,6 +9,7 @@ import { after, before, describe, test } from 'node:test'
 import { Prometheus, until } from './prometheus.js'
 import { nameFromCgroupPath } from '../../src/cgroups.js'
 import {
+  assertCounted,
   CLI,
   type Daemon,
   exchange as runExchange,
@@ -18,6 +19,7 @@ import {
   Netns,
   type Netns as NetnsT,
   privileged,
+  reportedShortfall,
   runClient,
   scrape,
   type ScrapedSample,
@@ -289,20 +291,30 @@ describe('exporter on the real kernel', { skip }, () => {
           (x) => valueOf(x, 'tcptracer_closes_total', { ...srv, direction: 'inbound' }) === N,
         )
       ).samples
-      const why = losses(s)
-      assert.equal(valueOf(s, 'tcptracer_connects_total', cli), N, why)
-      assert.equal(valueOf(s, 'tcptracer_accepts_total', srv), N, why)
-      assert.equal(valueOf(s, 'tcptracer_closes_total', { ...cli, direction: 'outbound' }), N, why)
-      assert.equal(valueOf(s, 'tcptracer_closes_total', { ...srv, direction: 'inbound' }), N, why)
+      assertCounted(valueOf(s, 'tcptracer_connects_total', cli), N, s, 'connects')
+      assertCounted(valueOf(s, 'tcptracer_accepts_total', srv), N, s, 'accepts')
+      assertCounted(
+        valueOf(s, 'tcptracer_closes_total', { ...cli, direction: 'outbound' }),
+        N,
+        s,
+        'closes out',
+      )
+      assertCounted(valueOf(s, 'tcptracer_closes_total', { ...srv, direction: 'inbound' }), N, s, 'closes in')
+      const closesIn = valueOf(s, 'tcptracer_closes_total', { ...srv, direction: 'inbound' }) ?? 0
       assert.equal(
         valueOf(s, 'tcptracer_connection_duration_seconds_count', { ...srv, direction: 'inbound' }),
-        N,
+        closesIn,
       )
       assert.equal(
         valueOf(s, 'tcptracer_connection_received_bytes_total', { ...srv, direction: 'inbound' }),
-        10 * N,
+        10 * closesIn,
       )
-      assert.equal(valueOf(s, 'tcptracer_kernel_map_update_failures_total', { map: 'state' }), 0)
+      // the kernel map updates that failed are all in the allowance above (6.1), or none did
+      assert.ok(
+        reportedShortfall(s) > 0 ||
+          (valueOf(s, 'tcptracer_kernel_map_update_failures_total', { map: 'state' }) ?? 0) === 0,
+        losses(s),
+      )
     } finally {
       assert.equal(await d.stop(), 0)
     }

@@ -283,14 +283,15 @@ describe('least privilege at runtime', { skip }, () => {
         const argv = [...prefix, process.execPath, '-e', script, keep.toString()]
         const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' })
         assert.equal(r.status, 0, `${argv.join(' ')}: exit ${r.status}: ${r.stderr}`)
-        return r.stdout.trim() || `(nothing on stdout; stderr: ${r.stderr})`
+        return r.stdout.trim()
       }
       for (const [what, prefix] of [
         ['root', []],
         ['the unit way', unitPrefix(unit.user, unit.names)],
       ] as const) {
         assert.match(run(prefix, capBit(CAP_SYS_PTRACE)), /^net:\[\d+\]$/, `${what}, with cap_sys_ptrace`)
-        assert.equal(run(prefix, 0n), 'EACCES', `${what}, without it`)
+        // denied: EACCES; Debian's 6.12 kernel instead returns an empty link, which names nothing either
+        assert.match(run(prefix, 0n), /^(EACCES|)$/, `${what}, without it`)
       }
     } finally {
       target.kill()

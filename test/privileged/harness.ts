@@ -404,6 +404,42 @@ export function losses(samples: ScrapedSample[]): string {
 }
 
 /**
+ * How many counts a scrape may fall short by, on this kernel: the kernel map updates the programs
+ * reported as failed. On Debian's 6.1 kernel a hash map update from a softirq fails with EBUSY when it
+ * interrupts, on the same CPU, another update of that map in the few instructions where the map's
+ * per-CPU lock count is raised but interrupts are not yet disabled (fixed in later kernels, which
+ * disable interrupts first): under the emulated guest's load about 1 % of accepts in fexit mode, each
+ * one counted in `tcptracer_kernel_map_update_failures_total`. Everywhere else a failed update is a
+ * test failure: the allowance is 0.
+ */
+export function reportedShortfall(samples: ScrapedSample[]): number {
+  if (!/^6\.1\./.test(process.env['TCPTRACER_VM_KERNEL'] ?? '')) return 0
+  return samples
+    .filter((s) => s.name === 'tcptracer_kernel_map_update_failures_total')
+    .reduce((a, s) => a + s.value, 0)
+}
+
+/** Assert a count is exact, or short by no more than what the kernel reported as failed (6.1 only). */
+export function assertCounted(
+  actual: number | undefined,
+  expected: number,
+  samples: ScrapedSample[],
+  what: string,
+): void {
+  const allowed = reportedShortfall(samples)
+  const got = actual ?? 0
+  if (allowed === 0 || got === expected) {
+    if (got !== expected) throw new Error(`${what}: ${got} !== ${expected}; ${losses(samples)}`)
+    return
+  }
+  if (got > expected || expected - got > allowed) {
+    throw new Error(
+      `${what}: ${got} of ${expected}, more off than the ${allowed} failed kernel map updates; ${losses(samples)}`,
+    )
+  }
+}
+
+/**
  * Scrape until `settled` holds or `timeout` ms (scaled by TIME_SCALE) pass; returns the last scrape
  * either way, for the caller's exact assertions. For counts that complete after the generator exits:
  * the final ACK of a close, TIME_WAIT.
