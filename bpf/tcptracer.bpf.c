@@ -119,11 +119,18 @@ struct {
  */
 struct conn {
 	struct owner owner;
-	__u64 established_ns; /* 0 while SYN_SENT */
+	__u64 established_ns; /* at ESTABLISHED; before it, outbound: at connect() */
 	__u16 sport;	      /* local port at establishment: unhashing at CLOSE zeroes it */
 	__u8 direction;	      /* enum direction */
 	__u8 reported;	      /* the connect/accept event was emitted */
-	__u8 __pad[4];
+	/*
+	 * The label set the connection is counted in (set at connect(), or for inbound at
+	 * establishment): what counts its close should its CLOSE go unseen (on_unseen_close).
+	 */
+	__u32 netns;
+	__u16 port; /* service port */
+	__u8 ip;
+	__u8 __pad[5];
 };
 
 struct {
@@ -326,6 +333,14 @@ static __always_inline bool watched(__u32 netns)
 	return !aggregate || !netns_filter_on || bpf_map_lookup_elem(&netns_filter, &netns);
 }
 
+/* Whether the exporter's netns and port filters (config) let a label set be counted. */
+static __always_inline bool filters_pass(__u32 netns, __u16 port)
+{
+	if (netns_filter_on && !bpf_map_lookup_elem(&netns_filter, &netns))
+		return false;
+	return !port_filter_on || bpf_map_lookup_elem(&port_filter, &port);
+}
+
 /* Count one event against its owner's label set. */
 static __always_inline void aggregate_event(__u32 netns, __u8 type, const struct owner *o,
 					    __u8 direction, __u8 reason, const struct facts *f)
@@ -334,9 +349,7 @@ static __always_inline void aggregate_event(__u32 netns, __u8 type, const struct
 	struct agg_value *v;
 	__u32 mask = label_mask, b;
 
-	if (netns_filter_on && !bpf_map_lookup_elem(&netns_filter, &netns))
-		return;
-	if (port_filter_on && !bpf_map_lookup_elem(&port_filter, &f->port))
+	if (!filters_pass(netns, f->port))
 		return;
 	if (o->pid == 0) {
 		k.flags = AGG_UNATTRIBUTED;
@@ -373,6 +386,9 @@ static __always_inline void aggregate_event(__u32 netns, __u8 type, const struct
 		break;
 	case TCP_EVENT_TYPE_SEEDED_CLOSE:
 		__sync_fetch_and_add(&v->seeded_closed, 1);
+		break;
+	case TCP_EVENT_TYPE_CLOSE_UNSEEN:
+		__sync_fetch_and_add(&v->closed, 1);
 		break;
 	}
 	v->last_ns = f->now;
@@ -446,6 +462,56 @@ static __always_inline void record(struct sock *sk, __u16 family, __u32 netns, _
 	emit(sk, family, netns, type, c, reason, &f);
 }
 
+/* Remember the label set of a connection being established (see struct conn). */
+static __always_inline void identify(struct conn *c, struct sock *sk, __u16 family, __u32 netns)
+{
+	c->netns = netns;
+	c->ip = ip_version(sk, family);
+	c->port = c->direction == DIRECTION_INBOUND
+		      ? c->sport
+		      : bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
+/*
+ * A counted connection whose CLOSE neither program saw: a new socket took over its
+ * memory, so its entry is still there. Count the close now, in the label set it was
+ * established in; its lifetime and bytes are gone with the socket. This happens when
+ * the kernel does not run the programs for an event at all (docs/tracer.md, Known
+ * limits).
+ */
+static __always_inline void on_unseen_close(const struct conn *c)
+{
+	struct facts f = {.now = bpf_ktime_get_ns(), .ip = c->ip, .port = c->port};
+
+	if (!c->reported)
+		return; /* neither its connect nor its accept was counted */
+	if (!aggregate) {
+		stat_inc(STAT_CLOSE_UNSEEN);
+		return;
+	}
+	/* the exporter tracks every namespace; count what its filters count */
+	if (!filters_pass(c->netns, c->port))
+		return;
+	stat_inc(STAT_CLOSE_UNSEEN);
+	aggregate_event(c->netns, TCP_EVENT_TYPE_CLOSE_UNSEEN, &c->owner, c->direction, 0, &f);
+}
+
+/*
+ * Drop what a freed socket at this address left behind, and count its close; see
+ * on_unseen_close. Whoever deletes an entry counts it: the CLOSE handler, this, or
+ * sweep_conns, which can race with either.
+ */
+static __always_inline void forget_stale(__u64 key)
+{
+	struct conn *c = bpf_map_lookup_elem(&conns, &key), gone;
+
+	if (!c)
+		return;
+	gone = *c;
+	if (bpf_map_delete_elem(&conns, &key) == 0)
+		on_unseen_close(&gone);
+}
+
 /* A connection open before the daemon started reached CLOSE: count it if it was seeded. */
 static __always_inline void on_seeded_close(struct sock *sk, __u16 family, __u32 netns)
 {
@@ -471,17 +537,30 @@ static __always_inline void on_seeded_close(struct sock *sk, __u16 family, __u32
 	bpf_map_delete_elem(&seeded, &t);
 }
 
-static __always_inline void on_connect_start(struct sock *sk, __u32 netns)
+static __always_inline void on_connect_start(struct sock *sk, __u16 family, __u32 netns)
 {
 	__u64 key = (__u64)sk;
 	struct conn c = {.direction = DIRECTION_OUTBOUND};
+	long err;
 
-	if (!watched(netns))
-		return;
 	current_owner(&c.owner);
-	if (filter_pid && c.owner.pid != filter_pid)
+	if (!watched(netns) || (filter_pid && c.owner.pid != filter_pid)) {
+		forget_stale(key);
 		return;
-	if (bpf_map_update_elem(&conns, &key, &c, BPF_ANY))
+	}
+	/* the start of its lifetime should its establishment go unseen (on_unseen_connect) */
+	c.established_ns = bpf_ktime_get_ns();
+	identify(&c, sk, family, netns);
+	/*
+	 * An entry already here belongs to a freed socket whose CLOSE we never saw (or to
+	 * this event, seen by both copies of the programs during a takeover: not reported).
+	 */
+	err = bpf_map_update_elem(&conns, &key, &c, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		forget_stale(key);
+		err = bpf_map_update_elem(&conns, &key, &c, BPF_ANY);
+	}
+	if (err)
 		stat_inc(STAT_MAP_UPDATE_FAILED);
 }
 
@@ -562,6 +641,7 @@ static __always_inline void on_accepted(struct sock *sk, __u16 family, __u32 net
 		return;
 	c.established_ns = bpf_ktime_get_ns();
 	c.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	identify(&c, sk, family, netns);
 	if (accept_mode == ACCEPT_MODE_LISTENER) {
 		struct listener_key k = {
 		    .netns = netns,
@@ -618,42 +698,58 @@ static __always_inline void on_orphan_closed(struct sock *sk, __u16 family, __u3
 	record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0);
 }
 
+/*
+ * An outbound connection closed whose establishment neither program saw (the kernel
+ * did not run them for it; see on_unseen_close): count its connect now, then its
+ * close, with its lifetime measured from connect().
+ */
+static __always_inline void on_unseen_connect(struct sock *sk, __u16 family, __u32 netns,
+					      struct conn *c)
+{
+	if (!aggregate || filters_pass(c->netns, c->port))
+		stat_inc(STAT_CONNECT_UNSEEN);
+	c->reported = 1;
+	record(sk, family, netns, TCP_EVENT_TYPE_CONNECT, c, 0);
+	record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0);
+}
+
 static __always_inline void on_closed(struct sock *sk, __u16 family, __u32 netns, int oldstate)
 {
 	__u64 key = (__u64)sk;
-	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	struct conn *v = bpf_map_lookup_elem(&conns, &key), c;
 
-	if (!c) {
+	if (!v) {
 		if (aggregate && seeded_any)
 			on_seeded_close(sk, family, netns);
 		return;
 	}
+	/* terminal state: drop the socket's entry; whoever deletes it counts it (forget_stale) */
+	c = *v;
+	if (bpf_map_delete_elem(&conns, &key))
+		return;
 	if (oldstate == TCP_SYN_SENT)
-		record(sk, family, netns, TCP_EVENT_TYPE_CONNECT_FAILED, c, fail_reason(sk));
-	else if (c->reported)
-		record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0);
-	else if (c->direction == DIRECTION_INBOUND && accept_mode == ACCEPT_MODE_LISTENER)
+		record(sk, family, netns, TCP_EVENT_TYPE_CONNECT_FAILED, &c, fail_reason(sk));
+	else if (c.reported)
+		record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, &c, 0);
+	else if (c.direction == DIRECTION_INBOUND && accept_mode == ACCEPT_MODE_LISTENER)
 		/* left waiting for an accept hook by a copy in another mode that handed over to us
 		 */
-		on_orphan_closed(sk, family, netns, c);
-	else if (c->direction == DIRECTION_INBOUND)
+		on_orphan_closed(sk, family, netns, &c);
+	else if (c.direction == DIRECTION_INBOUND)
 		/* syscall or kernel mode: established, never returned by an accept */
 		stat_inc(STAT_ACCEPT_UNATTRIBUTED);
-	/* terminal state: drop the socket's entry */
-	bpf_map_delete_elem(&conns, &key);
+	else if (oldstate != TCP_SYN_RECV) /* not a simultaneous open that failed */
+		on_unseen_connect(sk, family, netns, &c);
 }
 
 /*
  * A listener's new child socket: any entry under its address belongs to a freed
- * socket whose CLOSE we never saw (the kernel's recursion guard skips a program
- * run that interrupts the same program on the same CPU). Without this, a stale
- * outbound entry would make the accept look like a simultaneous open.
+ * socket whose CLOSE we never saw (on_unseen_close). Without this, a stale outbound
+ * entry would make the accept look like a simultaneous open.
  */
 static __always_inline void on_child_created(struct sock *sk)
 {
-	__u64 key = (__u64)sk;
-
-	bpf_map_delete_elem(&conns, &key);
+	forget_stale((__u64)sk);
 }
 
 /*
@@ -695,7 +791,7 @@ static __always_inline void set_state(struct sock *sk, int oldstate, int newstat
 		return;
 
 	if (newstate == TCP_SYN_SENT && oldstate == TCP_CLOSE)
-		on_connect_start(sk, netns);
+		on_connect_start(sk, family, netns);
 	else if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT)
 		on_connected(sk, family, netns);
 	else if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV)
@@ -738,6 +834,43 @@ int BPF_PROG(handle_set_state_nested, struct sock *sk, int oldstate, int newstat
 		return 0;
 	if (is_active())
 		set_state(sk, oldstate, newstate);
+	return 0;
+}
+
+/*
+ * Never attached: the daemon runs it (BPF_PROG_TEST_RUN) before it reads the counters.
+ * It counts the closes that neither the CLOSE handler nor a new socket taking over
+ * the memory (forget_stale) has: entries of counted connections whose socket's memory
+ * no longer holds them. The socket's state is stored after the tracepoint, so a socket
+ * reads CLOSE only once its CLOSE handler has run; then the entry is gone, or was
+ * never deleted because the handler never ran.
+ */
+static __always_inline bool still_open(struct sock *sk, const struct conn *c)
+{
+	switch (BPF_CORE_READ(sk, __sk_common.skc_state)) {
+	case TCP_CLOSE:
+	case TCP_LISTEN:
+	case TCP_TIME_WAIT:
+	case TCP_NEW_SYN_RECV:
+		return false;
+	}
+	return local_port(sk) == c->sport &&
+	       BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) == c->netns;
+}
+
+static long sweep_one(struct bpf_map *map, __u64 *key, struct conn *c, void *ctx)
+{
+	/* unreported: still connecting (its socket reads CLOSE until SYN_SENT is stored) */
+	if (c->reported && !still_open((struct sock *)*key, c))
+		forget_stale(*key);
+	return 0;
+}
+
+SEC("raw_tp")
+int sweep_conns(void *ctx)
+{
+	if (is_active())
+		bpf_for_each_map_elem(&conns, sweep_one, NULL, 0);
 	return 0;
 }
 
@@ -811,6 +944,7 @@ static __always_inline int on_accept_return(struct sock *sk)
 		return 0;
 	n.established_ns = bpf_ktime_get_ns();
 	n.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	identify(&n, sk, family, netns);
 	err = bpf_map_update_elem(&conns, &key, &n, BPF_NOEXIST);
 	if (err == -EEXIST) {
 		/* the handshake's last step got in between lookup and update after all */

@@ -14,7 +14,7 @@
  * version. Bump it whenever a pinned map's layout or the meaning of its contents
  * changes; a changed size is also caught by libbpf's check when it reuses a map.
  */
-#define STATE_VERSION 1
+#define STATE_VERSION 2
 
 enum event_type {
 	TCP_EVENT_TYPE_CONNECT = 1,
@@ -22,6 +22,7 @@ enum event_type {
 	TCP_EVENT_TYPE_CLOSE = 3,
 	TCP_EVENT_TYPE_CONNECT_FAILED = 4,
 	TCP_EVENT_TYPE_SEEDED_CLOSE = 5, /* aggregation only: never emitted */
+	TCP_EVENT_TYPE_CLOSE_UNSEEN = 6, /* aggregation only: a close found late, no lifetime */
 };
 
 enum connect_fail_reason {
@@ -58,7 +59,11 @@ enum stat_index {
 	STAT_ACCEPT_UNATTRIBUTED = 2,
 	STAT_CONNECT_UNATTRIBUTED = 3, /* established outbound socket with no connect() seen */
 	STAT_AGG_FULL = 4,	       /* aggregation map full: counted in the overflow entry */
-	STAT_MAX = 5,
+	/* a counted connection's CLOSE was never seen: found when its socket was reused */
+	STAT_CLOSE_UNSEEN = 5,
+	/* an outbound connection's ESTABLISHED was never seen: found at its CLOSE */
+	STAT_CONNECT_UNSEEN = 6,
+	STAT_MAX = 7,
 };
 
 /*

@@ -9,11 +9,12 @@ die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 
 # build: clang/llvm (BPF object), libbpf/libelf/zlib (addon), make/g++/python3 (node-gyp);
 # run/test: iproute2 (ip netns), clang-format (format check); bpftool only regenerates vmlinux.h
-# and, for the tests, prometheus (promtool and a real server), systemd (systemd-analyze) and liburing-dev
-# (io_uring test helper), openssl and curl (test certificates and a real TLS client); the VM kernel matrix (scripts/vm-matrix.sh): qemu-system-x86, busybox-static and
-# cpio (the guest's initramfs), kmod (depmod for the guest kernel's modules)
+# and, for the tests, prometheus (promtool and a real server), systemd (systemd-analyze), liburing-dev
+# (io_uring test helper), openssl and curl (test certificates and a real TLS client) and ethtool (the
+# full-rate test's veth pair); the VM kernel matrix (scripts/vm-matrix.sh): qemu-system-x86,
+# busybox-static and cpio (the guest's initramfs), kmod (depmod for the guest kernel's modules)
 packages=(clang llvm libbpf-dev libelf-dev zlib1g-dev make g++ python3 pkg-config iproute2 clang-format prometheus systemd
-  liburing-dev openssl curl qemu-system-x86 busybox-static cpio kmod)
+  liburing-dev openssl curl ethtool qemu-system-x86 busybox-static cpio kmod)
 optional=(bpftool bpftrace)
 
 as_root() {

@@ -2,7 +2,7 @@
 # The kernel test matrix: run a command (by default the kernel-dependent privileged tests) inside a QEMU guest
 # booted on each of several Debian kernels, one VM at a time, and report PASS/FAIL per kernel.
 #
-#   scripts/vm-matrix.sh                     # the kernel-dependent tests (test/privileged/6*) per kernel
+#   scripts/vm-matrix.sh                     # the end-to-end and kernel-dependent tests (test/privileged/[126]*)
 #   VM_SUITE=all scripts/vm-matrix.sh        # every privileged test per kernel
 #   scripts/vm-matrix.sh -- uname -a         # any command, run in the repository root in the guest
 #   VM_KERNELS=linux-image-6.1.0-47-amd64 scripts/vm-matrix.sh -- \
@@ -27,7 +27,8 @@
 # guest is slow: a test's own timeouts may need to allow for that.
 #
 # Environment:
-#   VM_SUITE      hooks (default): test/privileged/6*.test.ts; all: test/privileged/*.test.ts
+#   VM_SUITE      kernel (default): test/privileged/[126]*.test.ts (trace, exporter, accept hooks, full rate,
+#                 capabilities, restart); hooks: test/privileged/6*.test.ts; all: test/privileged/*.test.ts
 #   VM_KERNELS    space-separated kernel packages (default: Debian 12's 6.1 and 6.12 backport kernels)
 #   VM_CACHE_DIR  where kernels are kept (default /var/cache/tcptracer-exporter/kernels)
 #   VM_TIMEOUT    seconds one guest may run before it counts as a failure (default 1800)
@@ -77,12 +78,14 @@ default_cmd=false
 if [ ${#cmd[@]} -eq 0 ]; then
   default_cmd=true
   # expanded here, in the repository root, which is where the guest runs it.
-  # VM_SUITE=hooks (the default, and the CI gate): the kernel-dependent tests, test/privileged/6*.test.ts;
-  # VM_SUITE=all: every privileged test (see docs/kernels.md for the ones known to fail in the guests).
-  case "${VM_SUITE:-hooks}" in
+  # VM_SUITE=kernel (the default, and the CI gate): the end-to-end tests of the tracer and the exporter
+  # (10.trace, 20.exporter) and the kernel-dependent ones (6*: accept hooks, full rate, capabilities,
+  # restart); hooks: only 6*; all: every privileged test (docs/kernels.md says what the rest need).
+  case "${VM_SUITE:-kernel}" in
+    kernel) suite=(test/privileged/[126]*.test.ts) ;;
     hooks) suite=(test/privileged/6*.test.ts) ;;
     all) suite=(test/privileged/*.test.ts) ;;
-    *) die "VM_SUITE must be hooks or all, got ${VM_SUITE}" ;;
+    *) die "VM_SUITE must be kernel, hooks or all, got ${VM_SUITE}" ;;
   esac
   cmd=(node --import tsx --test --test-reporter=spec --test-concurrency=1 "${suite[@]}")
 fi

@@ -444,6 +444,7 @@ export class Exporter {
     if (Date.now() - this.netnsNamesAt > 30_000) await this.refreshNames().catch(() => {})
     let table
     try {
+      this.tracer.sweepUnseenCloses()
       table = this.readAggregates()
       this.lastReadError = undefined
     } catch (e) {
@@ -588,6 +589,15 @@ export class Exporter {
         samples: [
           { labels: [['kind', 'accept']], value: n(stats.acceptUnattributed) },
           { labels: [['kind', 'connect']], value: n(stats.connectUnattributed) },
+        ],
+      },
+      {
+        name: 'tcptracer_unseen_total',
+        help: "State changes the kernel never ran the BPF programs for, found later and counted then: close = a counted connection's close, found when a new socket reused its memory or by the walk before each scrape (in tcptracer_closes_total, not in the lifetime histogram or the byte counters); connect = an outbound connection's establishment, found at its close (connect and close counted then, lifetime from connect()).",
+        type: 'counter',
+        samples: [
+          { labels: [['kind', 'close']], value: n(stats.closeUnseen) },
+          { labels: [['kind', 'connect']], value: n(stats.connectUnseen) },
         ],
       },
       {

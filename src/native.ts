@@ -70,6 +70,8 @@ export interface NativeConstants {
   STAT_ACCEPT_UNATTRIBUTED: number
   STAT_CONNECT_UNATTRIBUTED: number
   STAT_AGG_FULL: number
+  STAT_CLOSE_UNSEEN: number
+  STAT_CONNECT_UNSEEN: number
   STAT_MAX: number
   LABEL_PID: number
   LABEL_CGROUP: number
@@ -119,6 +121,8 @@ export interface NativeTracerOptions {
   rodata?: Record<string, number | bigint | Buffer>
   maxEntries?: Record<string, number>
   disabledPrograms?: string[]
+  /** loaded but never attached, for runProgram(); not loaded where the kernel lacks what they need */
+  onDemandPrograms?: string[]
   /** the kernel's BTF from this file instead of /sys/kernel/btf/vmlinux */
   btfPath?: string
   /** these maps live at dir/NAME in bpffs: reused when pinned there and compatible, else pinned there */
@@ -148,6 +152,8 @@ export declare class NativeTracer {
   drainStats(): DrainStats
   /** per loaded program: runs the kernel skipped because it was already running on that CPU */
   programStats(): Array<{ name: string; recursionMisses: bigint }>
+  /** run an on-demand program once on this CPU (BPF_PROG_TEST_RUN); its return value */
+  runProgram(name: string): number
   /** change a .bss setting of the loaded program */
   setGlobal(name: string, value: number | bigint): void
   close(): void

@@ -169,6 +169,7 @@ export async function runTrace(argv: string[]): Promise<number> {
       let k, d
       try {
         tracer.stopEvents()
+        tracer.sweepUnseenCloses()
         k = tracer.kernelStats()
         d = tracer.drainStats()
       } catch (e) {
@@ -183,11 +184,16 @@ export async function runTrace(argv: string[]): Promise<number> {
       }
       const lost = k.eventsLost + d.dropped
       if (lost > 0n) err(`${lost} events lost: the consumer fell behind (try a larger --ringbuf-bytes)`)
+      if (k.closeUnseen > 0n) {
+        err(
+          `${k.closeUnseen} closes never seen: the kernel did not run the programs for them (docs/tracer.md, Known limits); counted when found, after the close`,
+        )
+      }
       if (args.verbose) {
         err(
           `stats: ${d.delivered} events delivered, ${k.eventsLost} lost in the kernel, ${d.dropped} dropped in the addon, ` +
             `${k.mapUpdateFailed} map update failures, ${k.acceptUnattributed} unattributed accepts, ` +
-            `${k.connectUnattributed} unattributed connects`,
+            `${k.connectUnattributed} unattributed connects, ${k.closeUnseen} closes and ${k.connectUnseen} connects never seen`,
         )
       }
       process.off('SIGINT', onSignal)

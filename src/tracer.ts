@@ -87,6 +87,13 @@ export interface KernelStats {
   mapUpdateFailed: bigint
   acceptUnattributed: bigint
   connectUnattributed: bigint
+  /**
+   * closes of counted connections that neither program saw, counted late when a new socket
+   * took over the closed one's memory (docs/tracer.md, Known limits)
+   */
+  closeUnseen: bigint
+  /** outbound connections whose establishment neither program saw, counted at their close */
+  connectUnseen: bigint
 }
 
 /** A connection that was open before the daemon started, and what to count it against. */
@@ -109,6 +116,8 @@ export interface SeedConnection {
 export const BACKBONE_PROGRAM = 'handle_set_state'
 /** The backbone's stand-in for the runs the kernel skips while it is interrupted mid-run. */
 export const NESTED_BACKBONE_PROGRAM = 'handle_set_state_nested'
+/** Run on demand, never attached: counts the closes the programs never saw (sweepUnseenCloses). */
+export const SWEEP_PROGRAM = 'sweep_conns'
 
 const BPF_NOEXIST = 1
 
@@ -251,6 +260,7 @@ export class TcpTracer {
         },
         maxEntries: { conns: maxConnections, seeded: maxConnections, aggs: maxLabelSets, events: rb },
         disabledPrograms: allAcceptPrograms.filter((p) => !ACCEPT_PROGRAMS[hook].includes(p)),
+        onDemandPrograms: [SWEEP_PROGRAM],
         ...(opts.btfPath === undefined ? {} : { btfPath: opts.btfPath }),
         ...(opts.pinMapsDir === undefined ? {} : { pin: { dir: opts.pinMapsDir, maps: PINNED_MAPS } }),
         ...(log ? { log } : {}),
@@ -365,6 +375,20 @@ export class TcpTracer {
       if (this.native.mapUpdate('listeners', key, value, BPF_NOEXIST)) added++
     }
     return added
+  }
+
+  /**
+   * Count the closes of counted connections that the programs never saw and no new socket
+   * has found yet (docs/tracer.md, Known limits): one walk of the per-socket state in the
+   * kernel, before the counters are read. False where the kernel cannot run it (before 5.13).
+   */
+  sweepUnseenCloses(): boolean {
+    try {
+      this.native.runProgram(SWEEP_PROGRAM)
+      return true
+    } catch {
+      return false
+    }
   }
 
   /** Raw entries of the aggregation map, read in the kernel's batch order. */
@@ -536,6 +560,8 @@ export class TcpTracer {
       mapUpdateFailed: sums[c.STAT_MAP_UPDATE_FAILED] ?? 0n,
       acceptUnattributed: sums[c.STAT_ACCEPT_UNATTRIBUTED] ?? 0n,
       connectUnattributed: sums[c.STAT_CONNECT_UNATTRIBUTED] ?? 0n,
+      closeUnseen: sums[c.STAT_CLOSE_UNSEEN] ?? 0n,
+      connectUnseen: sums[c.STAT_CONNECT_UNSEEN] ?? 0n,
     }
   }
 

@@ -195,6 +195,8 @@ Napi::Object Constants(Napi::Env env)
 	o.Set("STAT_ACCEPT_UNATTRIBUTED", static_cast<int>(STAT_ACCEPT_UNATTRIBUTED));
 	o.Set("STAT_CONNECT_UNATTRIBUTED", static_cast<int>(STAT_CONNECT_UNATTRIBUTED));
 	o.Set("STAT_AGG_FULL", static_cast<int>(STAT_AGG_FULL));
+	o.Set("STAT_CLOSE_UNSEEN", static_cast<int>(STAT_CLOSE_UNSEEN));
+	o.Set("STAT_CONNECT_UNSEEN", static_cast<int>(STAT_CONNECT_UNSEEN));
 	o.Set("STAT_MAX", static_cast<int>(STAT_MAX));
 	o.Set("LABEL_PID", static_cast<int>(LABEL_PID));
 	o.Set("LABEL_CGROUP", static_cast<int>(LABEL_CGROUP));

@@ -5,6 +5,7 @@ import { after, before, describe, test } from 'node:test'
 import {
   exchange as runExchange,
   expectedEvents,
+  gatedServer,
   identity,
   Netns,
   privileged,
@@ -97,8 +98,12 @@ describe('trace on the real kernel', { skip }, () => {
   })
 
   test('-p traces exactly one process', async () => {
-    const server = await startServer(a, ['--comm', SRV, '--count', String(N)])
-    const trace = await startTrace(['-p', String(server.pid)])
+    // the server runs only once the trace is attached: an accept() already blocked when a kernel accept
+    // hook (fexit, kprobe) attaches is never attributed (docs/tracer.md), and that is not what this tests
+    const gated = gatedServer(a, ['--comm', SRV, '--count', String(N)])
+    const trace = await startTrace(['-p', String(gated.pid)])
+    const server = await gated.release()
+    assert.equal(server.pid, gated.pid)
     const clientLines = await runClient(a, [
       '--comm',
       CLI,
@@ -128,10 +133,12 @@ describe('trace on the real kernel', { skip }, () => {
     assert.deepEqual(sorted(events.map(identity)), want)
   })
 
-  test('a listener created before the tracer started has its accepts attributed', async () => {
+  test('a listener created before the tracer started has its accepts attributed (listener mode)', async () => {
     const v4 = await startServer(a, ['--comm', SRV, '--count', String(N)])
     const v6 = await startServer(b, ['--comm', SRV, '--bind', '::1', '--count', String(N)])
-    const trace = await startTrace(UNFILTERED)
+    // the listener seeding from /proc is what listener mode needs; in the kernel modes an accept()
+    // already blocked at attach is a documented gap, tested per mode in 60.accept-hooks
+    const trace = await startTrace([...UNFILTERED, '--accept-mode', 'listener'])
     const xs: Exchange[] = []
     for (const [ns, server, addr] of [
       [a, v4, '127.0.0.1'],

@@ -9,21 +9,25 @@ import { after, before, describe, test } from 'node:test'
 import { Prometheus, until } from './prometheus.js'
 import { nameFromCgroupPath } from '../../src/cgroups.js'
 import {
+  assertCounted,
   CLI,
+  type Daemon,
   exchange as runExchange,
+  inNetns,
   JsonProcess,
+  losses,
   Netns,
-  TCPLOAD,
-  TIME_SCALE,
+  type Netns as NetnsT,
   privileged,
+  reportedShortfall,
   runClient,
   scrape,
+  type ScrapedSample,
+  scrapeUntil,
   startDaemon,
   startServer,
+  TIME_SCALE,
   valueOf,
-  type Daemon,
-  type Netns as NetnsT,
-  type ScrapedSample,
 } from './harness.js'
 
 const { skip } = privileged()
@@ -68,29 +72,17 @@ describe('exporter on the real kernel', { skip }, () => {
 
     // a connection open before the daemon starts: seeded into the active gauge
     const old = await startServer(a, ['--comm', 'tt-old-srv', '--count', '1'])
-    const oldClient = new JsonProcess(
-      spawn(
-        'ip',
-        [
-          'netns',
-          'exec',
-          a.name,
-          TCPLOAD,
-          'client',
-          '--comm',
-          'tt-old-cli',
-          '--addr',
-          '127.0.0.1',
-          '--port',
-          String(old.port),
-          '--hold-ms',
-          String(4000 * TIME_SCALE),
-        ],
-        {
-          stdio: 'pipe',
-        },
-      ),
-    )
+    const oldClient = inNetns(a, [
+      'client',
+      '--comm',
+      'tt-old-cli',
+      '--addr',
+      '127.0.0.1',
+      '--port',
+      String(old.port),
+      '--hold-ms',
+      String(4000 * TIME_SCALE),
+    ])
     await oldClient.until(
       () => oldClient.lines.some((l) => l['event'] === 'connected'),
       10000,
@@ -290,22 +282,39 @@ describe('exporter on the real kernel', { skip }, () => {
       ])
       assert.equal(lines.find((l) => l['event'] === 'done')?.['connected'], N)
       assert.equal(await server.proc.exited, 0)
-      const s = (await scrape(d)).samples
       const cli = { comm: CLI_COMM, netns: String(b.inode), family: 'ipv4' }
       const srv = { comm: SRV, netns: String(b.inode), family: 'ipv4' }
-      assert.equal(valueOf(s, 'tcptracer_connects_total', cli), N)
-      assert.equal(valueOf(s, 'tcptracer_accepts_total', srv), N)
-      assert.equal(valueOf(s, 'tcptracer_closes_total', { ...cli, direction: 'outbound' }), N)
-      assert.equal(valueOf(s, 'tcptracer_closes_total', { ...srv, direction: 'inbound' }), N)
+      // the server's last closes complete with the clients' last ACKs
+      const s = (
+        await scrapeUntil(
+          d,
+          (x) => valueOf(x, 'tcptracer_closes_total', { ...srv, direction: 'inbound' }) === N,
+        )
+      ).samples
+      assertCounted(valueOf(s, 'tcptracer_connects_total', cli), N, s, 'connects')
+      assertCounted(valueOf(s, 'tcptracer_accepts_total', srv), N, s, 'accepts')
+      assertCounted(
+        valueOf(s, 'tcptracer_closes_total', { ...cli, direction: 'outbound' }),
+        N,
+        s,
+        'closes out',
+      )
+      assertCounted(valueOf(s, 'tcptracer_closes_total', { ...srv, direction: 'inbound' }), N, s, 'closes in')
+      const closesIn = valueOf(s, 'tcptracer_closes_total', { ...srv, direction: 'inbound' }) ?? 0
       assert.equal(
         valueOf(s, 'tcptracer_connection_duration_seconds_count', { ...srv, direction: 'inbound' }),
-        N,
+        closesIn,
       )
       assert.equal(
         valueOf(s, 'tcptracer_connection_received_bytes_total', { ...srv, direction: 'inbound' }),
-        10 * N,
+        10 * closesIn,
       )
-      assert.equal(valueOf(s, 'tcptracer_kernel_map_update_failures_total', { map: 'state' }), 0)
+      // the kernel map updates that failed are all in the allowance above (6.1), or none did
+      assert.ok(
+        reportedShortfall(s) > 0 ||
+          (valueOf(s, 'tcptracer_kernel_map_update_failures_total', { map: 'state' }) ?? 0) === 0,
+        losses(s),
+      )
     } finally {
       assert.equal(await d.stop(), 0)
     }

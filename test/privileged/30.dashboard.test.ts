@@ -4,7 +4,6 @@
 // data carrying the labels its legend names, and every rule of deploy/prometheus/rules.yml must load and
 // evaluate cleanly.
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -12,14 +11,14 @@ import { after, before, describe, test } from 'node:test'
 import { parse } from 'yaml'
 import { packageRoot } from '../../src/paths.js'
 import {
+  inNetns,
   JsonProcess,
   Netns,
-  TCPLOAD,
+  type Netns as NetnsT,
   privileged,
   runClient,
   startDaemon,
   startServer,
-  type Netns as NetnsT,
 } from './harness.js'
 import { Prometheus, sleep, until, type Series } from './prometheus.js'
 
@@ -107,29 +106,19 @@ describe('the Grafana dashboard and the alerting rules on a real Prometheus', { 
       // a connection held open (active > 0 on both ends) while the dashboard is checked
       const hsrv = await startServer(ns, ['--comm', HSRV, '--count', '1'])
       background.push(hsrv.proc)
-      const holder = new JsonProcess(
-        spawn(
-          'ip',
-          [
-            'netns',
-            'exec',
-            ns.name,
-            TCPLOAD,
-            'client',
-            '--comm',
-            HOLD,
-            '--addr',
-            '127.0.0.1',
-            '--port',
-            String(hsrv.port),
-            '--send',
-            '10',
-            '--hold-ms',
-            '120000',
-          ],
-          { stdio: 'pipe' },
-        ),
-      )
+      const holder = inNetns(ns, [
+        'client',
+        '--comm',
+        HOLD,
+        '--addr',
+        '127.0.0.1',
+        '--port',
+        String(hsrv.port),
+        '--send',
+        '10',
+        '--hold-ms',
+        '120000',
+      ])
       background.push(holder)
       await holder.until(
         () => holder.lines.some((l) => l['event'] === 'connected'),

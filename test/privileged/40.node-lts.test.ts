@@ -23,23 +23,23 @@ import { DEFAULT_LISTEN_ADDRESS } from '../../src/daemon.js'
 import { addonPath, bpfObjectPath, packageRoot } from '../../src/paths.js'
 import {
   CLI,
-  JsonProcess,
-  Netns,
+  type Daemon,
+  type Exchange,
   exchange as runExchange,
-  TCPLOAD,
-  TIME_SCALE,
   expectedEvents,
   identity,
+  inNetns,
+  JsonProcess,
+  Netns,
+  type Netns as NetnsT,
   privileged,
   scrape,
+  type ScrapedSample,
   sorted,
   startDaemon,
   startServer,
+  TIME_SCALE,
   valueOf,
-  type Daemon,
-  type Exchange,
-  type Netns as NetnsT,
-  type ScrapedSample,
 } from './harness.js'
 
 // ---------------------------------------------------------------------------------------------------------
@@ -590,27 +590,17 @@ describe(`the project under the image's Node LTS`, { skip }, () => {
       s.find((x) => x.name === 'tcptracer_kernel_state_info')?.labels
     // a connection of root's processes, open before the daemon starts: found through /proc
     const old = await startServer(ns, ['--comm', 'tt-lts-old-srv', '--count', '1'])
-    const oldClient = new JsonProcess(
-      spawn(
-        'ip',
-        [
-          'netns',
-          'exec',
-          ns.name,
-          TCPLOAD,
-          'client',
-          '--comm',
-          'tt-lts-old-cli',
-          '--addr',
-          '127.0.0.1',
-          '--port',
-          String(old.port),
-          '--hold-ms',
-          String(3000 * TIME_SCALE),
-        ],
-        { stdio: 'pipe' },
-      ),
-    )
+    const oldClient = inNetns(ns, [
+      'client',
+      '--comm',
+      'tt-lts-old-cli',
+      '--addr',
+      '127.0.0.1',
+      '--port',
+      String(old.port),
+      '--hold-ms',
+      String(3000 * TIME_SCALE),
+    ])
     await oldClient.until(
       () => oldClient.lines.some((l) => l['event'] === 'connected'),
       10000,

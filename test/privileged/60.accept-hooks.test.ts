@@ -10,16 +10,18 @@ import { spawn } from 'node:child_process'
 import { after, before, describe, test } from 'node:test'
 import { packageRoot } from '../../src/paths.js'
 import {
+  type Daemon,
   JsonProcess,
+  losses,
   Netns,
   privileged,
   runClient,
   scrape,
+  type ScrapedSample,
+  scrapeUntil,
   startDaemon,
   startServer,
   valueOf,
-  type Daemon,
-  type ScrapedSample,
 } from './harness.js'
 
 const { skip } = privileged()
@@ -214,8 +216,14 @@ describe('accept hooks on the real kernel', { skip }, () => {
           String(N),
         ])
         assert.equal(await srv.proc.exited, 0)
-        const { samples } = await scrape(d)
         const at = { netns: String(ns.inode), family: 'ipv4' }
+        // a server's close completes with the client's last ACK, after the server has exited
+        const { samples } = await scrapeUntil(
+          d,
+          (s) =>
+            valueOf(s, 'tcptracer_closes_total', { ...at, comm: SRV, direction: 'inbound' }) ===
+            valueOf(s, 'tcptracer_accepts_total', { ...at, comm: SRV }),
+        )
         const accepts = valueOf(samples, 'tcptracer_accepts_total', { ...at, comm: SRV }) ?? 0
         const closes =
           valueOf(samples, 'tcptracer_closes_total', { ...at, comm: SRV, direction: 'inbound' }) ?? 0
@@ -243,19 +251,6 @@ describe('accept hooks on the real kernel', { skip }, () => {
   })
 
   /** The kernel-side loss counters, for assertion messages: where a count went when it is off. */
-  function losses(samples: ScrapedSample[]): string {
-    const pick = (name: string): string =>
-      samples
-        .filter((s) => s.name === name)
-        .map((s) => `${Object.values(s.labels).join('/') || name}=${s.value}`)
-        .join(' ')
-    return [
-      pick('tcptracer_kernel_map_update_failures_total'),
-      pick('tcptracer_program_recursion_misses_total'),
-      pick('tcptracer_unattributed_total'),
-    ].join('; ')
-  }
-
   async function uringServer(async: boolean, n: number): Promise<{ proc: JsonProcess; port: number }> {
     const args = ['netns', 'exec', ns.name, URING, '--comm', URING_COMM, '--count', String(n)]
     const proc = new JsonProcess(spawn('ip', async ? [...args, '--async'] : args, { stdio: 'pipe' }))

@@ -272,18 +272,26 @@ describe('least privilege at runtime', { skip }, () => {
     // a root process with every capability, as a container's processes or systemd are to the daemon
     const target = spawn('sleep', ['60'], { stdio: 'ignore' })
     try {
+      // the child is sleep, not the forked copy of node about to exec it
+      const execed = Date.now() + 5000 * TIME_SCALE
+      while (readFileSync(`/proc/${target.pid}/comm`, 'utf8').trim() !== 'sleep' && Date.now() < execed) {
+        await new Promise((resolve) => setTimeout(resolve, 10))
+      }
       const script = `const b = require(${JSON.stringify(ADDON)}); b.dropCapabilities(BigInt(process.argv[1]));
         try { console.log(require('fs').readlinkSync('/proc/${target.pid}/ns/net')) } catch (e) { console.log(e.code) }`
       const run = (prefix: readonly string[], keep: bigint): string => {
         const argv = [...prefix, process.execPath, '-e', script, keep.toString()]
-        return execFileSync(argv[0]!, argv.slice(1), { encoding: 'utf8' }).trim()
+        const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' })
+        assert.equal(r.status, 0, `${argv.join(' ')}: exit ${r.status}: ${r.stderr}`)
+        return r.stdout.trim()
       }
       for (const [what, prefix] of [
         ['root', []],
         ['the unit way', unitPrefix(unit.user, unit.names)],
       ] as const) {
         assert.match(run(prefix, capBit(CAP_SYS_PTRACE)), /^net:\[\d+\]$/, `${what}, with cap_sys_ptrace`)
-        assert.equal(run(prefix, 0n), 'EACCES', `${what}, without it`)
+        // denied: EACCES; Debian's 6.12 kernel instead returns an empty link, which names nothing either
+        assert.match(run(prefix, 0n), /^(EACCES|)$/, `${what}, without it`)
       }
     } finally {
       target.kill()

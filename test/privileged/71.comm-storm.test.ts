@@ -5,24 +5,23 @@
 //
 // TCPTRACER_STORM_COUNT overrides the number of names (default 100000).
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { packageRoot } from '../../src/paths.js'
 import {
-  JsonProcess,
+  type Daemon,
+  inNetns,
+  type Json,
   Netns,
-  TIME_SCALE,
   privileged,
   scrape,
+  type ScrapedSample,
   startDaemon,
   startServer,
+  TIME_SCALE,
   valueOf,
-  type Daemon,
-  type Json,
-  type ScrapedSample,
 } from './harness.js'
 
 const { skip } = privileged()
@@ -108,29 +107,23 @@ describe('a process with 100,000 names, twice', { skip }, () => {
           '--quiet',
         ])
         const t0 = performance.now()
-        const storm = new JsonProcess(
-          spawn(
-            'ip',
-            [
-              'netns',
-              'exec',
-              ns.name,
-              COMMSTORM,
-              '--port',
-              String(server.port),
-              '--count',
-              String(N),
-              '--first',
-              String((round - 1) * N),
-              '--addrs',
-              '8',
-              '--threads',
-              '2',
-              '--prefix',
-              'cs',
-            ],
-            { stdio: 'pipe' },
-          ),
+        const storm = inNetns(
+          ns,
+          [
+            '--port',
+            String(server.port),
+            '--count',
+            String(N),
+            '--first',
+            String((round - 1) * N),
+            '--addrs',
+            '8',
+            '--threads',
+            '2',
+            '--prefix',
+            'cs',
+          ],
+          COMMSTORM,
         )
         assert.equal(await storm.exited, 0, storm.stderr)
         const done = storm.lines.find((l) => l['event'] === 'done') as Json

@@ -2,25 +2,25 @@
 // more label sets than limits.max_kernel_label_sets. The failed updates are counted exactly, nothing
 // that was stored is miscounted, /readyz stays 200, /metrics keeps answering, and the maps recover.
 import assert from 'node:assert/strict'
-import { spawn, spawnSync } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { packageRoot } from '../../src/paths.js'
 import {
+  exchange,
+  inNetns,
+  type Json,
   JsonProcess,
   Netns,
-  TCPLOAD,
-  TIME_SCALE,
-  exchange,
   privileged,
   scrape,
+  type ScrapedSample,
   startDaemon,
   startServer,
+  TIME_SCALE,
   valueOf,
-  type Json,
-  type ScrapedSample,
 } from './harness.js'
 
 const { skip } = privileged()
@@ -71,31 +71,21 @@ async function holdConnections(
   comms: { server: string; client: string },
 ): Promise<{ client: JsonProcess; server: JsonProcess }> {
   const server = await startServer(where, ['--comm', comms.server, '--count', String(k), '--threads', '4'])
-  const client = new JsonProcess(
-    spawn(
-      'ip',
-      [
-        'netns',
-        'exec',
-        where.name,
-        TCPLOAD,
-        'client',
-        '--comm',
-        comms.client,
-        '--addr',
-        '127.0.0.1',
-        '--port',
-        String(server.port),
-        '--count',
-        String(k),
-        '--threads',
-        String(k),
-        '--hold-ms',
-        String(holdMs * TIME_SCALE),
-      ],
-      { stdio: 'pipe' },
-    ),
-  )
+  const client = inNetns(where, [
+    'client',
+    '--comm',
+    comms.client,
+    '--addr',
+    '127.0.0.1',
+    '--port',
+    String(server.port),
+    '--count',
+    String(k),
+    '--threads',
+    String(k),
+    '--hold-ms',
+    String(holdMs * TIME_SCALE),
+  ])
   await waitFor(`${2 * k} established sockets in ${where.name}`, 20_000, () => established(where) >= 2 * k)
   return { client, server: server.proc }
 }
@@ -253,25 +243,10 @@ describe('full kernel maps', { skip }, () => {
         '2',
         '--quiet',
       ])
-      const storm = new JsonProcess(
-        spawn(
-          'ip',
-          [
-            'netns',
-            'exec',
-            ns.name,
-            COMMSTORM,
-            '--port',
-            String(server.port),
-            '--count',
-            String(N),
-            '--threads',
-            '2',
-            '--prefix',
-            'km',
-          ],
-          { stdio: 'pipe' },
-        ),
+      const storm = inNetns(
+        ns,
+        ['--port', String(server.port), '--count', String(N), '--threads', '2', '--prefix', 'km'],
+        COMMSTORM,
       )
       assert.equal(await storm.exited, 0, storm.stderr)
       assert.equal((storm.lines.find((l) => l['event'] === 'done') as Json)['connected'], N)

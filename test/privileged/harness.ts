@@ -144,21 +144,46 @@ export interface ServerInfo {
   port: number
 }
 
+/** A program (tcpload by default) run inside a namespace, its JSON lines collected. */
+export function inNetns(ns: Netns, args: string[], program = TCPLOAD): JsonProcess {
+  return new JsonProcess(spawn('ip', ['netns', 'exec', ns.name, program, ...args], { stdio: 'pipe' }))
+}
+
 /** Start `tcpload server` inside a namespace and wait until it listens. */
 export async function startServer(ns: Netns, args: string[]): Promise<ServerInfo> {
-  const proc = new JsonProcess(
-    spawn('ip', ['netns', 'exec', ns.name, TCPLOAD, 'server', ...args], { stdio: 'pipe' }),
-  )
+  return await listening(inNetns(ns, ['server', ...args]))
+}
+
+async function listening(proc: JsonProcess): Promise<ServerInfo> {
   await proc.until(() => proc.lines.some((l) => l['event'] === 'listening'), 10000, 'the server to listen')
   const l = proc.lines.find((x) => x['event'] === 'listening')!
   return { proc, pid: l['pid'] as number, port: l['port'] as number }
 }
 
+/**
+ * A `tcpload server` whose pid is known before it runs: a shell that waits for release() and then
+ * execs the server in its own process (`ip netns exec` execs too), so a tracer can be told the pid
+ * and attached before the server calls listen() and accept().
+ */
+export function gatedServer(ns: Netns, args: string[]): { pid: number; release(): Promise<ServerInfo> } {
+  const child = spawn(
+    'ip',
+    ['netns', 'exec', ns.name, 'sh', '-c', 'read -r _ && exec "$0" "$@"', TCPLOAD, 'server', ...args],
+    { stdio: 'pipe' },
+  )
+  const proc = new JsonProcess(child)
+  return {
+    pid: child.pid!,
+    release: async () => {
+      child.stdin!.end('go\n')
+      return await listening(proc)
+    },
+  }
+}
+
 /** Run `tcpload client` inside a namespace to completion; returns its lines. */
 export async function runClient(ns: Netns, args: string[]): Promise<Json[]> {
-  const proc = new JsonProcess(
-    spawn('ip', ['netns', 'exec', ns.name, TCPLOAD, 'client', ...args], { stdio: 'pipe' }),
-  )
+  const proc = inNetns(ns, ['client', ...args])
   const code = await proc.exited
   if (code !== 0) throw new Error(`tcpload client exited with ${code}: ${proc.stderr}`)
   return proc.lines
@@ -361,6 +386,76 @@ export async function scrape(
   if (res.status !== 200) throw new Error(`GET ${path}: ${res.status} ${await res.text()}`)
   const text = await res.text()
   return { text, samples: parseExposition(text) }
+}
+
+/** The kernel-side loss counters of a scrape, for assertion messages: where a count went when it is off. */
+export function losses(samples: ScrapedSample[]): string {
+  const pick = (name: string): string =>
+    samples
+      .filter((s) => s.name === name)
+      .map((s) => `${Object.values(s.labels).join('/') || name}=${s.value}`)
+      .join(' ')
+  return [
+    pick('tcptracer_kernel_map_update_failures_total'),
+    pick('tcptracer_program_recursion_misses_total'),
+    pick('tcptracer_unattributed_total'),
+    pick('tcptracer_unseen_total'),
+  ].join('; ')
+}
+
+/**
+ * How many counts a scrape may fall short by, on this kernel: the kernel map updates the programs
+ * reported as failed. On Debian's 6.1 kernel a hash map update from a softirq fails with EBUSY when it
+ * interrupts, on the same CPU, another update of that map in the few instructions where the map's
+ * per-CPU lock count is raised but interrupts are not yet disabled (fixed in later kernels, which
+ * disable interrupts first): under the emulated guest's load about 1 % of accepts in fexit mode, each
+ * one counted in `tcptracer_kernel_map_update_failures_total`. Everywhere else a failed update is a
+ * test failure: the allowance is 0.
+ */
+export function reportedShortfall(samples: ScrapedSample[]): number {
+  if (!/^6\.1\./.test(process.env['TCPTRACER_VM_KERNEL'] ?? '')) return 0
+  return samples
+    .filter((s) => s.name === 'tcptracer_kernel_map_update_failures_total')
+    .reduce((a, s) => a + s.value, 0)
+}
+
+/** Assert a count is exact, or short by no more than what the kernel reported as failed (6.1 only). */
+export function assertCounted(
+  actual: number | undefined,
+  expected: number,
+  samples: ScrapedSample[],
+  what: string,
+): void {
+  const allowed = reportedShortfall(samples)
+  const got = actual ?? 0
+  if (allowed === 0 || got === expected) {
+    if (got !== expected) throw new Error(`${what}: ${got} !== ${expected}; ${losses(samples)}`)
+    return
+  }
+  if (got > expected || expected - got > allowed) {
+    throw new Error(
+      `${what}: ${got} of ${expected}, more off than the ${allowed} failed kernel map updates; ${losses(samples)}`,
+    )
+  }
+}
+
+/**
+ * Scrape until `settled` holds or `timeout` ms (scaled by TIME_SCALE) pass; returns the last scrape
+ * either way, for the caller's exact assertions. For counts that complete after the generator exits:
+ * the final ACK of a close, TIME_WAIT.
+ */
+export async function scrapeUntil(
+  d: Daemon,
+  settled: (samples: ScrapedSample[]) => boolean,
+  timeout = 5000,
+): Promise<{ text: string; samples: ScrapedSample[] }> {
+  const deadline = Date.now() + timeout * TIME_SCALE
+  let last = await scrape(d)
+  while (!settled(last.samples) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    last = await scrape(d)
+  }
+  return last
 }
 
 export interface ExchangeOptions {

@@ -9,19 +9,17 @@
 //
 // Not part of `npm test` (the CI budget goes to the VM kernel matrix); needs root.
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import {
-  JsonProcess,
+  type Daemon,
+  inNetns,
   Netns,
   parseExposition,
   privileged,
   startDaemon,
-  TCPLOAD,
-  type Daemon,
 } from '../privileged/harness.js'
 
 const gate = privileged()
@@ -128,29 +126,19 @@ describe(`soak: ${SECONDS} s of churn`, { skip: gate.skip, timeout: (SECONDS + 3
     let round = 0
     while (Date.now() < end) {
       const name = `soak-${round % NAMES}`
-      const load = new JsonProcess(
-        spawn(
-          'ip',
-          [
-            'netns',
-            'exec',
-            ns.name,
-            TCPLOAD,
-            'pair',
-            '--comm',
-            'soak-main',
-            '--comm-server',
-            'soak-srv',
-            '--comm-client',
-            name,
-            '--count',
-            String(PER_ROUND),
-            '--send',
-            '16',
-          ],
-          { stdio: 'pipe' },
-        ),
-      )
+      const load = inNetns(ns, [
+        'pair',
+        '--comm',
+        'soak-main',
+        '--comm-server',
+        'soak-srv',
+        '--comm-client',
+        name,
+        '--count',
+        String(PER_ROUND),
+        '--send',
+        '16',
+      ])
       const code = await load.exited
       assert.equal(code, 0, load.stderr)
       const done = load.lines.find((l) => l['event'] === 'done')!

@@ -130,6 +130,7 @@ Napi::Function Tracer::Init(Napi::Env env)
 			       InstanceMethod("mapDelete", &Tracer::JS_mapDelete),
 			       InstanceMethod("drainStats", &Tracer::JS_drainStats),
 			       InstanceMethod("programStats", &Tracer::JS_programStats),
+			       InstanceMethod("runProgram", &Tracer::JS_runProgram),
 			       InstanceMethod("setGlobal", &Tracer::JS_setGlobal),
 			       InstanceMethod("close", &Tracer::JS_close),
 			   });
@@ -227,6 +228,23 @@ Tracer::Tracer(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Tracer>(info)
 			if (!p)
 				throw fail("set_autoload", ENOENT, "no program named " + n);
 			bpf_program__set_autoload(p, false);
+		}
+	}
+
+	// onDemandPrograms: loaded but never attached, run by runProgram(). They walk a map
+	// with bpf_for_each_map_elem (5.13); on an older kernel they are not loaded at all.
+	if (opts.Has("onDemandPrograms") && opts.Get("onDemandPrograms").IsArray()) {
+		Napi::Array names = opts.Get("onDemandPrograms").As<Napi::Array>();
+		bool walkable = libbpf_probe_bpf_helper(BPF_PROG_TYPE_RAW_TRACEPOINT,
+							BPF_FUNC_for_each_map_elem, nullptr) > 0;
+		for (uint32_t i = 0; i < names.Length(); i++) {
+			std::string n = names.Get(i).ToString().Utf8Value();
+			bpf_program *p = bpf_object__find_program_by_name(obj_, n.c_str());
+			if (!p)
+				throw fail("set_autoattach", ENOENT, "no program named " + n);
+			bpf_program__set_autoattach(p, false);
+			if (!walkable)
+				bpf_program__set_autoload(p, false);
 		}
 	}
 
@@ -380,6 +398,8 @@ Napi::Value Tracer::JS_attach(const Napi::CallbackInfo &info)
 	uint32_t i = 0;
 	bpf_object__for_each_program (prog, obj_) {
 		bpf_link *link;
+		if (!bpf_program__autoattach(prog))
+			continue; // run on demand (runProgram)
 		out.Set(i++, AttachProgram(env, prog, &link));
 		if (link) {
 			links_.push_back(link);
@@ -603,7 +623,7 @@ Napi::Value Tracer::JS_programStats(const Napi::CallbackInfo &info)
 	uint32_t i = 0;
 	bpf_object__for_each_program (prog, obj_) {
 		int fd = bpf_program__fd(prog);
-		if (fd < 0)
+		if (fd < 0 || !bpf_program__autoattach(prog))
 			continue;
 		struct bpf_prog_info pi;
 		__u32 len = sizeof(pi);
@@ -617,6 +637,29 @@ Napi::Value Tracer::JS_programStats(const Napi::CallbackInfo &info)
 		out.Set(i++, r);
 	}
 	return out;
+}
+
+// runProgram(name) -> its return value: run an on-demand program once, on this CPU
+// (BPF_PROG_TEST_RUN). Throws when the program is not loaded (its kernel lacks what it
+// needs) or the kernel refuses the run.
+Napi::Value Tracer::JS_runProgram(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	if (!obj_ || !loaded_)
+		throw Napi::Error::New(env, "tracer is closed");
+	if (!info[0].IsString())
+		throw Napi::TypeError::New(env, "runProgram(name): name must be a string");
+	std::string name = info[0].As<Napi::String>().Utf8Value();
+	bpf_program *prog = bpf_object__find_program_by_name(obj_, name.c_str());
+	if (!prog)
+		throw MakeBpfError(env, "run program", ENOENT, "no program named " + name);
+	int fd = bpf_program__fd(prog);
+	if (fd < 0)
+		throw MakeBpfError(env, "run program", ENOENT, name + " is not loaded");
+	LIBBPF_OPTS(bpf_test_run_opts, opts);
+	if (bpf_prog_test_run_opts(fd, &opts))
+		throw MakeBpfError(env, "run program", errno, name);
+	return Napi::Number::New(env, opts.retval);
 }
 
 Napi::Value Tracer::JS_drainStats(const Napi::CallbackInfo &info)

@@ -55,6 +55,7 @@ class Tracer : public Napi::ObjectWrap<Tracer>
 	Napi::Value JS_mapDelete(const Napi::CallbackInfo &info);
 	Napi::Value JS_drainStats(const Napi::CallbackInfo &info);
 	Napi::Value JS_programStats(const Napi::CallbackInfo &info);
+	Napi::Value JS_runProgram(const Napi::CallbackInfo &info);
 	Napi::Value JS_close(const Napi::CallbackInfo &info);
 
 	Napi::Object AttachProgram(Napi::Env env, bpf_program *prog, bpf_link **link);
