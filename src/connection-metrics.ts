@@ -452,7 +452,14 @@ class CollectionLines {
       const s = l.sets[i]!
       const k = this.kept[i]!
       const at = k.placed[format]
-      if (at !== undefined && at.of === s && at.lines !== l && at.index < at.lines.filled) {
+      // (never from recycled Lines: their Buffers may be another's arenas now)
+      if (
+        at !== undefined &&
+        at.of === s &&
+        at.lines !== l &&
+        !at.lines.recycled &&
+        at.index < at.lines.filled
+      ) {
         if (run === at.lines && runTo === at.index) {
           runTo++
         } else {
@@ -483,10 +490,14 @@ class CollectionLines {
   }
 
   *chunks(f: number, format: Format, bytes: number): Generator<Buffer> {
+    // A response cut off between two chunks can resume its generator once more after the release: it
+    // must then neither fill nor read Lines whose Buffers may already be reused
+    if (this.released) return
     const l = this.linesFor(format)
     const n = l.sets.length
     let i = 0
     while (i < n) {
+      if (this.released || l.recycled) return
       // what is not in yet: copied, or rendered (at most one batch of label sets for this chunk)
       if (l.filled < n) this.fill(l, format, n, MAX_RENDERED_PER_CHUNK)
       // as many label sets as make about `bytes` of this family, and at least one

@@ -142,6 +142,8 @@ export class Exporter {
     { keys: Buffer.alloc(0), values: Buffer.alloc(0) },
   ]
   private nextRead = 0
+  /** the map's key and value sizes were checked against the layout */
+  private aggLayoutChecked = false
   /** the collection in progress: collections run one at a time */
   private collecting: Promise<unknown> = Promise.resolve()
   private readonly cgroups = new CgroupResolver()
@@ -418,6 +420,17 @@ export class Exporter {
     const L = this.tracer.layout
     const ks = L.aggKey.size
     const vs = L.aggValue.size
+    if (!this.aggLayoutChecked) {
+      // entries are stepped through by the layout's sizes: a map of other sizes would be misread silently
+      const info = this.tracer.aggregatesInfo()
+      if (info.keySize !== ks || info.valueBytes !== vs) {
+        throw new Error(
+          `the aggregation map has ${info.keySize}-byte keys and ${info.valueBytes}-byte values, the ` +
+            `record layout says ${ks} and ${vs}: the BPF object and the addon are from different builds`,
+        )
+      }
+      this.aggLayoutChecked = true
+    }
     const pair = this.readBuffers[this.nextRead]!
     for (let attempt = 0; ; attempt++) {
       const n = this.tracer.readAggregates(pair.keys, pair.values)
@@ -431,8 +444,12 @@ export class Exporter {
           this.config.histogram.buckets_seconds.length,
         )
       }
-      if (attempt > 8) throw new Error('the aggregation map kept growing while it was read')
       const fits = pair.keys.length / ks
+      // Buffers with room for more than the map's capacity cannot be too small: only a map that grows
+      // between reads, faster than the Buffers double, gets here so often
+      if (fits > this.tracer.aggregatesCapacity() || attempt > 40) {
+        throw new Error('the aggregation map kept growing while it was read')
+      }
       // room for the whole map, plus one: a read that fills the Buffers exactly counts as too small
       const want = Math.max(1024, Math.min(2 * fits, this.tracer.aggregatesCapacity() + 1), fits + 1)
       pair.keys = Buffer.allocUnsafeSlow(want * ks)

@@ -15,6 +15,7 @@ import {
   type EventLayout,
   type LibbpfLog,
   type NativeConstants,
+  type MapInfo,
   type NativeTracer,
   type ProgramStatus,
 } from './native.js'
@@ -407,6 +408,11 @@ export class TcpTracer {
   /** The aggregation map's capacity (max_entries). */
   aggregatesCapacity(): number {
     return this.native.mapInfo('aggs').maxEntries
+  }
+
+  /** The aggregation map's type and sizes. */
+  aggregatesInfo(): MapInfo {
+    return this.native.mapInfo('aggs')
   }
 
   deleteAggregate(key: Buffer): boolean {

@@ -435,7 +435,64 @@ describe('kept between scrapes, exactly what a fresh render gives', () => {
     entries[0]!.opened += 1n
     const after = collect()
     assert.equal(scrapeText(after.families, 'prometheus', 4096), after.want)
-    assert.throws(() => scrapeText(slow.families, 'prometheus', 300), /recycled/)
+    // a released collection sends nothing more: its chunks may be asked for once more by a response
+    // cut off between two of them, after the release
+    assert.equal(
+      scrapeText(slow.families, 'prometheus', 300),
+      render(
+        connectionFamilies([], BOUNDS).map((f) => ({ ...f, samples: [] })),
+        'prometheus',
+        { eof: false },
+      ),
+    )
+  })
+
+  test('a response cut off mid-fill and released writes nothing into reused Buffers', () => {
+    const clock = { now: T0 }
+    const kernel = new Kernel()
+    const agg = new Aggregator(options(clock, { idleExpiryMs: 0, maxLabelSets: 1000 }))
+    const kept = new ConnectionExposition()
+    const entries = Array.from({ length: 300 }, (_, i) =>
+      kernel.put(modelEntry({ comm: `p${i}`, port: 1000 + i, opened: 1n, closed: 1n })),
+    )
+    const collect = (): { families: MetricFamily[]; want: string } => {
+      const { dump, commit } = kernel.read(0)
+      const snap = agg.snapshot(dump)
+      commit()
+      return {
+        families: kept.families(snap.sets, BOUNDS),
+        want: render(connectionFamilies(snap.series, BOUNDS), 'prometheus', { eof: false }),
+      }
+    }
+    const release = (c: { families: MetricFamily[] }): void => {
+      for (const f of c.families) f.lines?.release?.()
+    }
+    const a = collect()
+    assert.equal(scrapeText(a.families, 'prometheus', 4096), a.want)
+    release(a)
+    // b: more label sets changed than one chunk renders, so its lines are filled while it is sent
+    for (let i = 0; i < 200; i++) entries[i]!.opened += 1n
+    const b = collect()
+    const slow = renderChunks(b.families, 'prometheus', 100, 64)[Symbol.iterator]()
+    slow.next() // the metadata
+    slow.next() // the first chunk; the rest is not in b's lines yet
+    // a faster scraper's collection takes over every label set's lines and is released
+    entries[250]!.opened += 1n
+    const c = collect()
+    assert.equal(scrapeText(c.families, 'prometheus', 4096), c.want)
+    release(c)
+    // b's client is gone: released, its Buffers go to the spares; then its generator runs once more
+    release(b)
+    for (let r = slow.next(); !r.done; r = slow.next()) {
+      assert.ok(!Buffer.isBuffer(r.value), 'a released collection yields no more sample lines')
+    }
+    // the next collections, in the reused Buffers, are still exactly what a fresh render gives
+    for (let round = 0; round < 3; round++) {
+      entries[round]!.opened += 1n
+      const d = collect()
+      assert.equal(scrapeText(d.families, 'prometheus', 4096), d.want, `round ${round}`)
+      release(d)
+    }
   })
 
   test('lines that label sets are still to be copied from are not given back', () => {
