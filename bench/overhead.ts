@@ -713,6 +713,9 @@ async function startExporter(extra: readonly string[] = [], listen = '127.0.0.1:
     'run',
     `--web.listen-address=${listen}`,
     '--log.format=json',
+    // unpinned: a pinned state outlives the process, so its programs would keep counting (and be
+    // taken for a foreign tracer) after the setup is stopped, and the next launch would take it over
+    '--bpf.pin-path=',
     ...extra,
   ])
   try {
