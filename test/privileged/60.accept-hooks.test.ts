@@ -281,8 +281,15 @@ describe('accept hooks on the real kernel', { skip }, () => {
           ])
           assert.equal(await srv.proc.exited, 0, `uringaccept: ${srv.proc.stderr}`)
         }
-        const { samples } = await scrape(d)
         const at = { netns: String(ns.inode), family: 'ipv4' }
+        // the servers' last closes complete after they exit (the peer's final ACK): wait for them
+        const { samples } = await scrapeUntil(d, (s) =>
+          mode === 'syscall'
+            ? (valueOf(s, 'tcptracer_unattributed_total', { kind: 'accept' }) ?? 0) - before >= 2 * N
+            : (valueOf(s, 'tcptracer_closes_total', { ...at, comm: URING_COMM, direction: 'inbound' }) ??
+                0) >=
+              2 * N,
+        )
         const accepts = valueOf(samples, 'tcptracer_accepts_total', { ...at, comm: URING_COMM }) ?? 0
         const unattributed =
           (valueOf(samples, 'tcptracer_unattributed_total', { kind: 'accept' }) ?? 0) - before

@@ -419,22 +419,28 @@ export function reportedShortfall(samples: ScrapedSample[]): number {
     .reduce((a, s) => a + s.value, 0)
 }
 
-/** Assert a count is exact, or short by no more than what the kernel reported as failed (6.1 only). */
+/**
+ * Assert a count is exact, or short by no more than what the kernel reported as failed (6.1 only), each
+ * failed update worth `unit` (the bytes of one connection, say). `gauge`: off by that much either way (a
+ * lost open or a lost close).
+ */
 export function assertCounted(
   actual: number | undefined,
   expected: number,
   samples: ScrapedSample[],
   what: string,
+  opts: { unit?: number; gauge?: boolean } = {},
 ): void {
-  const allowed = reportedShortfall(samples)
+  const allowed = reportedShortfall(samples) * (opts.unit ?? 1)
   const got = actual ?? 0
   if (allowed === 0 || got === expected) {
     if (got !== expected) throw new Error(`${what}: ${got} !== ${expected}; ${losses(samples)}`)
     return
   }
-  if (got > expected || expected - got > allowed) {
+  const off = opts.gauge ? Math.abs(expected - got) : expected - got
+  if (off < 0 || off > allowed) {
     throw new Error(
-      `${what}: ${got} of ${expected}, more off than the ${allowed} failed kernel map updates; ${losses(samples)}`,
+      `${what}: ${got} for ${expected}, more off than the failed kernel map updates allow (${allowed}); ${losses(samples)}`,
     )
   }
 }
