@@ -184,6 +184,11 @@ export async function runTrace(argv: string[]): Promise<number> {
       }
       const lost = k.eventsLost + d.dropped
       if (lost > 0n) err(`${lost} events lost: the consumer fell behind (try a larger --ringbuf-bytes)`)
+      if (k.mapUpdateFailed > 0n) {
+        err(
+          `${k.mapUpdateFailed} kernel map updates failed: those connections' events may be missing or their accepts unattributed (docs/kernels.md, What differs)`,
+        )
+      }
       if (k.closeUnseen > 0n) {
         err(
           `${k.closeUnseen} closes never seen: the kernel did not run the programs for them (docs/tracer.md, Known limits); counted when found, after the close`,

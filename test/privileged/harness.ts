@@ -1,5 +1,6 @@
 // Shared fixtures for tests that need root and the real kernel: network
 // namespaces, the tcpload generator, and the `trace --json` command.
+import assert from 'node:assert/strict'
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { statSync } from 'node:fs'
 import path from 'node:path'
@@ -417,6 +418,31 @@ export function reportedShortfall(samples: ScrapedSample[]): number {
   return samples
     .filter((s) => s.name === 'tcptracer_kernel_map_update_failures_total')
     .reduce((a, s) => a + s.value, 0)
+}
+
+/**
+ * The trace's events, exact; on Debian's 6.1 kernel (see reportedShortfall) short by at most two events
+ * per kernel map update the trace reported as failed at exit (a connection's open and its close), and
+ * never an event that did not happen.
+ */
+export function assertTraced(got: string[], want: string[], traceStderr: string): void {
+  const m = /^(\d+) kernel map updates failed/m.exec(traceStderr)
+  const failed = /^6\.1\./.test(process.env['TCPTRACER_VM_KERNEL'] ?? '') && m?.[1] ? Number(m[1]) : 0
+  if (failed === 0) {
+    assert.deepEqual(got, want)
+    return
+  }
+  const left = new Map<string, number>()
+  for (const e of want) left.set(e, (left.get(e) ?? 0) + 1)
+  for (const e of got) {
+    const n = left.get(e) ?? 0
+    assert.ok(n > 0, `traced an event that did not happen, or twice: ${e}`)
+    left.set(e, n - 1)
+  }
+  assert.ok(
+    want.length - got.length <= 2 * failed,
+    `${want.length - got.length} of ${want.length} events missing, more than 2 for each of the ${failed} failed map updates`,
+  )
 }
 
 /**
