@@ -10,11 +10,13 @@ import { spawn } from 'node:child_process'
 import { after, before, describe, test } from 'node:test'
 import { packageRoot } from '../../src/paths.js'
 import {
+  assertCounted,
   type Daemon,
   JsonProcess,
   losses,
   Netns,
   privileged,
+  reportedShortfall,
   runClient,
   scrape,
   type ScrapedSample,
@@ -172,21 +174,17 @@ describe('accept hooks on the real kernel', { skip }, () => {
           ['ipv6', N6],
         ] as const) {
           const at = { netns: String(ns.inode), family }
-          const what = `${mode} ${family}: ${losses(samples)}`
-          assert.equal(valueOf(samples, 'tcptracer_connects_total', { ...at, comm: CLI_COMM }), n, what)
-          assert.equal(valueOf(samples, 'tcptracer_accepts_total', { ...at, comm: SRV }), n, what)
-          assert.equal(
-            valueOf(samples, 'tcptracer_closes_total', { ...at, comm: SRV, direction: 'inbound' }),
-            n,
-            what,
-          )
-          assert.equal(
-            valueOf(samples, 'tcptracer_closes_total', { ...at, comm: CLI_COMM, direction: 'outbound' }),
-            n,
-            what,
-          )
+          const what = `${mode} ${family}`
+          // exact; on Debian's 6.1 short by at most the map updates it refused (reportedShortfall)
+          const counted = (name: string, labels: Record<string, string>, label: string): void =>
+            assertCounted(valueOf(samples, name, { ...at, ...labels }), n, samples, `${what} ${label}`)
+          counted('tcptracer_connects_total', { comm: CLI_COMM }, 'connects')
+          counted('tcptracer_accepts_total', { comm: SRV }, 'accepts')
+          counted('tcptracer_closes_total', { comm: SRV, direction: 'inbound' }, 'inbound closes')
+          counted('tcptracer_closes_total', { comm: CLI_COMM, direction: 'outbound' }, 'outbound closes')
         }
-        results.set(mode, countsOf(samples))
+        // the modes are compared where none of their updates was refused
+        if (reportedShortfall(samples) === 0) results.set(mode, countsOf(samples))
       } finally {
         await d.stop()
       }
@@ -309,9 +307,11 @@ describe('accept hooks on the real kernel', { skip }, () => {
           assert.equal(closes ?? 0, 0, mode)
         } else {
           // fexit and kprobe see inet_csk_accept itself; listener charges the listen() caller, the same process
-          assert.equal(accepts, 2 * N, `${mode}: ${losses(samples)}`)
-          assert.equal(closes, 2 * N, `${mode}: ${losses(samples)}`)
-          assert.equal(unattributed, 0, `${mode}: ${losses(samples)}`)
+          // exact; on Debian's 6.1 short by at most the map updates it refused, which leave their
+          // accepts unattributed
+          assertCounted(accepts, 2 * N, samples, `${mode}: accepts`)
+          assertCounted(closes, 2 * N, samples, `${mode}: closes`)
+          assertCounted(unattributed, 0, samples, `${mode}: unattributed`, { gauge: true })
         }
         assert.equal(valueOf(samples, 'tcptracer_connects_total', { ...at, comm: CLI_COMM }), 2 * N, mode)
       } finally {
