@@ -216,6 +216,32 @@ function sameSnapshot(raw: Snapshot, plain: Snapshot, what: string): void {
   assert.equal(raw.folded, plain.folded, `${what}: folded`)
 }
 
+/** A kernel map, an aggregator and a kept exposition, collected as a scrape would, in the text format. */
+function scene(o: Partial<AggregatorOptions> = {}): {
+  kernel: Kernel
+  kept: ConnectionExposition
+  collect: () => { families: MetricFamily[]; want: string }
+} {
+  const kernel = new Kernel()
+  const agg = new Aggregator(options({ now: T0 }, { idleExpiryMs: 0, ...o }))
+  const kept = new ConnectionExposition()
+  const collect = (): { families: MetricFamily[]; want: string } => {
+    const { dump, commit } = kernel.read(0)
+    const snap = agg.snapshot(dump)
+    commit()
+    return {
+      families: kept.families(snap.sets, BOUNDS),
+      want: render(connectionFamilies(snap.series, BOUNDS), 'prometheus', { eof: false }),
+    }
+  }
+  return { kernel, kept, collect }
+}
+
+/** The server is done with a collection: every response that sent it finished. */
+function release(c: { families: MetricFamily[] }): void {
+  for (const f of c.families) f.lines?.release?.()
+}
+
 describe('kept between scrapes, exactly what a fresh render gives', () => {
   test('a random history: counts grow, label sets come, change, expire and fold into __overflow__', () => {
     const rnd = random(20261201)
@@ -362,20 +388,8 @@ describe('kept between scrapes, exactly what a fresh render gives', () => {
   })
 
   test('a collection still being sent keeps its own lines when a later one has newer series', () => {
-    const clock = { now: T0 }
-    const kernel = new Kernel()
-    const agg = new Aggregator(options(clock, { idleExpiryMs: 0 }))
-    const kept = new ConnectionExposition()
+    const { kernel, collect } = scene()
     const e = kernel.put(modelEntry({ comm: 'curl', port: 443, opened: 1n }))
-    const collect = (): { families: MetricFamily[]; want: string } => {
-      const { dump, commit } = kernel.read(0)
-      const snap = agg.snapshot(dump)
-      commit()
-      return {
-        families: kept.families(snap.sets, BOUNDS),
-        want: render(connectionFamilies(snap.series, BOUNDS), 'prometheus', { eof: false }),
-      }
-    }
     const older = collect()
     e.opened += 5n
     const newer = collect()
@@ -391,25 +405,10 @@ describe('kept between scrapes, exactly what a fresh render gives', () => {
   })
 
   test('released collections give their Buffers back; one still being sent keeps its bytes', () => {
-    const clock = { now: T0 }
-    const kernel = new Kernel()
-    const agg = new Aggregator(options(clock, { idleExpiryMs: 0, maxLabelSets: 100 }))
-    const kept = new ConnectionExposition()
+    const { kernel, kept, collect } = scene({ maxLabelSets: 100 })
     const entries = Array.from({ length: 30 }, (_, i) =>
       kernel.put(modelEntry({ comm: `p${i}`, port: 80 + i, opened: 1n, closed: 1n })),
     )
-    const collect = (): { families: MetricFamily[]; want: string } => {
-      const { dump, commit } = kernel.read(0)
-      const snap = agg.snapshot(dump)
-      commit()
-      return {
-        families: kept.families(snap.sets, BOUNDS),
-        want: render(connectionFamilies(snap.series, BOUNDS), 'prometheus', { eof: false }),
-      }
-    }
-    const release = (c: { families: MetricFamily[] }): void => {
-      for (const f of c.families) f.lines?.release?.()
-    }
     // a slow scraper: its collection is sent in part, and not released for a long time
     const slow = collect()
     const slowChunks = [...renderChunks(slow.families, 'prometheus', 100, 300)]
@@ -448,25 +447,10 @@ describe('kept between scrapes, exactly what a fresh render gives', () => {
   })
 
   test('a response cut off mid-fill and released writes nothing into reused Buffers', () => {
-    const clock = { now: T0 }
-    const kernel = new Kernel()
-    const agg = new Aggregator(options(clock, { idleExpiryMs: 0, maxLabelSets: 1000 }))
-    const kept = new ConnectionExposition()
+    const { kernel, collect } = scene({ maxLabelSets: 1000 })
     const entries = Array.from({ length: 300 }, (_, i) =>
       kernel.put(modelEntry({ comm: `p${i}`, port: 1000 + i, opened: 1n, closed: 1n })),
     )
-    const collect = (): { families: MetricFamily[]; want: string } => {
-      const { dump, commit } = kernel.read(0)
-      const snap = agg.snapshot(dump)
-      commit()
-      return {
-        families: kept.families(snap.sets, BOUNDS),
-        want: render(connectionFamilies(snap.series, BOUNDS), 'prometheus', { eof: false }),
-      }
-    }
-    const release = (c: { families: MetricFamily[] }): void => {
-      for (const f of c.families) f.lines?.release?.()
-    }
     const a = collect()
     assert.equal(scrapeText(a.families, 'prometheus', 4096), a.want)
     release(a)
@@ -496,25 +480,10 @@ describe('kept between scrapes, exactly what a fresh render gives', () => {
   })
 
   test('lines that label sets are still to be copied from are not given back', () => {
-    const clock = { now: T0 }
-    const kernel = new Kernel()
-    const agg = new Aggregator(options(clock, { idleExpiryMs: 0, maxLabelSets: 1000 }))
-    const kept = new ConnectionExposition()
+    const { kernel, collect } = scene({ maxLabelSets: 1000 })
     const entries = Array.from({ length: 200 }, (_, i) =>
       kernel.put(modelEntry({ comm: `p${i}`, port: 1000 + i, opened: 1n, closed: 1n })),
     )
-    const collect = (): { families: MetricFamily[]; want: string } => {
-      const { dump, commit } = kernel.read(0)
-      const snap = agg.snapshot(dump)
-      commit()
-      return {
-        families: kept.families(snap.sets, BOUNDS),
-        want: render(connectionFamilies(snap.series, BOUNDS), 'prometheus', { eof: false }),
-      }
-    }
-    const release = (c: { families: MetricFamily[] }): void => {
-      for (const f of c.families) f.lines?.release?.()
-    }
     const a = collect()
     assert.equal(scrapeText(a.families, 'prometheus', 4096), a.want)
     release(a)
