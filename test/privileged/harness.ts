@@ -429,7 +429,7 @@ export function assertTraced(got: string[], want: string[], traceStderr: string)
   const m = /^(\d+) kernel map updates failed/m.exec(traceStderr)
   const failed = /^6\.1\./.test(process.env['TCPTRACER_VM_KERNEL'] ?? '') && m?.[1] ? Number(m[1]) : 0
   if (failed === 0) {
-    assert.deepEqual(got, want)
+    assert.deepEqual(got, want, traceStderr)
     return
   }
   const left = new Map<string, number>()
