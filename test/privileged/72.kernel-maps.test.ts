@@ -16,6 +16,7 @@ import {
   Netns,
   privileged,
   scrape,
+  scrapeUntil,
   type ScrapedSample,
   startDaemon,
   startServer,
@@ -253,7 +254,8 @@ describe('full kernel maps', { skip }, () => {
       assert.equal(await server.proc.exited, 0)
 
       assert.equal((await fetch(`${d.url}/readyz`)).status, 200)
-      const s = (await scrape(d)).samples
+      // the server's last closes complete after it exits (the client's final ACK)
+      const s = (await scrapeUntil(d, (x) => sum(x, 'tcptracer_closes_total') >= 2 * N)).samples
       // CAP entries: two overflow entries (one per direction), the server's label set, and CAP - 3
       // client names; the other names' connect and close each found the map full
       const held = CAP - 2
