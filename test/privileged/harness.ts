@@ -421,14 +421,20 @@ export function reportedShortfall(samples: ScrapedSample[]): number {
 }
 
 /**
- * The trace's events, exact; on Debian's 6.1 kernel (see reportedShortfall) short by at most two events
- * per kernel map update the trace reported as failed at exit (a connection's open and its close), and
- * never an event that did not happen.
+ * The trace's events, exact, and never an event that did not happen. Allowed missing, where the trace
+ * reported them at exit: on Debian's 6.1 kernel (see reportedShortfall) two events per failed kernel map
+ * update (a connection's open and its close); in an emulated guest (TCPTRACER_VM), the events it lost
+ * because its JavaScript thread, there about ten times slower, fell behind (the addon drops a batch it
+ * cannot queue to JavaScript, and counts).
  */
 export function assertTraced(got: string[], want: string[], traceStderr: string): void {
-  const m = /^(\d+) kernel map updates failed/m.exec(traceStderr)
-  const failed = /^6\.1\./.test(process.env['TCPTRACER_VM_KERNEL'] ?? '') && m?.[1] ? Number(m[1]) : 0
-  if (failed === 0) {
+  const reported = (re: RegExp): number => Number(re.exec(traceStderr)?.[1] ?? 0)
+  const failed = /^6\.1\./.test(process.env['TCPTRACER_VM_KERNEL'] ?? '')
+    ? reported(/^(\d+) kernel map updates failed/m)
+    : 0
+  const lost = process.env['TCPTRACER_VM'] === '1' ? reported(/^(\d+) events lost/m) : 0
+  const allowed = 2 * failed + lost
+  if (allowed === 0) {
     assert.deepEqual(got, want, traceStderr)
     return
   }
@@ -440,8 +446,8 @@ export function assertTraced(got: string[], want: string[], traceStderr: string)
     left.set(e, n - 1)
   }
   assert.ok(
-    want.length - got.length <= 2 * failed,
-    `${want.length - got.length} of ${want.length} events missing, more than 2 for each of the ${failed} failed map updates`,
+    want.length - got.length <= allowed,
+    `${want.length - got.length} of ${want.length} events missing, more than the trace reported (${failed} failed map updates, ${lost} events lost)`,
   )
 }
 
