@@ -21,6 +21,7 @@ import {
 } from '../../src/capabilities.js'
 import { packageRoot } from '../../src/paths.js'
 import {
+  assertCounted,
   exchange,
   Netns,
   privileged,
@@ -197,23 +198,17 @@ describe('least privilege at runtime', { skip }, () => {
       const x = await exchange(ns, { n: 20, send: 3, serverComm: 'tt-caps-srv', clientComm: 'tt-caps-cli' })
       const base = { netns: String(ns.inode), family: 'ipv4' }
       for (const { what, d } of daemons) {
+        // exact; on Debian's 6.1 short by at most the map updates the kernel refused (assertCounted)
         const s = (await scrape(d)).samples
-        assert.equal(valueOf(s, 'tcptracer_connects_total', { ...base, comm: x.clientComm }), 20, what)
-        assert.equal(valueOf(s, 'tcptracer_accepts_total', { ...base, comm: x.serverComm }), 20, what)
-        assert.equal(
-          valueOf(s, 'tcptracer_closes_total', { ...base, comm: x.serverComm, direction: 'inbound' }),
-          20,
-          what,
-        )
-        assert.equal(
-          valueOf(s, 'tcptracer_connection_received_bytes_total', {
-            ...base,
-            comm: x.serverComm,
-            direction: 'inbound',
-          }),
-          60,
-          what,
-        )
+        const at = (name: string, labels: Record<string, string>): number | undefined =>
+          valueOf(s, name, { ...base, ...labels })
+        assertCounted(at('tcptracer_connects_total', { comm: x.clientComm }), 20, s, `${what}: connects`)
+        assertCounted(at('tcptracer_accepts_total', { comm: x.serverComm }), 20, s, `${what}: accepts`)
+        const inbound = { comm: x.serverComm, direction: 'inbound' }
+        assertCounted(at('tcptracer_closes_total', inbound), 20, s, `${what}: closes`)
+        assertCounted(at('tcptracer_connection_received_bytes_total', inbound), 60, s, `${what}: bytes`, {
+          unit: 3,
+        })
       }
 
       // a namespace made after the drop: filtered in by a SIGHUP reload (a map update and a new label
@@ -242,8 +237,9 @@ describe('least privilege at runtime', { skip }, () => {
       for (const { what, d } of daemons) {
         const s = (await scrape(d)).samples
         const where = { netns: String(lateNs.inode), family: 'ipv4', port }
-        assert.equal(valueOf(s, 'tcptracer_connects_total', { ...where, comm: y.clientComm }), 7, what)
-        assert.equal(valueOf(s, 'tcptracer_accepts_total', { ...where, comm: y.serverComm }), 7, what)
+        const at = (name: string, comm: string): number | undefined => valueOf(s, name, { ...where, comm })
+        assertCounted(at('tcptracer_connects_total', y.clientComm), 7, s, `${what}: connects`)
+        assertCounted(at('tcptracer_accepts_total', y.serverComm), 7, s, `${what}: accepts`)
         assert.equal(valueOf(s, 'tcptracer_config_reloads_total', { result: 'success' }), 1, what)
       }
       // names are refreshed every 30 s

@@ -354,7 +354,8 @@ describe('restart without loss', { skip: gate.skip }, () => {
     assert.ok(await allFreed(oldPrograms), 'the old programs are gone')
     // counting works in the new state
     await exchange(ns, { n: 5, send: 1, serverComm: 'tt-nw-srv', clientComm: 'tt-nw-cli' })
-    assert.equal(valueOf((await scrape(d2)).samples, 'tcptracer_connects_total', { comm: 'tt-nw-cli' }), 5)
+    const s2 = (await scrape(d2)).samples
+    assertCounted(valueOf(s2, 'tcptracer_connects_total', { comm: 'tt-nw-cli' }), 5, s2, 'connects')
     await d2.stop()
 
     const programs = pinnedProgramIds(pin)
