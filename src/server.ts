@@ -509,8 +509,10 @@ export function build(opts: ServerOptions): FastifyInstance {
     const format = negotiate(req.headers.accept)
     const got = await state.collect(source)
     got.retain()
-    // a client gone while the maps were read is never released: its collection's memory is not reused
-    if (!done) collection = got
+    // A client gone while the maps were read sends nothing: give its share back, but only after the
+    // scrapes sharing the collection have retained it, in this same turn (Collection.release).
+    if (done) setImmediate(() => got.release())
+    else collection = got
     const own = state.families()
     // streamed in chunks: a large exposition is never one string in memory
     const registry = registries?.[format]

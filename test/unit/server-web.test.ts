@@ -2,6 +2,8 @@
 // --web.max-requests, shared collections, reloads and the metrics that count them.
 import { after, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
+import net from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
 
 import bcrypt from 'bcryptjs'
 import pino from 'pino'
@@ -247,5 +249,75 @@ describe('web config reload counters', () => {
     )
     assert.equal(state.tls, undefined)
     assert.equal(state.authEnabled, true)
+  })
+})
+
+/** A source of one family of rendered lines per collection, which counts each collection's releases. */
+class LinesSource implements MetricsSource {
+  readonly released: number[] = []
+  constructor(public delayMs = 0) {}
+  readonly programs = []
+  readonly hooks = []
+  notReadyReason(): string | undefined {
+    return undefined
+  }
+
+  async collect(): Promise<MetricFamily[]> {
+    const n = this.released.push(0) - 1
+    if (this.delayMs > 0) await sleep(this.delayMs)
+    const released = this.released
+    return [
+      {
+        name: 'test_lines',
+        help: 'Rendered ahead.',
+        type: 'gauge',
+        lines: {
+          *chunks() {
+            yield Buffer.from(`test_lines ${n}\n`)
+          },
+          release() {
+            released[n]!++
+          },
+        },
+      },
+    ]
+  }
+}
+
+describe('a collection is released once every scrape that shared it is done', () => {
+  test('GET, HEAD and concurrent scrapes: each collection released exactly once', async (t) => {
+    const source = new LinesSource()
+    const app = appWith(source, new HttpState(web({})))
+    t.after(async () => await app.close())
+    const get = await app.inject({ url: '/metrics' })
+    assert.equal(sample(get.body, 'test_lines'), 0)
+    const head = await app.inject({ method: 'HEAD', url: '/metrics' })
+    assert.equal(head.statusCode, 200)
+    assert.equal(head.body, '')
+    const shared = await Promise.all([1, 2, 3].map(async () => await app.inject({ url: '/metrics' })))
+    assert.deepEqual(
+      shared.map((r) => sample(r.body, 'test_lines')),
+      [2, 2, 2],
+    )
+    await sleep(10)
+    assert.deepEqual(source.released, [1, 1, 1])
+  })
+
+  test('a client gone while the maps are read: released, and a scrape sharing it still gets its answer', async (t) => {
+    const source = new LinesSource(200)
+    const app = appWith(source, new HttpState(web({})))
+    t.after(async () => await app.close())
+    await app.listen({ host: '127.0.0.1', port: 0 })
+    const { port } = app.server.address() as net.AddressInfo
+    const gone = net.connect(port, '127.0.0.1', () => gone.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n'))
+    gone.on('error', () => {})
+    await sleep(50)
+    const stays = fetch(`http://127.0.0.1:${port}/metrics`)
+    await sleep(50)
+    gone.destroy()
+    const res = await stays
+    assert.equal(sample(await res.text(), 'test_lines'), 0)
+    await sleep(50)
+    assert.deepEqual(source.released, [1])
   })
 })
