@@ -51,6 +51,7 @@ import * as prettier from 'prettier'
 
 import { packageRoot } from '../src/paths.js'
 import { TcpTracer } from '../src/tracer.js'
+import { prng } from '../test/prng.js'
 
 const SETUPS = ['none', 'metrics', 'metrics+trace', 'bpftrace'] as const
 type Setup = (typeof SETUPS)[number]
@@ -1040,18 +1041,6 @@ function allSetups(samples: readonly Sample[], get: Getter, rounds: number): Rec
     metrics: setupStat(samples, 'metrics', get, rounds),
     'metrics+trace': setupStat(samples, 'metrics+trace', get, rounds),
     bpftrace: setupStat(samples, 'bpftrace', get, rounds),
-  }
-}
-
-/** A small deterministic PRNG (mulberry32), so the bootstrap intervals are reproducible. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
   }
 }
 

@@ -18,6 +18,7 @@ import {
   parseDuration,
 } from '../../src/config.js'
 import type { Config, ConfigProblem } from '../../src/config.js'
+import { prng } from '../prng.js'
 
 const EXAMPLE = new URL('../../config.example.yml', import.meta.url)
 
@@ -585,18 +586,6 @@ test('describeChanges', () => {
 
 // ---------------------------------------------------------------------------------------------------------
 // Property-style: random mutations of the example config never escape as anything but ConfigError.
-
-/** mulberry32: a small seeded PRNG, so a failure can be replayed from its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json }
 

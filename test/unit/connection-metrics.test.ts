@@ -17,6 +17,7 @@ import {
 import { ConnectionExposition, connectionFamilies } from '../../src/connection-metrics.js'
 import { render, renderChunks, type Format, type MetricFamily } from '../../src/exposition.js'
 import { loadBinding } from '../../src/native.js'
+import { prng } from '../prng.js'
 
 const { layout: L, constants: C } = loadBinding()
 const K = L.aggKey
@@ -160,18 +161,6 @@ class Kernel {
   }
 }
 
-/** A deterministic pseudo-random sequence (mulberry32). */
-function random(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 /** What a scrape sends for the connection families: the chunks renderChunks makes, joined. */
 function scrapeText(families: readonly MetricFamily[], format: Format, bytesPerChunk: number): string {
   const parts: Array<string | Buffer> = [...renderChunks(families, format, 100, bytesPerChunk)]
@@ -244,7 +233,7 @@ function release(c: { families: MetricFamily[] }): void {
 
 describe('kept between scrapes, exactly what a fresh render gives', () => {
   test('a random history: counts grow, label sets come, change, expire and fold into __overflow__', () => {
-    const rnd = random(20261201)
+    const rnd = prng(20261201)
     const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!
     const clock = { now: T0 }
     const kernel = new Kernel()
