@@ -2,6 +2,8 @@
 // asserting the exact multiset of events the `trace` command prints.
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
+import { jsonLine } from '../../src/format.js'
+import { TcpTracer } from '../../src/tracer.js'
 import {
   assertTraced,
   exchange as runExchange,
@@ -235,5 +237,38 @@ describe('trace under overload', { skip }, () => {
     const lost = Number(m[1])
     assert.ok(lost > 0 && events.length < produced)
     assert.equal(events.length + lost, produced)
+  })
+
+  test('a JavaScript consumer that falls behind loses nothing while the ring buffer has room', async (t) => {
+    // the queue to JavaScript holds one batch of one record, and every batch keeps the JavaScript thread
+    // busy for 5 ms: the drain thread must wait for room, leaving the records in the ring buffer
+    const tracer = TcpTracer.open({ filterNetns: a.inode, acceptMode: 'listener' })
+    t.after(() => tracer.close())
+    tracer.attach()
+    const got: string[] = []
+    tracer.startEvents(
+      (events) => {
+        for (const e of events) got.push(identity(JSON.parse(jsonLine(e)) as Json))
+        const until = Date.now() + 5
+        while (Date.now() < until) {
+          // a slow consumer
+        }
+      },
+      (e) => assert.fail(e),
+      { maxQueue: 1, maxBatch: 1 },
+    )
+    const want = expectedEvents(await exchange(a, '127.0.0.1', '127.0.0.1', 1))
+    const deadline = Date.now() + 30_000 * TIME_SCALE
+    while (got.length < want.length && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    tracer.stopEvents()
+    const d = tracer.drainStats()
+    const k = tracer.kernelStats()
+    assert.equal(d.dropped, 0n, 'no batch dropped by the addon')
+    assert.equal(k.eventsLost, 0n, 'no record lost in the ring buffer')
+    assertTraced(sorted(got), sorted(want), `${k.mapUpdateFailed} kernel map updates failed\n`)
+    assert.equal(d.delivered, BigInt(got.length))
+    assert.equal(d.batches, d.delivered, 'one record per batch')
   })
 })

@@ -424,8 +424,8 @@ export function reportedShortfall(samples: ScrapedSample[]): number {
  * The trace's events, exact, and never an event that did not happen. Allowed missing, where the trace
  * reported them at exit: on Debian's 6.1 kernel (see reportedShortfall) two events per failed kernel map
  * update (a connection's open and its close); in an emulated guest (TCPTRACER_VM), the events it lost
- * because its JavaScript thread, there about ten times slower, fell behind (the addon drops a batch it
- * cannot queue to JavaScript, and counts).
+ * because its JavaScript thread, there about ten times slower, fell behind for longer than the ring
+ * buffer lasts (counted by the programs).
  */
 export function assertTraced(got: string[], want: string[], traceStderr: string): void {
   const reported = (re: RegExp): number => Number(re.exec(traceStderr)?.[1] ?? 0)

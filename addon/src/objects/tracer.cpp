@@ -7,6 +7,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <set>
@@ -497,39 +498,52 @@ Napi::Value Tracer::JS_startEvents(const Napi::CallbackInfo &info)
 	return env.Undefined();
 }
 
-// Drain thread: poll with a 100 ms timeout so a stop request is seen promptly;
-// hand each poll's records to JS as one batch, never blocking on the JS thread.
+// Drain thread: hand one batch to JS. While JS is behind (its queue of batches is full), wait for
+// room rather than drop: meanwhile the drain thread reads nothing, so new records wait in the
+// kernel's ring buffer, and only when that fills too are they lost, counted by the programs
+// (STAT_EVENTS_LOST). A batch is dropped, and counted, only when events are being stopped: the
+// JS thread then waits for this thread and takes no more batches.
+void Tracer::Deliver(Batch *b)
+{
+	uint32_t n = b->count;
+	for (;;) {
+		napi_status st = tsfn_.NonBlockingCall(b);
+		if (st == napi_ok) {
+			delivered_ += n;
+			batches_++;
+			return;
+		}
+		if (st != napi_queue_full || !running_.load())
+			break;
+		std::this_thread::sleep_for(std::chrono::milliseconds(1));
+	}
+	dropped_ += n;
+	delete b;
+}
+
+// Drain thread: poll with a 100 ms timeout so a stop request is seen promptly, and hand each
+// poll's records to JS as one batch (Deliver).
 void Tracer::DrainLoop()
 {
 	pthread_setname_np(pthread_self(), "tcptracer-drain");
-	auto deliver = [this](Batch *b) {
-		uint32_t n = b->count;
-		if (tsfn_.NonBlockingCall(b) == napi_ok) {
-			delivered_ += n;
-			batches_++;
-		} else { // napi_queue_full or closing: JS is behind; count, don't wait
-			dropped_ += n;
-			delete b;
-		}
-	};
 	batch_ = new Batch();
 	while (running_.load()) {
 		int n = ring_buffer__poll(rb_, 100);
 		if (n < 0 && n != -EINTR) {
 			Batch *e = new Batch();
 			e->err = -n;
-			deliver(e);
+			Deliver(e);
 			running_ = false;
 			break;
 		}
 		if (batch_->count) {
-			deliver(batch_);
+			Deliver(batch_);
 			batch_ = new Batch();
 		}
 	}
 	ring_buffer__consume(rb_); // what was submitted before events_enabled went to 0
 	if (batch_->count)
-		deliver(batch_);
+		Deliver(batch_);
 	else
 		delete batch_;
 	batch_ = nullptr;
@@ -550,14 +564,7 @@ int Tracer::OnRecord(void *ctx, void *data, size_t size)
 	b->data.insert(b->data.end(), p, p + size);
 	b->count++;
 	if (b->count >= self->max_batch_) {
-		uint32_t n = b->count;
-		if (self->tsfn_.NonBlockingCall(b) == napi_ok) {
-			self->delivered_ += n;
-			self->batches_++;
-		} else {
-			self->dropped_ += n;
-			delete b;
-		}
+		self->Deliver(b);
 		self->batch_ = new Batch();
 	}
 	return 0;

@@ -70,6 +70,7 @@ class Tracer : public Napi::ObjectWrap<Tracer>
 	void StopEvents();
 	void DrainLoop();					 // runs on the drain thread
 	static int OnRecord(void *ctx, void *data, size_t size); // drain thread
+	void Deliver(Batch *b);					 // drain thread
 
 	bpf_object *obj_ = nullptr;
 	std::vector<bpf_link *> links_;
@@ -81,7 +82,7 @@ class Tracer : public Napi::ObjectWrap<Tracer>
 	Batch *batch_ = nullptr;  // owned by the drain thread while running
 	size_t max_batch_ = 4096; // records per batch
 	std::atomic<uint64_t> delivered_{0};
-	std::atomic<uint64_t> dropped_{0};   // records dropped because JS fell behind
+	std::atomic<uint64_t> dropped_{0};   // records dropped: JS was behind as events stopped
 	std::atomic<uint64_t> malformed_{0}; // records of an unexpected size
 	std::atomic<uint64_t> batches_{0};
 	bool loaded_ = false;
