@@ -705,71 +705,100 @@ Napi::Value Tracer::JS_mapInfo(const Napi::CallbackInfo &info)
 	return o;
 }
 
-// mapEntries(name) -> [{ key, value }]. Uses the kernel's batch lookup, which walks
-// a hash map bucket by bucket and so neither repeats nor skips entries when others
-// are deleted meanwhile; falls back to get_next_key where batching is unsupported.
-Napi::Value Tracer::JS_mapEntries(const Napi::CallbackInfo &info)
-{
-	Napi::Env env = info.Env();
-	bpf_map *m = FindMap(env, info[0]);
-	int fd = bpf_map__fd(m);
-	size_t ks = bpf_map__key_size(m), vs = ValueBytes(m);
-	Napi::Array out = Napi::Array::New(env);
-	uint32_t idx = 0;
-	auto push = [&](const uint8_t *k, const uint8_t *v) {
-		Napi::Object e = Napi::Object::New(env);
-		e.Set("key", Napi::Buffer<uint8_t>::Copy(env, k, ks));
-		e.Set("value", Napi::Buffer<uint8_t>::Copy(env, v, vs));
-		out.Set(idx++, e);
-	};
+// Where a map walk puts what it reads: Room(want) gives space for up to `want` entries (keys,
+// values and how many fit: fewer when the caller's space is nearly full, 0 when it is full), and
+// Took(count) is told how many entries the walk put there.
+struct MapSpace {
+	uint8_t *keys;
+	uint8_t *vals;
+	size_t n;
+};
 
-	uint32_t chunk = std::max<uint32_t>(64, std::min<uint32_t>(bpf_map__max_entries(m), 4096));
-	std::vector<uint8_t> keys, vals, in(std::max<size_t>(ks, 8)), outb(std::max<size_t>(ks, 8));
-	bool first = true, batched = true;
+// The walk behind mapEntries and mapRead: the kernel's batch lookup, which walks a hash map
+// bucket by bucket and so neither repeats nor skips entries when others are deleted meanwhile;
+// get_next_key where batching is unsupported. Returns false when Room ran out of space.
+template <typename Room, typename Took>
+static bool WalkMap(Napi::Env env, bpf_map *m, Room room, Took took)
+{
+	int fd = bpf_map__fd(m);
+	size_t ks = bpf_map__key_size(m);
+	size_t chunk = std::max<uint32_t>(64, std::min<uint32_t>(bpf_map__max_entries(m), 4096));
+	std::vector<uint8_t> in(std::max<size_t>(ks, 8)), outb(std::max<size_t>(ks, 8));
+	bool first = true;
 	for (;;) {
-		keys.resize(chunk * ks);
-		vals.resize(chunk * vs);
-		uint32_t count = chunk;
+		MapSpace sp = room(chunk);
+		if (sp.n == 0)
+			return false;
+		uint32_t count = static_cast<uint32_t>(sp.n);
 		LIBBPF_OPTS(bpf_map_batch_opts, bo);
 		int err = bpf_map_lookup_batch(fd, first ? nullptr : in.data(), outb.data(),
-					       keys.data(), vals.data(), &count, &bo);
+					       sp.keys, sp.vals, &count, &bo);
 		int e = err ? errno : 0;
-		if (err && e == ENOSPC && count == 0) { // a bucket larger than the chunk
+		if (err && e == ENOSPC && count == 0) { // a bucket larger than the space given
+			if (sp.n < chunk)
+				return false; // the caller's space, not the chunk, was the limit
 			chunk *= 2;
 			continue;
 		}
 		if (err && e != ENOENT) {
 			// 524 is the kernel's internal ENOTSUPP, returned for maps without batch
 			// ops
-			if (first && (e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP || e == 524)) {
-				batched = false;
+			if (first && (e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP || e == 524))
 				break;
-			}
 			throw MakeBpfError(env, "map lookup_batch " + std::string(bpf_map__name(m)),
 					   e);
 		}
-		for (uint32_t i = 0; i < count; i++)
-			push(&keys[i * ks], &vals[i * vs]);
+		took(count);
 		if (err) // ENOENT: that was the last batch
-			break;
+			return true;
 		in = outb;
 		first = false;
 	}
-	if (batched)
-		return out;
 
-	std::vector<uint8_t> key(ks), next(ks), val(vs);
+	std::vector<uint8_t> key(ks), next(ks);
 	void *prev = nullptr;
 	while (bpf_map_get_next_key(fd, prev, next.data()) == 0) {
-		if (bpf_map_lookup_elem(fd, next.data(), val.data()) == 0)
-			push(next.data(), val.data());
+		MapSpace sp = room(1);
+		if (sp.n == 0)
+			return false;
+		if (bpf_map_lookup_elem(fd, next.data(), sp.vals) == 0) {
+			std::memcpy(sp.keys, next.data(), ks);
+			took(1);
+		}
 		key = next;
 		prev = key.data();
 	}
+	return true;
+}
+
+// mapEntries(name) -> [{ key, value }], every entry, in the order of WalkMap.
+Napi::Value Tracer::JS_mapEntries(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	bpf_map *m = FindMap(env, info[0]);
+	size_t ks = bpf_map__key_size(m), vs = ValueBytes(m);
+	Napi::Array out = Napi::Array::New(env);
+	uint32_t idx = 0;
+	std::vector<uint8_t> keys, vals;
+	WalkMap(
+	    env, m,
+	    [&](size_t want) {
+		    keys.resize(want * ks);
+		    vals.resize(want * vs);
+		    return MapSpace{keys.data(), vals.data(), want};
+	    },
+	    [&](size_t count) {
+		    for (size_t i = 0; i < count; i++) {
+			    Napi::Object e = Napi::Object::New(env);
+			    e.Set("key", Napi::Buffer<uint8_t>::Copy(env, &keys[i * ks], ks));
+			    e.Set("value", Napi::Buffer<uint8_t>::Copy(env, &vals[i * vs], vs));
+			    out.Set(idx++, e);
+		    }
+	    });
 	return out;
 }
 
-// mapRead(name, keys, values) -> count, or -1. The same walk as mapEntries, but into the caller's
+// mapRead(name, keys, values) -> count, or -1. The walk of mapEntries, but into the caller's
 // Buffers and without an object per entry: entry i's key at keys[i * keySize] and its value at
 // values[i * valueBytes]. -1 when the Buffers cannot hold every entry (a full Buffer counts as too
 // small): grow them and call again. A scrape reads the aggregation map this way.
@@ -782,63 +811,17 @@ Napi::Value Tracer::JS_mapRead(const Napi::CallbackInfo &info)
 						"be Buffers");
 	auto kb = info[1].As<Napi::Buffer<uint8_t>>();
 	auto vb = info[2].As<Napi::Buffer<uint8_t>>();
-	int fd = bpf_map__fd(m);
 	size_t ks = bpf_map__key_size(m), vs = ValueBytes(m);
 	size_t cap = std::min(kb.Length() / ks, vb.Length() / vs);
-	uint8_t *keys = kb.Data(), *vals = vb.Data();
-	const Napi::Number full = Napi::Number::New(env, -1);
-
 	size_t n = 0;
-	size_t chunk = std::max<uint32_t>(64, std::min<uint32_t>(bpf_map__max_entries(m), 4096));
-	std::vector<uint8_t> in(std::max<size_t>(ks, 8)), outb(std::max<size_t>(ks, 8));
-	bool first = true, batched = true;
-	for (;;) {
-		if (n == cap)
-			return full;
-		size_t want = std::min(chunk, cap - n);
-		uint32_t count = static_cast<uint32_t>(want);
-		LIBBPF_OPTS(bpf_map_batch_opts, bo);
-		int err = bpf_map_lookup_batch(fd, first ? nullptr : in.data(), outb.data(),
-					       keys + n * ks, vals + n * vs, &count, &bo);
-		int e = err ? errno : 0;
-		if (err && e == ENOSPC && count == 0) { // a bucket larger than `want`
-			if (want == cap - n)
-				return full;
-			chunk *= 2;
-			continue;
-		}
-		if (err && e != ENOENT) {
-			// 524 is the kernel's internal ENOTSUPP, returned for maps without batch
-			// ops
-			if (first && (e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP || e == 524)) {
-				batched = false;
-				break;
-			}
-			throw MakeBpfError(env, "map lookup_batch " + std::string(bpf_map__name(m)),
-					   e);
-		}
-		n += count;
-		if (err) // ENOENT: that was the last batch
-			break;
-		in = outb;
-		first = false;
-	}
-	if (batched)
-		return Napi::Number::New(env, static_cast<double>(n));
-
-	std::vector<uint8_t> key(ks), next(ks);
-	void *prev = nullptr;
-	while (bpf_map_get_next_key(fd, prev, next.data()) == 0) {
-		if (n == cap)
-			return full;
-		if (bpf_map_lookup_elem(fd, next.data(), vals + n * vs) == 0) {
-			std::memcpy(keys + n * ks, next.data(), ks);
-			n++;
-		}
-		key = next;
-		prev = key.data();
-	}
-	return Napi::Number::New(env, static_cast<double>(n));
+	bool all = WalkMap(
+	    env, m,
+	    [&](size_t want) {
+		    return MapSpace{kb.Data() + n * ks, vb.Data() + n * vs,
+				    std::min(want, cap - n)};
+	    },
+	    [&](size_t count) { n += count; });
+	return Napi::Number::New(env, all ? static_cast<double>(n) : -1);
 }
 
 Napi::Value Tracer::JS_mapLookup(const Napi::CallbackInfo &info)
