@@ -149,8 +149,18 @@ describe('full kernel maps', { skip }, () => {
 
       assert.equal(await client.exited, 0, client.stderr)
       assert.equal(await server.exited, 0, server.stderr)
-      const closed = (await scrape(d)).samples
-      // what was stored is counted to its close; what was not stored is not counted at all
+      // what was stored is counted to its close; what was not stored is not counted at all. The last
+      // closes (LAST_ACK to CLOSE, on the peer's ACK) may come just after the processes exit.
+      const closesOf = (x: typeof full, labels: Record<string, string>): number =>
+        valueOf(x, 'tcptracer_closes_total', labels) ?? 0
+      const closed = (
+        await scrapeUntil(
+          d,
+          (x) =>
+            closesOf(x, { ...cli, direction: 'outbound' }) >= outbound &&
+            closesOf(x, { ...srv, direction: 'inbound' }) >= inbound,
+        )
+      ).samples
       const mc = misses(closed)
       exact(
         valueOf(closed, 'tcptracer_closes_total', { ...cli, direction: 'outbound' }),
