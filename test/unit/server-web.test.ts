@@ -253,16 +253,10 @@ describe('web config reload counters', () => {
 })
 
 /** A source of one family of rendered lines per collection, which counts each collection's releases. */
-class LinesSource implements MetricsSource {
+class LinesSource extends SlowSource {
   readonly released: number[] = []
-  constructor(public delayMs = 0) {}
-  readonly programs = []
-  readonly hooks = []
-  notReadyReason(): string | undefined {
-    return undefined
-  }
 
-  async collect(): Promise<MetricFamily[]> {
+  override async collect(): Promise<MetricFamily[]> {
     const n = this.released.push(0) - 1
     if (this.delayMs > 0) await sleep(this.delayMs)
     const released = this.released
