@@ -776,6 +776,21 @@ struct {
 	__type(value, struct seen);
 } set_state_seen SEC(".maps");
 
+/*
+ * The new states set_state acts on. The others (FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK,
+ * CLOSING: four of the ten state changes of a connection's two ends) return before anything
+ * else is read: both programs check this first. A skipped event leaves "seen" as it was, which
+ * is safe: the second program then calls set_state, which ignores the event too.
+ */
+#define ACTED_ON_STATES                                                                            \
+	((1U << TCP_ESTABLISHED) | (1U << TCP_SYN_SENT) | (1U << TCP_SYN_RECV) |                   \
+	 (1U << TCP_CLOSE) | (1U << TCP_LISTEN))
+
+static __always_inline bool acted_on(int newstate)
+{
+	return newstate >= 0 && newstate < 32 && ((1U << newstate) & ACTED_ON_STATES);
+}
+
 static __always_inline void set_state(struct sock *sk, int oldstate, int newstate)
 {
 	__u16 family;
@@ -810,8 +825,11 @@ SEC("raw_tp/inet_sock_set_state")
 int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 {
 	__u32 zero = 0;
-	struct seen *seen = bpf_map_lookup_elem(&set_state_seen, &zero);
+	struct seen *seen;
 
+	if (!acted_on(newstate))
+		return 0;
+	seen = bpf_map_lookup_elem(&set_state_seen, &zero);
 	if (!seen)
 		return 0;
 	/* first: the second program must know this event was started */
@@ -827,8 +845,11 @@ SEC("raw_tp/inet_sock_set_state")
 int BPF_PROG(handle_set_state_nested, struct sock *sk, int oldstate, int newstate)
 {
 	__u32 zero = 0;
-	struct seen *seen = bpf_map_lookup_elem(&set_state_seen, &zero);
+	struct seen *seen;
 
+	if (!acted_on(newstate))
+		return 0;
+	seen = bpf_map_lookup_elem(&set_state_seen, &zero);
 	if (!seen ||
 	    (seen->sk == (__u64)sk && seen->oldstate == oldstate && seen->newstate == newstate))
 		return 0;
