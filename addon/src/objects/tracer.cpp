@@ -463,6 +463,8 @@ Napi::Value Tracer::JS_startEvents(const Napi::CallbackInfo &info)
 		throw Napi::Error::New(env, "tracer is closed");
 	if (running_)
 		throw Napi::Error::New(env, "events are already being drained");
+	if (drain_.joinable()) // the drain thread ended on an error: finish it first
+		StopEvents();
 	if (!info[0].IsFunction())
 		throw Napi::TypeError::New(
 		    env, "startEvents(callback, options): callback must be a function");
@@ -487,6 +489,7 @@ Napi::Value Tracer::JS_startEvents(const Napi::CallbackInfo &info)
 	tsfn_ = BatchTsfn::New(env, info[0].As<Napi::Function>(), "tcptracer-drain", max_queue, 1);
 	try {
 		SetGlobal(env, ".bss", "events_enabled", 1);
+		stopping_ = false;
 		running_ = true;
 		drain_ = std::thread(&Tracer::DrainLoop, this);
 	} catch (...) {
@@ -513,7 +516,7 @@ void Tracer::Deliver(Batch *b)
 			batches_++;
 			return;
 		}
-		if (st != napi_queue_full || !running_.load())
+		if (st != napi_queue_full || stopping_.load())
 			break;
 		std::this_thread::sleep_for(std::chrono::milliseconds(1));
 	}
@@ -581,6 +584,7 @@ void Tracer::StopEvents()
 			// closing anyway: the ring buffer is freed below
 		}
 	}
+	stopping_ = true;
 	running_ = false;
 	if (drain_.joinable())
 		drain_.join();

@@ -78,6 +78,7 @@ class Tracer : public Napi::ObjectWrap<Tracer>
 	ring_buffer *rb_ = nullptr;
 	std::thread drain_;
 	std::atomic<bool> running_{false};
+	std::atomic<bool> stopping_{false}; // StopEvents: JS takes no more batches
 	BatchTsfn tsfn_;
 	Batch *batch_ = nullptr;  // owned by the drain thread while running
 	size_t max_batch_ = 4096; // records per batch
