@@ -501,15 +501,17 @@ static __always_inline void on_unseen_close(const struct conn *c)
  * on_unseen_close. Whoever deletes an entry counts it: the CLOSE handler, this, or
  * sweep_conns, which can race with either.
  */
-static __always_inline void forget_stale(__u64 key)
+static __always_inline bool forget_stale(__u64 key)
 {
 	struct conn *c = bpf_map_lookup_elem(&conns, &key), gone;
 
 	if (!c)
-		return;
+		return false;
 	gone = *c;
-	if (bpf_map_delete_elem(&conns, &key) == 0)
-		on_unseen_close(&gone);
+	if (bpf_map_delete_elem(&conns, &key))
+		return false;
+	on_unseen_close(&gone);
+	return true;
 }
 
 /* A connection open before the daemon started reached CLOSE: count it if it was seeded. */
@@ -779,8 +781,7 @@ struct {
 /*
  * The new states set_state acts on. The others (FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK,
  * CLOSING: four of the ten state changes of a connection's two ends) return before anything
- * else is read: both programs check this first. A skipped event leaves "seen" as it was, which
- * is safe: the second program then calls set_state, which ignores the event too.
+ * else is read: both programs check this first, so neither acts on them nor touches "seen".
  */
 #define ACTED_ON_STATES                                                                            \
 	((1U << TCP_ESTABLISHED) | (1U << TCP_SYN_SENT) | (1U << TCP_SYN_RECV) |                   \
@@ -850,9 +851,17 @@ int BPF_PROG(handle_set_state_nested, struct sock *sk, int oldstate, int newstat
 	if (!acted_on(newstate))
 		return 0;
 	seen = bpf_map_lookup_elem(&set_state_seen, &zero);
-	if (!seen ||
-	    (seen->sk == (__u64)sk && seen->oldstate == oldstate && seen->newstate == newstate))
+	if (!seen)
 		return 0;
+	if (seen->sk == (__u64)sk && seen->oldstate == oldstate && seen->newstate == newstate) {
+		/*
+		 * The first program started this event. Forget it: a later event of a socket
+		 * at the same address with the same transition, skipped by the first program
+		 * (a softirq in its entry), must not be taken for this one.
+		 */
+		seen->sk = 0;
+		return 0;
+	}
 	if (is_active())
 		set_state(sk, oldstate, newstate);
 	return 0;
@@ -879,20 +888,28 @@ static __always_inline bool still_open(struct sock *sk, const struct conn *c)
 	       BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) == c->netns;
 }
 
-static long sweep_one(struct bpf_map *map, __u64 *key, struct conn *c, void *ctx)
+static long sweep_one(struct bpf_map *map, __u64 *key, struct conn *c, __u32 *forgotten)
 {
 	/* unreported: still connecting (its socket reads CLOSE until SYN_SENT is stored) */
-	if (c->reported && !still_open((struct sock *)*key, c))
-		forget_stale(*key);
+	if (c->reported && !still_open((struct sock *)*key, c) && forget_stale(*key))
+		(*forgotten)++;
 	return 0;
 }
 
+/*
+ * Returns how many entries it removed. A walk that removed some may have missed others: a
+ * deleted entry of a preallocated hash map can be taken at once by an insert on another CPU,
+ * and the walk, following that entry's link, then leaves its bucket early. The caller walks
+ * again until a walk removes nothing.
+ */
 SEC("raw_tp")
 int sweep_conns(void *ctx)
 {
+	__u32 forgotten = 0;
+
 	if (is_active())
-		bpf_for_each_map_elem(&conns, sweep_one, NULL, 0);
-	return 0;
+		bpf_for_each_map_elem(&conns, sweep_one, &forgotten, 0);
+	return forgotten;
 }
 
 /*

@@ -119,6 +119,8 @@ export const BACKBONE_PROGRAM = 'handle_set_state'
 export const NESTED_BACKBONE_PROGRAM = 'handle_set_state_nested'
 /** Run on demand, never attached: counts the closes the programs never saw (sweepUnseenCloses). */
 export const SWEEP_PROGRAM = 'sweep_conns'
+/** walks of one sweep at most: another only after a walk that removed entries */
+const SWEEP_WALKS = 4
 
 const BPF_NOEXIST = 1
 
@@ -380,12 +382,16 @@ export class TcpTracer {
 
   /**
    * Count the closes of counted connections that the programs never saw and no new socket
-   * has found yet (docs/tracer.md, Known limits): one walk of the per-socket state in the
-   * kernel, before the counters are read. False where the kernel cannot run it (before 5.13).
+   * has found yet (docs/tracer.md, Known limits): a walk of the per-socket state in the kernel,
+   * before the counters are read, again while a walk removes something (a removal can make the
+   * kernel's walk miss other entries; at most SWEEP_WALKS walks). False where the kernel cannot
+   * run it (before 5.13).
    */
   sweepUnseenCloses(): boolean {
     try {
-      this.native.runProgram(SWEEP_PROGRAM)
+      for (let i = 0; i < SWEEP_WALKS && this.native.runProgram(SWEEP_PROGRAM) > 0; i++) {
+        // found some: walk again
+      }
       return true
     } catch {
       return false
