@@ -255,10 +255,13 @@ describe('web config reload counters', () => {
 /** A source of one family of rendered lines per collection, which counts each collection's releases. */
 class LinesSource extends SlowSource {
   readonly released: number[] = []
+  /** when set, every read waits for it */
+  gate: Promise<void> | undefined
 
   override async collect(): Promise<MetricFamily[]> {
     const n = this.released.push(0) - 1
     if (this.delayMs > 0) await sleep(this.delayMs)
+    await this.gate
     const released = this.released
     return [
       {
@@ -298,20 +301,34 @@ describe('a collection is released once every scrape that shared it is done', ()
   })
 
   test('a client gone while the maps are read: released, and a scrape sharing it still gets its answer', async (t) => {
-    const source = new LinesSource(200)
-    const app = appWith(source, new HttpState(web({})))
+    const source = new LinesSource()
+    let open = (): void => {}
+    source.gate = new Promise<void>((resolve) => (open = resolve))
+    const state = new HttpState(web({}))
+    const app = appWith(source, state)
     t.after(async () => await app.close())
     await app.listen({ host: '127.0.0.1', port: 0 })
     const { port } = app.server.address() as net.AddressInfo
+    const until = async (what: string, done: () => boolean): Promise<void> => {
+      const deadline = Date.now() + 10_000
+      while (!done()) {
+        assert.ok(Date.now() < deadline, `timed out waiting for ${what}`)
+        await sleep(5)
+      }
+    }
+    // one scrape starts the read, a second joins it, the first client leaves, then the read completes
     const gone = net.connect(port, '127.0.0.1', () => gone.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n'))
     gone.on('error', () => {})
-    await sleep(50)
+    await until('the first scrape', () => state.scrapes.own === 1)
     const stays = fetch(`http://127.0.0.1:${port}/metrics`)
-    await sleep(50)
+    await until('the second scrape to join the read', () => state.scrapes.shared === 1)
     gone.destroy()
+    await until('the server to see the first client leave', () => state.inFlight === 1)
+    open()
     const res = await stays
     assert.equal(sample(await res.text(), 'test_lines'), 0)
-    await sleep(50)
-    assert.deepEqual(source.released, [1])
+    await until('the release', () => source.released[0] === 1)
+    await sleep(20)
+    assert.deepEqual(source.released, [1], 'released once, and only one read')
   })
 })
