@@ -179,7 +179,8 @@ describe('exact at full rate', { skip }, () => {
       }
       assert.equal(valueOf(s, 'tcptracer_connect_failures_total', { ...cli, reason: 'other' }), 0)
       assert.equal(valueOf(s, 'tcptracer_kernel_map_update_failures_total', { map: 'state' }), 0)
-      assert.ok(scrapes >= 10, `${scrapes} scrapes during the load`)
+      // reads ran all along the load: on the host dozens; in an emulated guest a scrape takes seconds
+      assert.ok(scrapes >= (TIME_SCALE > 1 ? 3 : 10), `${scrapes} scrapes during the load`)
       assert.equal(valueOf(s, 'tcptracer_unseen_total', { kind: 'close' }), 0, why)
       assert.equal(valueOf(s, 'tcptracer_unseen_total', { kind: 'connect' }), 0, why)
     } finally {
