@@ -1,5 +1,5 @@
 // A real Prometheus (the Debian package) for the integration tests: scraping a
-// daemon as job "tcptracer" every second, with optional rule files.
+// daemon as job "tcptracer" (every second unless a slower scrape asks for more), with optional rule files.
 import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -51,15 +51,58 @@ export interface ScrapeSecurity {
   basicAuth?: { username: string; password: string }
 }
 
-/** A real Prometheus on a free loopback port, scraping the daemon every second as job "tcptracer". */
+/** One scrape target as Prometheus reports it (GET /api/v1/targets). */
+export interface Target {
+  health: 'up' | 'down' | 'unknown'
+  lastError: string
+  /** When the last scrape started, RFC 3339. */
+  lastScrape: string
+  /** How long it took, in seconds. */
+  lastScrapeDuration: number
+  scrapeUrl: string
+}
+
+/**
+ * The slowest of `n` scrapes of the daemon's /metrics, in seconds: what this machine (or an emulated
+ * guest, where one takes seconds) needs, measured rather than assumed.
+ */
+export async function slowestScrape(d: Daemon, n = 3): Promise<number> {
+  let slowest = 0
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now()
+    const res = await fetch(`${d.url}/metrics`)
+    await res.text()
+    slowest = Math.max(slowest, (performance.now() - t0) / 1000)
+  }
+  return slowest
+}
+
+/**
+ * The scrape interval (and timeout, equal to it) for a scrape measured at `slowest` seconds: 1 s, or
+ * four times the slowest scrape where that is more, in whole seconds. Prometheus drops a scrape that
+ * outlasts its timeout, and the timeout may not exceed the interval.
+ */
+export function scrapeIntervalFor(slowest: number): number {
+  return Math.max(1, Math.ceil(4 * slowest))
+}
+
+/** A real Prometheus on a free loopback port, scraping the daemon as job "tcptracer". */
 export class Prometheus {
   private constructor(
     readonly proc: JsonProcess,
     readonly url: string,
     private readonly dir: string,
+    /** Seconds between scrapes, and each scrape's timeout. */
+    readonly interval: number,
   ) {}
 
-  static async start(d: Daemon, ruleFiles: string[], scrape: ScrapeSecurity = {}): Promise<Prometheus> {
+  /** `interval`: seconds between scrapes and each scrape's timeout (default 1; see scrapeIntervalFor). */
+  static async start(
+    d: Daemon,
+    ruleFiles: string[],
+    scrape: ScrapeSecurity = {},
+    interval = 1,
+  ): Promise<Prometheus> {
     const dir = mkdtempSync(path.join(tmpdir(), 'tt-prom-'))
     const security: string[] = []
     if (scrape.tls) {
@@ -78,7 +121,8 @@ export class Prometheus {
       cfg,
       [
         'global:',
-        '  scrape_interval: 1s',
+        `  scrape_interval: ${interval}s`,
+        `  scrape_timeout: ${interval}s`,
         '  evaluation_interval: 1s',
         'rule_files:',
         ...ruleFiles.map((f) => `  - ${JSON.stringify(f)}`),
@@ -121,7 +165,70 @@ export class Prometheus {
       rmSync(dir, { recursive: true, force: true })
       throw err
     }
-    return new Prometheus(proc, `http://127.0.0.1:${listening.exec(proc.stderr)![1]}`, dir)
+    return new Prometheus(proc, `http://127.0.0.1:${listening.exec(proc.stderr)![1]}`, dir, interval)
+  }
+
+  /** The job's one scrape target, as Prometheus sees it now (undefined before discovery). */
+  async target(): Promise<Target | undefined> {
+    const data = await this.api<{ activeTargets: Target[] }>('/api/v1/targets', { state: 'active' })
+    return data.activeTargets[0]
+  }
+
+  /**
+   * Wait for a successful scrape that started at or after `since` (ms since the epoch), so that what
+   * Prometheus holds is the daemon's state from then on. The wait is counted in Prometheus's own scrape
+   * attempts, not in a fixed time: it fails once `attempts` scrapes after `since` have all failed, or
+   * when no new attempt shows up within four intervals plus four timeouts (Prometheus stalled). The
+   * error carries Prometheus's view of the target.
+   */
+  async scrapedSince(since: number, attempts = 5): Promise<Target> {
+    const failed = new Set<string>()
+    let last: Target | undefined
+    let progress = Date.now()
+    for (;;) {
+      const t = await this.target()
+      if (t !== undefined && t.lastScrape !== last?.lastScrape) progress = Date.now()
+      last = t
+      if (t !== undefined && Date.parse(t.lastScrape) >= since) {
+        if (t.health === 'up') return t
+        failed.add(t.lastScrape)
+        if (failed.size >= attempts) {
+          throw new Error(`${attempts} scrapes failed in a row\n${await this.view()}`)
+        }
+      }
+      if (Date.now() - progress > 8 * this.interval * 1000) {
+        throw new Error(`Prometheus made no scrape attempt in ${8 * this.interval} s\n${await this.view()}`)
+      }
+      await sleep(Math.min(250, (this.interval * 1000) / 4))
+    }
+  }
+
+  /**
+   * Prometheus's view, for a failed check: the target (health, last error, last scrape and its
+   * duration), its recent `up` and `scrape_duration_seconds`, and the raw samples it holds for each
+   * series selector in `queries`.
+   */
+  async view(...queries: string[]): Promise<string> {
+    const out: string[] = []
+    const tryJson = async (what: string, f: () => Promise<unknown>): Promise<void> => {
+      try {
+        out.push(`${what}: ${JSON.stringify(await f())}`)
+      } catch (err) {
+        out.push(`${what}: (${String(err)})`)
+      }
+    }
+    await tryJson('target', async () => await this.target())
+    await tryJson('up[2m]', async () => await this.query('up{job="tcptracer"}[2m]'))
+    await tryJson(
+      'scrape_duration_seconds[2m]',
+      async () => await this.query('scrape_duration_seconds{job="tcptracer"}[2m]'),
+    )
+    for (const q of queries) {
+      for (const sel of q.match(/[a-zA-Z_:][a-zA-Z0-9_:]*\{[^}]*\}/g) ?? []) {
+        await tryJson(`${sel}[2m]`, async () => await this.query(`${sel}[2m]`))
+      }
+    }
+    return out.join('\n')
   }
 
   /** GET an API path; a PromQL error is thrown with Prometheus's message. */
