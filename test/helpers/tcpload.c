@@ -54,7 +54,7 @@ static const char usage_text[] =
     "                 [--hold-ms MS] [--threads T] [--quiet]\n"
     "  " PROG " client [--comm NAME | --comm-hex HEX] --addr ADDR --port P [--count N]\n"
     "                 [--send BYTES]\n"
-    "                 [--hold-ms MS] [--threads T] [--quiet]\n"
+    "                 [--hold-ms MS] [--hold-stdin] [--threads T] [--quiet]\n"
     "  " PROG " pair   [--comm NAME] [--comm-server NAME] [--comm-client NAME] [--bind ADDR]\n"
     "                 --count N [--threads T] [--send BYTES]\n"
     "  " PROG " --help\n"
@@ -86,6 +86,8 @@ static const char usage_text[] =
     "  --send BYTES     bytes to send on each connection, 0..2^40 (default 0)\n"
     "  --hold-ms MS     sleep MS milliseconds after sending (and printing the connected\n"
     "                   line), before close (default 0)\n"
+    "  --hold-stdin     then hold every connection open until standard input reaches EOF,\n"
+    "                   so the caller decides when it closes\n"
     "  --threads T      connecting threads, 1..1024 (default 1); T > 1 implies --quiet\n"
     "  --quiet          no per-connection lines\n"
     "\n"
@@ -778,6 +780,7 @@ struct client {
 	uint64_t count;
 	uint64_t send;
 	uint64_t hold_ms;
+	bool hold_stdin;
 	bool quiet;
 	const char *thread_comm; /* pair mode: name for each client thread */
 	atomic_uint_fast64_t claimed;
@@ -807,6 +810,19 @@ static uint64_t send_all(int fd, uint64_t len)
 		sent += (uint64_t)n;
 	}
 	return sent;
+}
+
+static pthread_once_t stdin_eof_once = PTHREAD_ONCE_INIT;
+
+/* Read standard input until EOF (or an error); the first caller reads, the others wait for it. */
+static void read_stdin_to_eof(void)
+{
+	char buf[256];
+	ssize_t n;
+
+	do
+		n = read(STDIN_FILENO, buf, sizeof(buf));
+	while (n > 0 || (n < 0 && errno == EINTR));
 }
 
 static void *client_worker(void *arg)
@@ -860,6 +876,8 @@ static void *client_worker(void *arg)
 			     (int)self_pid, local_text, local_port, sent);
 		}
 		sleep_ms(cl->hold_ms);
+		if (cl->hold_stdin)
+			pthread_once(&stdin_eof_once, read_stdin_to_eof);
 		close(fd);
 	}
 	return NULL;
@@ -879,11 +897,12 @@ static int cmd_client(int argc, char **argv)
 {
 	const char *comm = NULL, *comm_hex_arg = NULL, *addr_text = NULL;
 	uint64_t port = 0, count = 1, send = 0, hold_ms = 0, threads = 1;
-	bool quiet = false, port_seen = false;
+	bool quiet = false, port_seen = false, hold_stdin = false;
 	char name_hex[2 * COMM_MAX + 1];
 	const struct opt opts[] = {
 	    {"comm", OPT_COMM, 0, 0, &comm, NULL},
 	    {"comm-hex", OPT_STR, 0, 0, &comm_hex_arg, NULL},
+	    {"hold-stdin", OPT_FLAG, 0, 0, &hold_stdin, NULL},
 	    {"addr", OPT_ADDR, 0, 0, &addr_text, NULL},
 	    {"port", OPT_U64, 1, 65535, &port, &port_seen},
 	    {"count", OPT_U64, COUNT_MIN, COUNT_MAX, &count, NULL},
@@ -911,6 +930,7 @@ static int cmd_client(int argc, char **argv)
 	cl.count = count;
 	cl.send = send;
 	cl.hold_ms = hold_ms;
+	cl.hold_stdin = hold_stdin;
 	cl.quiet = quiet || threads > 1;
 	memset(send_buf, 'x', sizeof(send_buf));
 

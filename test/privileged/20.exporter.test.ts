@@ -80,8 +80,8 @@ describe('exporter on the real kernel', { skip }, () => {
       '127.0.0.1',
       '--port',
       String(old.port),
-      '--hold-ms',
-      String(4000 * TIME_SCALE),
+      // open until the test has seen it seeded: however long the daemon takes to start here
+      '--hold-stdin',
     ])
     await oldClient.until(
       () => oldClient.lines.some((l) => l['event'] === 'connected'),
@@ -101,6 +101,7 @@ describe('exporter on the real kernel', { skip }, () => {
         `a connection open at start is seeded: ${JSON.stringify(d.logs().filter((l) => String(l['msg']).startsWith('seeded')))} ${JSON.stringify(first.filter((x) => x.name === 'tcptracer_active_connections'))}`,
       )
       assert.equal(active(first, 'tt-old-srv', a, 'inbound'), 1)
+      oldClient.child.stdin?.end()
 
       for (const n of [a, b]) {
         await exchange(n, '127.0.0.1', '127.0.0.1', N4, 100)
