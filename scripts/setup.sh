@@ -1,21 +1,37 @@
 #!/usr/bin/env bash
-# Install what tcptracer-exporter needs on a Debian/Ubuntu machine, then build it.
-# Idempotent: installs only what is missing. Run as root (or with sudo available).
+# Install what tcptracer-exporter needs on a Debian/Ubuntu machine, then build it (only what is out of
+# date). Idempotent: installs only what is missing. Run as root (or with sudo available).
+#
+#   scripts/setup.sh          what building and running need (the run command, scripts/run.sh)
+#   scripts/setup.sh --test   that, and what the tests need (the test command, scripts/test.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 
-# build: clang/llvm (BPF object), libbpf/libelf/zlib (addon), make/g++/python3 (node-gyp);
-# run/test: iproute2 (ip netns), clang-format (format check); bpftool only regenerates vmlinux.h
-# and, for the tests, prometheus (promtool and a real server), systemd (systemd-analyze), liburing-dev
-# (io_uring test helper), openssl and curl (test certificates and a real TLS client) and ethtool (the
-# full-rate test's veth pair); the VM kernel matrix (scripts/vm-matrix.sh): qemu-system-x86,
-# busybox-static and cpio (the guest's initramfs), kmod (depmod for the guest kernel's modules)
-packages=(clang llvm libbpf-dev libelf-dev zlib1g-dev make g++ python3 pkg-config iproute2 clang-format prometheus systemd
-  liburing-dev openssl curl ethtool qemu-system-x86 busybox-static cpio kmod)
-optional=(bpftool bpftrace)
+with_tests=false
+case "${1:-}" in
+  --test) with_tests=true ;;
+  '') ;;
+  *) die "unknown argument $1 (--test adds what the tests need)" ;;
+esac
+
+# build and run: clang/llvm (the BPF object), libbpf/libelf/zlib (the addon links them), make/g++/python3
+# and pkg-config (node-gyp)
+packages=(clang llvm libbpf-dev libelf-dev zlib1g-dev make g++ python3 pkg-config)
+optional=()
+if $with_tests; then
+  # the tests: iproute2 (ip netns), clang-format (format check), prometheus (promtool and a real server),
+  # systemd (systemd-analyze), liburing-dev (io_uring test helper), openssl and curl (test certificates
+  # and a real TLS client), ethtool (the full-rate test's veth pair), mmdebstrap (the image build test's
+  # clean Debian roots); the VM kernel matrix (scripts/vm-matrix.sh): qemu-system-x86, busybox-static
+  # and cpio (the guest's initramfs), kmod (depmod for the guest kernel's modules)
+  packages+=(iproute2 clang-format prometheus systemd liburing-dev openssl curl ethtool mmdebstrap
+    qemu-system-x86 busybox-static cpio kmod)
+  # bpftool regenerates vmlinux.h (scripts/gen-vmlinux.sh); bpftrace is the benchmark's peer
+  optional+=(bpftool bpftrace)
+fi
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"
@@ -65,5 +81,6 @@ if [ -z "${npm_config_nodedir:-}" ] && [ -f "/usr/include/node/node_api.h" ] &&
   export npm_config_nodedir=/usr
 fi
 
-say "npm run build"
+# the product, each part only when out of date; the test helpers too with --test
 npm run -s build
+if $with_tests; then npm run -s build:helpers; fi

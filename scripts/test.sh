@@ -3,5 +3,5 @@
 # every test. Privileged tests need root; under CI=true they run or fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --test
 exec npm test
