@@ -9,7 +9,7 @@ import { Exporter } from './exporter.js'
 import { loadBinding } from './native.js'
 import { version } from './paths.js'
 import { build, DEFAULT_MAX_REQUESTS, HttpState } from './server.js'
-import { DEFAULT_PIN_PATH, unpinAll, type Unpinned } from './state.js'
+import { DEFAULT_PIN_PATH, hasPinnedState, onExit, unpinAll, type Unpinned } from './state.js'
 import { createNotifier, startWatchdog, watchdogIntervalMs } from './systemd.js'
 import { describeWebChanges, loadWebConfig, type WebConfig } from './webconfig.js'
 
@@ -30,9 +30,10 @@ Flags:
   --log.level=LEVEL          trace, debug, info, warn, error or fatal (default "info")
   --log.format=FORMAT        json, pretty, or auto: pretty on a terminal, else json (default "auto")
   --bpf.pin-path=DIR         keep the kernel state (programs, counters, open connections) in this
-                             bpffs directory, so a restart or an upgrade loses nothing; "" turns
-                             it off (default "${DEFAULT_PIN_PATH}"). Stopping leaves the programs
-                             counting: "tcptracer-exporter unpin" removes them
+                             bpffs directory, so a restart or an upgrade loses nothing (the systemd
+                             unit passes "${DEFAULT_PIN_PATH}"). Stopping then leaves the
+                             programs counting: "tcptracer-exporter unpin" removes them. Default
+                             "": not pinned, everything is detached at exit
   --capabilities.keep=CAPS   capabilities kept once the programs are attached: auto (default:
                              cap_sys_ptrace, to name containers' network namespaces), none, all (drop
                              nothing), or a list such as "cap_sys_ptrace"; cap_bpf is kept anyway on
@@ -90,7 +91,7 @@ export function parseRunArgs(argv: string[]): RunArgs {
     'config.file': { type: 'string' },
     'log.level': { type: 'string', default: 'info' },
     'log.format': { type: 'string', default: 'auto' },
-    'bpf.pin-path': { type: 'string', default: DEFAULT_PIN_PATH },
+    'bpf.pin-path': { type: 'string', default: '' },
     'capabilities.keep': { type: 'string', default: 'auto' },
     help: { type: 'boolean', short: 'h', default: false },
   })
@@ -262,6 +263,17 @@ export async function runDaemon(argv: string[]): Promise<number> {
     { ms: Date.now() - t0, accept_mode: config.accept_mode, kernel_state: exporter.kernelState },
     'tracer ready',
   )
+  log.info({ kernel_state: exporter.kernelState }, `on exit: ${onExit(exporter.kernelState)}`)
+  if (
+    exporter.kernelState.origin === 'unpinned' &&
+    args.pinPath === undefined &&
+    hasPinnedState(DEFAULT_PIN_PATH)
+  ) {
+    log.warn(
+      { path: DEFAULT_PIN_PATH },
+      'a pinned exporter state is in the default pin path (the service\'s, running or stopped): its programs count beside this run\'s; stop here and use that exporter, or run "tcptracer-exporter unpin" once it is stopped for good',
+    )
+  }
 
   const http = new HttpState(web, { maxRequests: args.maxRequests })
   const app = build({

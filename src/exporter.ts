@@ -16,8 +16,10 @@ import {
   commitPinnedState,
   discardState,
   linksPinned,
+  NOT_ASKED_TO_PIN,
   planPinnedState,
   stateId,
+  type KernelState,
   type PinPlan,
 } from './state.js'
 import { ACCEPT_PROGRAMS, TcpTracer, type SeedConnection, type TracerOptions } from './tracer.js'
@@ -91,16 +93,6 @@ export function countable(c: Config, s: { netns: number; port: number }): boolea
 export interface ReloadResult {
   /** changed settings that need a restart; the old values stay in force */
   needRestart: string[]
-}
-
-/** Where the kernel state lives and where it came from, for /readyz and the metrics. */
-export interface KernelState {
-  /** restored: taken over from a previous run; new: pinned by this run; unpinned: dies with this run */
-  origin: 'restored' | 'new' | 'unpinned'
-  /** the state directory in bpffs, '' when unpinned */
-  path: string
-  /** why the state is not pinned */
-  reason?: string
 }
 
 /** Owners counted by label-relevant identity, as the aggregator's seeded list wants them. */
@@ -202,7 +194,7 @@ export class Exporter {
     }
 
     let plan: PinPlan | undefined
-    let state: KernelState = { origin: 'unpinned', path: '' }
+    let state: KernelState = { origin: 'unpinned', path: '', reason: NOT_ASKED_TO_PIN }
     if (opts.pinPath) {
       const id = stateId(loadBinding(), {
         maxConnections: config.limits.max_connections,

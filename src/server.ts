@@ -11,6 +11,7 @@ import { collectDefaultMetrics, Registry, type RegistryContentType } from 'prom-
 import { CONTENT_TYPES, negotiate, renderChunks, type Format, type MetricFamily } from './exposition.js'
 import type { CapabilityStatus } from './capabilities.js'
 import type { ProgramStatus } from './native.js'
+import { onExit, type KernelState } from './state.js'
 import { AuthBusyError, BasicAuth, PasswordChecker } from './webauth.js'
 import { EMPTY_WEB_CONFIG, type TlsSettings, type WebConfig } from './webconfig.js'
 
@@ -23,6 +24,8 @@ export interface MetricsSource {
   readonly hooks: readonly HookStatus[]
   /** the capabilities kept and dropped once started; undefined until then */
   readonly capabilities?: CapabilityStatus | undefined
+  /** where the kernel state lives, and so what happens to the programs when the exporter exits */
+  readonly kernelState?: KernelState | undefined
 }
 
 export interface HookStatus {
@@ -545,7 +548,14 @@ export function build(opts: ServerOptions): FastifyInstance {
     }))
     const hooks = source.hooks
     const capabilities = source.capabilities
-    const details = { hooks, programs, ...(capabilities ? { capabilities } : {}) }
+    const state = source.kernelState
+    const kernelState = state ? { ...state, onExit: onExit(state) } : undefined
+    const details = {
+      hooks,
+      programs,
+      ...(capabilities ? { capabilities } : {}),
+      ...(kernelState ? { kernelState } : {}),
+    }
     return reply
       .code(reason ? 503 : 200)
       .send(reason ? { status: 'not ready', reason, ...details } : { status: 'ready', ...details })
@@ -580,7 +590,7 @@ export function build(opts: ServerOptions): FastifyInstance {
 <h1>tcptracer-exporter</h1>
 <p>Version ${escapeHtml(version)}. Counts TCP connects, accepts and closes per process and network namespace with eBPF.</p>
 <p>Status: <strong>${reason ? `not ready: ${escapeHtml(reason)}` : 'ready'}</strong></p>
-${capsLine}<ul>
+${capsLine}${source.kernelState ? `<p>Kernel state: ${escapeHtml(source.kernelState.origin)}${source.kernelState.path ? ` in ${escapeHtml(source.kernelState.path)}` : ''}; on exit, ${escapeHtml(onExit(source.kernelState))}.</p>\n` : ''}<ul>
 <li><a href="${path}">${path}</a>: metrics</li>
 <li><a href="/healthz">/healthz</a>: liveness</li>
 <li><a href="/readyz">/readyz</a>: readiness, with the attach status of every program</li>

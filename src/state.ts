@@ -14,7 +14,44 @@ import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync, statfsSync } fro
 import path from 'node:path'
 import type { Binding } from './native.js'
 
+/**
+ * Where the systemd unit pins the kernel state (`--bpf.pin-path`), and where `unpin` looks by default.
+ * The daemon pins only when asked: a plain start detaches everything at exit.
+ */
 export const DEFAULT_PIN_PATH = '/sys/fs/bpf/tcptracer-exporter'
+
+/** Where the kernel state lives and where it came from, for the startup log, /readyz and the metrics. */
+export interface KernelState {
+  /** restored: taken over from a previous run; new: pinned by this run; unpinned: dies with this run */
+  origin: 'restored' | 'new' | 'unpinned'
+  /** the state directory in bpffs, '' when unpinned */
+  path: string
+  /** why the state is not pinned */
+  reason?: string
+}
+
+/** The reason an exporter started without `--bpf.pin-path` runs unpinned. */
+export const NOT_ASKED_TO_PIN =
+  'not asked to pin (no --bpf.pin-path): the programs detach when the exporter exits'
+
+/** What becomes of the kernel state when the exporter exits, in words for the log and /readyz. */
+export function onExit(state: KernelState): string {
+  return state.origin === 'unpinned'
+    ? 'detach: the programs and counters go with this process'
+    : `keep counting: the programs stay attached in ${state.path} for the next start (tcptracer-exporter unpin removes them)`
+}
+
+/**
+ * Whether `dir` holds an exporter's pinned state (a state directory `v<N>-<id>`): a service pinned
+ * there, so its programs may be attached and counting beside an unpinned run's.
+ */
+export function hasPinnedState(dir: string): boolean {
+  try {
+    return readdirSync(dir).some((e) => /^v\d+-[0-9a-f]+$/.test(e))
+  } catch {
+    return false
+  }
+}
 const BPFFS_MAGIC = 0xcafe4a11
 
 /** What the maps' layout and meaning depend on: two daemons share state only when these agree. */

@@ -3,7 +3,7 @@
 // and the events that happen while no daemon runs. Real daemons, real sockets, a real bpffs.
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -50,6 +50,20 @@ function programExists(id: number): boolean {
   return spawnSync('bpftool', ['prog', 'show', 'id', String(id)], { encoding: 'utf8' }).status === 0
 }
 
+/** The ids of the BPF programs the process `pid` holds, as program or link fds (their fdinfo's prog_id). */
+function programsOf(pid: number): number[] {
+  const ids = new Set<number>()
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const m = /^prog_id:\s*(\d+)$/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'))
+      if (m) ids.add(Number(m[1]))
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return [...ids]
+}
+
 /** Whether all these programs are freed within a few seconds (the kernel frees them after an RCU grace period). */
 async function allFreed(ids: number[]): Promise<boolean> {
   const deadline = Date.now() + 5000 * TIME_SCALE
@@ -92,6 +106,51 @@ describe('restart without loss', { skip: gate.skip }, () => {
     rmSync(pin, { recursive: true, force: true })
     ns.delete()
     rmSync(dir, { recursive: true, force: true })
+  })
+
+  test('a plain start pins nothing: its log and /readyz say so, and Ctrl-C detaches every program; --bpf.pin-path keeps them', async () => {
+    interface Ready {
+      kernelState?: { origin: string; path: string; onExit: string }
+    }
+    const readyz = async (d: Daemon): Promise<Ready> =>
+      (await (await fetch(`${d.url}/readyz`)).json()) as Ready
+    const exitLog = (d: Daemon): string | undefined =>
+      d.logs().find((l) => String(l['msg']).startsWith('on exit: '))?.['msg'] as string | undefined
+
+    // no --bpf.pin-path at all (the harness adds none): as a person starts it in a terminal
+    const plain = await startDaemon([`--config.file=${config}`])
+    daemons.push(plain)
+    const cmdline = readFileSync(`/proc/${plain.proc.child.pid}/cmdline`, 'utf8').split('\0')
+    assert.ok(!cmdline.some((a) => a.startsWith('--bpf.pin-path')), cmdline.join(' '))
+    const r1 = await readyz(plain)
+    assert.equal(r1.kernelState?.origin, 'unpinned')
+    assert.equal(r1.kernelState.path, '')
+    assert.match(r1.kernelState.onExit, /^detach: /)
+    assert.match(exitLog(plain) ?? '', /^on exit: detach: /, plain.proc.stderr)
+    assert.equal(stateOf((await scrape(plain)).samples), 'unpinned')
+    const held = programsOf(plain.proc.child.pid!)
+    assert.ok(held.length >= 2, `the daemon holds its programs: ${held.join(',')}`)
+    assert.equal(await plain.stop('SIGINT'), 0, 'Ctrl-C exits 0')
+    assert.ok(plain.logs().some((l) => l['msg'] === 'detached, exiting'))
+    assert.ok(
+      await allFreed(held),
+      `every program is gone after Ctrl-C: ${held.filter(programExists).join(',')}`,
+    )
+    assert.deepEqual(stateDirs(), [], 'nothing pinned')
+
+    // asked to pin: the same start with the flag keeps the programs counting after Ctrl-C
+    const pinned = await start()
+    const r2 = await readyz(pinned)
+    assert.equal(r2.kernelState?.origin, 'new')
+    assert.match(r2.kernelState.path, new RegExp(`^${pin}/v\\d+-[0-9a-f]+$`))
+    assert.match(r2.kernelState.onExit, /^keep counting: /)
+    assert.match(exitLog(pinned) ?? '', /^on exit: keep counting: /, pinned.proc.stderr)
+    assert.equal(await pinned.stop('SIGINT'), 0)
+    const ids = pinnedProgramIds(pin)
+    assert.ok(ids.length >= 2 && ids.every(programExists), 'its programs stay attached and pinned')
+    const r = spawnSync(process.execPath, [CLI, 'unpin', `--bpf.pin-path=${pin}`], { encoding: 'utf8' })
+    assert.equal(r.status, 0, r.stderr)
+    assert.ok(await allFreed(ids), 'unpin frees them')
   })
 
   test('connections open across a restart, and those made while no daemon runs, are counted exactly, with their lifetimes', async () => {

@@ -338,8 +338,8 @@ export async function startDaemon(
     'run',
     '--web.listen-address=127.0.0.1:0',
     '--log.format=json',
-    // unpinned unless a test asks: a test's kernel state must not outlive it or reach the next test
-    ...(args.some((a) => a.startsWith('--bpf.pin-path')) ? [] : ['--bpf.pin-path=']),
+    // unpinned unless a test asks (--bpf.pin-path): the daemon's default, so a test's kernel state
+    // neither outlives it nor reaches the next test
     ...args,
   ]
   const full = [...(opts.prefix ?? []), ...argv]

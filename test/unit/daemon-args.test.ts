@@ -75,7 +75,8 @@ describe('parseRunArgs', () => {
       maxRequests: 40,
       logLevel: 'info',
       logFormat: 'auto',
-      pinPath: '/sys/fs/bpf/tcptracer-exporter',
+      // not pinned unless asked: a plain start detaches everything at exit
+      pinPath: undefined,
       capabilitiesKeep: { kind: 'auto' },
       help: false,
     })

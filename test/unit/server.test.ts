@@ -10,6 +10,7 @@ import type { MetricFamily } from '../../src/exposition.js'
 import type { ProgramStatus } from '../../src/native.js'
 import { build } from '../../src/server.js'
 import type { HookStatus, MetricsSource, ServerOptions } from '../../src/server.js'
+import { NOT_ASKED_TO_PIN, type KernelState } from '../../src/state.js'
 
 /** The Accept header Prometheus 2.x/3.x sends by default. */
 const PROMETHEUS_ACCEPT =
@@ -61,6 +62,7 @@ const OM_SAMPLES =
 class FakeSource implements MetricsSource {
   reason: string | undefined = undefined
   capabilities: CapabilityStatus | undefined = undefined
+  kernelState: KernelState | undefined = undefined
   failure: Error | undefined = undefined
   collects = 0
   readonly programs: ProgramStatus[] = [
@@ -254,6 +256,35 @@ describe('server', () => {
     )
     assert.ok(!html.includes('<script>'))
     assert.ok(!html.includes('alert("x")'))
+  })
+
+  test('/readyz and / : whether the programs detach at exit or stay pinned', async () => {
+    const state = async (): Promise<unknown> =>
+      (await app.inject({ url: '/readyz' })).json<Record<string, unknown>>()['kernelState']
+    assert.equal(await state(), undefined)
+    source.kernelState = { origin: 'unpinned', path: '', reason: NOT_ASKED_TO_PIN }
+    assert.deepEqual(await state(), {
+      origin: 'unpinned',
+      path: '',
+      reason: NOT_ASKED_TO_PIN,
+      onExit: 'detach: the programs and counters go with this process',
+    })
+    assert.ok(
+      (await app.inject({ url: '/' })).body.includes(
+        '<p>Kernel state: unpinned; on exit, detach: the programs and counters go with this process.</p>',
+      ),
+    )
+    source.kernelState = { origin: 'restored', path: '/sys/fs/bpf/tcptracer-exporter/v2-0123456789abcdef' }
+    assert.deepEqual(await state(), {
+      ...source.kernelState,
+      onExit:
+        'keep counting: the programs stay attached in /sys/fs/bpf/tcptracer-exporter/v2-0123456789abcdef for the next start (tcptracer-exporter unpin removes them)',
+    })
+    assert.match(
+      (await app.inject({ url: '/' })).body,
+      /<p>Kernel state: restored in \/sys\/fs\/bpf\/tcptracer-exporter\/v2-0123456789abcdef; on exit, keep counting: /,
+    )
+    source.kernelState = undefined
   })
 
   test('/readyz and / : the capabilities kept and dropped once started', async () => {
