@@ -1,14 +1,8 @@
 // The Kubernetes manifests under deploy/kubernetes (and deploy/kubernetes/unpin): every object valid
 // against the Kubernetes and Prometheus Operator schemas (kubernetes-models), no field those schemas do
 // not know, and the policy the DaemonSets promise (not privileged, least capabilities, one writable host
-// path for the pinned state, an init container with CAP_CHOWN only, probes, resources, ...).
-//
-// kubernetes-models checks types, required fields, enums, formats (quantities) and the CRDs' patterns,
-// but its schemas do not forbid additional properties: a misspelt field (`readinesProbe`) validates, and
-// the API server would drop it with at most a warning. unknownFields() closes that gap by probing: a field
-// the schema knows fails validation at its own path once given a value of the wrong type; an unknown one
-// does not. It also lets nulls (`key:` with no value) and out-of-range integers through, hence the checks
-// for those below.
+// path for the pinned state, an init container with CAP_CHOWN only, probes, resources, ...). The schema
+// and unknown-field checks are shared with the Helm chart's tests: k8s-checks.ts.
 
 import { describe, test } from 'node:test'
 import assert from 'node:assert/strict'
@@ -21,11 +15,24 @@ import { ConfigMap } from 'kubernetes-models/v1/ConfigMap'
 import { Namespace } from 'kubernetes-models/v1/Namespace'
 import { Service } from 'kubernetes-models/v1/Service'
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount'
-import { parse as parseYaml, parseAllDocuments } from 'yaml'
+import { parse as parseYaml } from 'yaml'
 
 import { parseConfig, type Config } from '../../src/config.js'
 import { parseRunArgs } from '../../src/daemon.js'
 import { DEFAULT_PIN_PATH } from '../../src/state.js'
+import {
+  matches,
+  nulls,
+  objectChecks,
+  parseManifests,
+  pointer,
+  quantity,
+  schemaErrors,
+  unknownFields,
+  withValueAt,
+  type Manifest,
+  type PathItem,
+} from './k8s-checks.js'
 
 const DIR = new URL('../../deploy/kubernetes/', import.meta.url)
 /** The one-off DaemonSet that unpins the kernel state from every node after the exporter is gone. */
@@ -35,34 +42,6 @@ const JOB = 'tcptracer'
 const CAPABILITIES = ['BPF', 'DAC_READ_SEARCH', 'PERFMON', 'SYS_PTRACE']
 const MONITOR_FILES = ['podmonitor.yaml', 'servicemonitor.yaml']
 
-type Json = null | boolean | number | string | Json[] | { [key: string]: Json }
-type JsonObject = { [key: string]: Json }
-type PathItem = string | number
-
-/** What the model classes have in common: built from plain data, validate() throws on a schema error. */
-type ModelClass = new (data: never) => { validate(): void }
-
-const MODELS: Record<string, ModelClass> = {
-  'v1/Namespace': Namespace,
-  'v1/ServiceAccount': ServiceAccount,
-  'v1/ConfigMap': ConfigMap,
-  'v1/Service': Service,
-  'apps/v1/DaemonSet': DaemonSet,
-  'monitoring.coreos.com/v1/PodMonitor': PodMonitor,
-  'monitoring.coreos.com/v1/ServiceMonitor': ServiceMonitor,
-}
-
-interface Manifest {
-  /** file name, plus the document's index when the file holds several */
-  where: string
-  file: string
-  doc: JsonObject
-}
-
-function isObject(v: Json | undefined): v is JsonObject {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
-}
-
 function yamlFiles(dir: URL = DIR): string[] {
   return readdirSync(dir)
     .filter((f) => /\.ya?ml$/.test(f))
@@ -71,120 +50,20 @@ function yamlFiles(dir: URL = DIR): string[] {
 
 /** Every document of every YAML file of dir, kustomization.yaml included; YAML errors and warnings fail. */
 function loadAll(dir: URL = DIR, prefix = ''): Manifest[] {
-  const out: Manifest[] = []
-  for (const name of yamlFiles(dir)) {
-    const file = `${prefix}${name}`
-    const docs = parseAllDocuments(readFileSync(new URL(name, dir), 'utf8'), {
-      uniqueKeys: true,
-      strict: true,
-    })
-    assert.ok(Array.isArray(docs), `${file}: not a YAML stream`)
-    docs.forEach((d, i) => {
-      const where = docs.length > 1 ? `${file}#${i}` : file
-      assert.deepEqual([...d.errors, ...d.warnings].map(String), [], `${where}: YAML problems`)
-      const doc = d.toJS() as Json
-      assert.ok(isObject(doc), `${where}: expected a mapping, got ${JSON.stringify(doc)}`)
-      out.push({ where, file, doc })
-    })
-  }
-  return out
+  return yamlFiles(dir).flatMap((name) =>
+    parseManifests(readFileSync(new URL(name, dir), 'utf8'), `${prefix}${name}`),
+  )
 }
 
 const manifests = loadAll()
 const objects = manifests.filter((m) => m.doc['kind'] !== 'Kustomization')
 const unpinManifests = loadAll(UNPIN_DIR, 'unpin/')
 
-function modelFor(doc: JsonObject): ModelClass {
-  const key = `${String(doc['apiVersion'])}/${String(doc['kind'])}`
-  const Model = MODELS[key]
-  assert.ok(Model, `no schema for ${key}: add its kubernetes-models class to MODELS`)
-  return Model
-}
-
-/** The schema errors of `doc` (an empty list when it is valid). */
-function schemaErrors(Model: ModelClass, doc: Json): Array<{ instancePath: string; message?: string }> {
-  try {
-    new Model(doc as never).validate()
-    return []
-  } catch (err) {
-    const errors = (err as { errors?: unknown }).errors
-    if (!Array.isArray(errors)) throw err
-    return errors as Array<{ instancePath: string; message?: string }>
-  }
-}
-
-/** JSON pointer, as ajv's instancePath spells it. */
-function pointer(path: readonly PathItem[]): string {
-  return path.map((p) => `/${String(p).replaceAll('~', '~0').replaceAll('/', '~1')}`).join('')
-}
-
-function withValueAt(doc: JsonObject, path: readonly PathItem[], value: Json): JsonObject {
-  const copy = structuredClone(doc)
-  let node: Json = copy
-  for (const p of path.slice(0, -1)) node = (node as Record<PathItem, Json>)[p] ?? null
-  ;(node as Record<PathItem, Json>)[path[path.length - 1] ?? ''] = value
-  return copy
-}
-
-/**
- * Pointers to the fields of `doc` that its schema does not know. Each field in turn gets a value of
- * another type (a string for a boolean, `true` for anything else); a known field then fails validation at
- * its own path, an unknown one does not. Maps (labels, ConfigMap data) type their values, so their keys
- * count as known. Fields inside an unknown field are not visited. A field whose schema takes any value
- * (x-kubernetes-preserve-unknown-fields) would be reported as unknown: none is used here.
- */
-function unknownFields(Model: ModelClass, doc: JsonObject): string[] {
-  const unknown: string[] = []
-  const visit = (value: Json, path: PathItem[]): void => {
-    if (Array.isArray(value)) {
-      value.forEach((v, i) => visit(v, [...path, i]))
-    } else if (isObject(value)) {
-      for (const [key, v] of Object.entries(value)) {
-        const at = [...path, key]
-        const ptr = pointer(at)
-        const probe = withValueAt(doc, at, typeof v === 'boolean' ? 'not a boolean' : true)
-        const known = schemaErrors(Model, probe).some(
-          (e) => e.instancePath === ptr || e.instancePath.startsWith(`${ptr}/`),
-        )
-        if (known) visit(v, at)
-        else unknown.push(ptr)
-      }
-    }
-  }
-  visit(doc, [])
-  return unknown
-}
-
-/** Pointers to every null in `value`: `key:` without a value, which validates but is never meant. */
-function nulls(value: Json, path: PathItem[] = []): string[] {
-  if (value === null) return [pointer(path)]
-  if (Array.isArray(value)) return value.flatMap((v, i) => nulls(v, [...path, i]))
-  if (isObject(value)) return Object.entries(value).flatMap(([k, v]) => nulls(v, [...path, k]))
-  return []
-}
-
 /** The one object of this kind; fails unless there is exactly one. */
 function only<T>(kind: string, Model: new (data: never) => T): T {
   const found = objects.filter((m) => m.doc['kind'] === kind)
   assert.equal(found.length, 1, `expected exactly one ${kind}, found ${found.length}`)
   return new Model(found[0]?.doc as never)
-}
-
-/** `selector` matches `labels`. */
-function matches(selector: Record<string, string> | undefined, labels: Record<string, string> | undefined) {
-  assert.ok(selector && Object.keys(selector).length > 0, 'empty selector: it would select everything')
-  for (const [k, v] of Object.entries(selector)) {
-    assert.equal(labels?.[k], v, `label ${k}=${v} selected but not set (labels: ${JSON.stringify(labels)})`)
-  }
-}
-
-/** Bytes or cores of a Kubernetes quantity, for the suffixes used here. */
-function quantity(q: string | number | undefined): number {
-  assert.ok(q !== undefined, 'quantity missing')
-  const m = /^(\d+(?:\.\d+)?)(m|Ki|Mi|Gi|k|M|G)?$/.exec(String(q))
-  assert.ok(m, `unsupported quantity ${String(q)}`)
-  const scale = { m: 1e-3, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, k: 1e3, M: 1e6, G: 1e9 }
-  return Number(m[1]) * (m[2] === undefined ? 1 : scale[m[2] as keyof typeof scale])
 }
 
 /** Plain data for comparing configs: each RegExp as its source and flags. */
@@ -207,30 +86,7 @@ describe('deploy/kubernetes: schemas', () => {
     }
   })
 
-  for (const { where, doc } of [...objects, ...unpinManifests]) {
-    describe(`${where}: ${String(doc['kind'])}`, () => {
-      test('validates against its schema', () => {
-        const Model = modelFor(doc)
-        assert.doesNotThrow(() => new Model(doc as never).validate())
-      })
-
-      test('has no field its schema does not know', () => {
-        assert.deepEqual(unknownFields(modelFor(doc), doc), [])
-      })
-
-      test('has no null (empty) values', () => {
-        assert.deepEqual(nulls(doc), [])
-      })
-
-      test('is named, and in the exporter namespace', () => {
-        const meta = doc['metadata']
-        assert.ok(isObject(meta), 'metadata')
-        assert.match(String(meta['name']), /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/)
-        if (doc['kind'] === 'Namespace') assert.equal(meta['name'], NAMESPACE)
-        else assert.equal(meta['namespace'], NAMESPACE)
-      })
-    })
-  }
+  objectChecks([...objects, ...unpinManifests], NAMESPACE)
 
   test('the checks catch a wrong type, and unknownFields a misspelt field', () => {
     const ds = objects.find((m) => m.doc['kind'] === 'DaemonSet')?.doc
