@@ -86,6 +86,21 @@ export function scrapeIntervalFor(slowest: number): number {
   return Math.max(1, Math.ceil(4 * slowest))
 }
 
+/** Prometheus could not scrape the target: `target` is its last report, `view` all it showed. */
+export class ScrapeFailed extends Error {
+  constructor(
+    message: string,
+    readonly target: Target | undefined,
+  ) {
+    super(message)
+  }
+
+  /** Whether the scrapes failed by outlasting the scrape timeout (Prometheus: "context deadline exceeded"). */
+  get timedOut(): boolean {
+    return /deadline exceeded|timeout/i.test(this.target?.lastError ?? '')
+  }
+}
+
 /** A real Prometheus on a free loopback port, scraping the daemon as job "tcptracer". */
 export class Prometheus {
   private constructor(
@@ -178,8 +193,8 @@ export class Prometheus {
    * Wait for a successful scrape that started at or after `since` (ms since the epoch), so that what
    * Prometheus holds is the daemon's state from then on. The wait is counted in Prometheus's own scrape
    * attempts, not in a fixed time: it fails once `attempts` scrapes after `since` have all failed, or
-   * when no new attempt shows up within four intervals plus four timeouts (Prometheus stalled). The
-   * error carries Prometheus's view of the target.
+   * when no new attempt shows up within eight intervals (Prometheus stalled). The error, a ScrapeFailed,
+   * carries Prometheus's view of the target.
    */
   async scrapedSince(since: number, attempts = 5): Promise<Target> {
     const failed = new Set<string>()
@@ -193,11 +208,14 @@ export class Prometheus {
         if (t.health === 'up') return t
         failed.add(t.lastScrape)
         if (failed.size >= attempts) {
-          throw new Error(`${attempts} scrapes failed in a row\n${await this.view()}`)
+          throw new ScrapeFailed(`${attempts} scrapes failed in a row\n${await this.view()}`, t)
         }
       }
       if (Date.now() - progress > 8 * this.interval * 1000) {
-        throw new Error(`Prometheus made no scrape attempt in ${8 * this.interval} s\n${await this.view()}`)
+        throw new ScrapeFailed(
+          `Prometheus made no scrape attempt in ${8 * this.interval} s\n${await this.view()}`,
+          last,
+        )
       }
       await sleep(Math.min(250, (this.interval * 1000) / 4))
     }
