@@ -4,6 +4,8 @@
 #
 # Node.js 26 is the Active LTS line (26.13.0 "Lithium", 2026-10-28). Both FROM lines name the same major:
 # test/privileged/40.node-lts.test.ts reads it from here and runs the exporter under that Node.
+# test/privileged/41.image-build.test.ts builds the image without a container engine: it runs both
+# stages' steps in clean Debian bookworm roots that hold only the packages each stage installs, and Node.
 #
 # Running it. The exporter counts TCP events for the whole host from inside the container (BPF programs are
 # not namespaced), but it needs privileges a default container does not have:
@@ -57,19 +59,22 @@
 # memlock=-1:-1 (BPF memory counts against RLIMIT_MEMLOCK there).
 
 FROM node:26-bookworm AS build
-# the same build packages scripts/setup.sh installs, less the test-only ones
+# the same build packages scripts/setup.sh installs, less the test-only ones; from the base image the
+# build needs only Debian's minimal system, Node and npm
 RUN apt-get update \
   && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
     clang llvm libbpf-dev libelf-dev zlib1g-dev make g++ python3 pkg-config \
   && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# node-gyp builds the addon against this Node's own headers instead of downloading them
+# node-gyp builds the addon against this Node's own headers instead of downloading them. node-gyp reads
+# the variable itself: npm 11's warning on every command, Unknown env config "nodedir", is harmless
 ENV npm_config_nodedir=/usr/local
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY . .
-# the build the tests use (BPF object, addon, TypeScript, test helpers); then only production
-# dependencies stay, and the smoke test runs against exactly what the runtime stage copies
+# the product's build (scripts/build.sh: BPF object, addon, TypeScript; the test helpers are not part of
+# it); then only production dependencies stay, and the smoke test runs against exactly what the runtime
+# stage copies
 RUN npm run build \
   && npm prune --omit=dev --no-audit --no-fund \
   && node dist/src/cli.js --version \

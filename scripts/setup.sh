@@ -25,10 +25,11 @@ if $with_tests; then
   # the tests: iproute2 (ip netns), clang-format (format check), prometheus (promtool and a real server),
   # systemd (systemd-analyze), liburing-dev (io_uring test helper), openssl and curl (test certificates
   # and a real TLS client), ethtool (the full-rate test's veth pair), mmdebstrap (the image build test's
-  # clean Debian roots), unzip (helm and kubectl out of their npm package); the VM kernel matrix
+  # clean Debian roots) and libcap2-bin (getcap, to check the image's file capabilities), unzip (helm
+  # and kubectl out of their npm package); the VM kernel matrix
   # (scripts/vm-matrix.sh): qemu-system-x86, busybox-static and cpio (the guest's initramfs), kmod
   # (depmod for the guest kernel's modules)
-  packages+=(iproute2 clang-format prometheus systemd liburing-dev openssl curl ethtool mmdebstrap unzip
+  packages+=(iproute2 clang-format prometheus systemd liburing-dev openssl curl ethtool mmdebstrap libcap2-bin unzip
     qemu-system-x86 busybox-static cpio kmod)
   # bpftool regenerates vmlinux.h (scripts/gen-vmlinux.sh); bpftrace is the benchmark's peer
   optional+=(bpftool bpftrace)

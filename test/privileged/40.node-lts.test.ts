@@ -11,7 +11,6 @@ import {
   mkdtempSync,
   readdirSync,
   readFileSync,
-  renameSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -21,6 +20,18 @@ import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { DEFAULT_LISTEN_ADDRESS } from '../../src/daemon.js'
 import { addonPath, bpfObjectPath, packageRoot } from '../../src/paths.js'
+import {
+  aptPackages,
+  dockerfileText,
+  execForm,
+  imageNodeMajor,
+  KNOWN,
+  labelsOf,
+  parseDockerfile,
+  parseStages,
+  runtimeSpecifics,
+  type Stage,
+} from './dockerfile.js'
 import {
   CLI,
   type Daemon,
@@ -41,159 +52,12 @@ import {
   TIME_SCALE,
   valueOf,
 } from './harness.js'
+import { fetchNode, nodeVersion } from './node-lts.js'
 
-// ---------------------------------------------------------------------------------------------------------
-// A Dockerfile reader: enough of the format to check ours (comments, line continuations, exec form).
-
-const KNOWN = new Set([
-  'ADD',
-  'ARG',
-  'CMD',
-  'COPY',
-  'ENTRYPOINT',
-  'ENV',
-  'EXPOSE',
-  'FROM',
-  'HEALTHCHECK',
-  'LABEL',
-  'MAINTAINER',
-  'ONBUILD',
-  'RUN',
-  'SHELL',
-  'STOPSIGNAL',
-  'USER',
-  'VOLUME',
-  'WORKDIR',
-])
-
-interface Instruction {
-  line: number
-  keyword: string
-  args: string
-}
-
-interface Stage {
-  name: string | undefined
-  base: string
-  instructions: Instruction[]
-}
-
-/** Instructions in order; comment lines are dropped, also inside continuations, as Docker does. */
-function parseDockerfile(text: string): Instruction[] {
-  const out: Instruction[] = []
-  let buf: string | undefined
-  let start = 0
-  for (const [i, raw] of text.split('\n').entries()) {
-    const line = raw.replace(/\r$/, '')
-    const trimmed = line.trim()
-    if (trimmed === '' || trimmed.startsWith('#')) continue
-    if (buf === undefined) {
-      buf = ''
-      start = i + 1
-    }
-    const cont = /\\[ \t]*$/.exec(line)
-    if (cont) {
-      buf += line.slice(0, cont.index) + ' '
-      continue
-    }
-    buf += line
-    const m = /^\s*(\S+)\s*([\s\S]*)$/.exec(buf)
-    out.push({ line: start, keyword: (m?.[1] ?? '').toUpperCase(), args: (m?.[2] ?? '').trim() })
-    buf = undefined
-  }
-  assert.equal(buf, undefined, 'the Dockerfile ends inside a line continuation')
-  return out
-}
-
-function parseStages(ins: Instruction[]): Stage[] {
-  const out: Stage[] = []
-  for (const i of ins) {
-    if (i.keyword === 'FROM') {
-      const words = i.args.split(/\s+/).filter((w) => !w.startsWith('--'))
-      assert.ok(
-        words.length === 1 || (words.length === 3 && words[1]?.toUpperCase() === 'AS'),
-        `line ${i.line}: FROM ${i.args}`,
-      )
-      out.push({ name: words[2], base: words[0] ?? '', instructions: [] })
-    } else if (out.length > 0) {
-      out[out.length - 1]!.instructions.push(i)
-    } else {
-      assert.equal(i.keyword, 'ARG', `line ${i.line}: only ARG may come before the first FROM`)
-    }
-  }
-  return out
-}
-
-/** The exec form (a JSON array of strings) of CMD, ENTRYPOINT, HEALTHCHECK ... CMD. */
-function execForm(args: string): string[] {
-  const v = JSON.parse(args) as unknown
-  assert.ok(Array.isArray(v) && v.every((x) => typeof x === 'string'), `not the exec form: ${args}`)
-  return v as string[]
-}
-
-const unquote = (s: string): string => (/^"[\s\S]*"$/.test(s) ? (JSON.parse(s) as string) : s)
-
-/** ARG defaults, then LABEL pairs with ${ARG} substituted. */
-function labelsOf(stage: Stage): Map<string, string> {
-  const args = new Map<string, string>()
-  const labels = new Map<string, string>()
-  for (const i of stage.instructions) {
-    if (i.keyword === 'ARG') {
-      const m = /^([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$/.exec(i.args)
-      assert.ok(m?.[1], `line ${i.line}: ARG ${i.args}`)
-      args.set(m[1], unquote(m[2] ?? ''))
-    } else if (i.keyword === 'LABEL') {
-      for (const m of i.args.matchAll(/([\w.-]+)=("(?:[^"\\]|\\.)*"|\S+)/g)) {
-        const value = unquote(m[2]!).replace(/\$\{(\w+)\}|\$(\w+)/g, (_, a?: string, b?: string) => {
-          return args.get((a ?? b)!) ?? ''
-        })
-        labels.set(m[1]!, value)
-      }
-    }
-  }
-  return labels
-}
-
-/** Packages named by `apt-get install` in a stage's RUN instructions. */
-function aptPackages(stage: Stage): string[] {
-  const out: string[] = []
-  for (const i of stage.instructions.filter((x) => x.keyword === 'RUN')) {
-    for (const m of i.args.matchAll(/apt-get install((?:\s+(?!&&|;|\|)[^\s]+)+)/g)) {
-      out.push(
-        ...m[1]!
-          .trim()
-          .split(/\s+/)
-          .filter((w) => !w.startsWith('-')),
-      )
-    }
-  }
-  return out
-}
-
-const dockerfileText = readFileSync(path.join(packageRoot, 'Dockerfile'), 'utf8')
 const pkg = JSON.parse(readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as {
   name: string
   version: string
   license: string
-}
-
-/** The HEALTHCHECK's command (exec form) and the capabilities node is given (`setcap <caps>=ep`). */
-function runtimeSpecifics(): { health: string[]; caps: string[] } {
-  const runtime = parseStages(parseDockerfile(dockerfileText)).at(-1)!
-  const health = runtime.instructions.findLast((i) => i.keyword === 'HEALTHCHECK')
-  const hc = /^((?:--\S+\s+)*)CMD\s+(.*)$/.exec(health?.args ?? '')
-  assert.ok(hc?.[2], `HEALTHCHECK [options] CMD [...]: ${health?.args}`)
-  const runs = runtime.instructions.filter((i) => i.keyword === 'RUN').map((i) => i.args)
-  const setcap = /setcap\s+(\S+)=ep\s/.exec(runs.join('\n'))
-  assert.ok(setcap?.[1], 'the runtime stage sets file capabilities on node')
-  return { health: execForm(hc[2]), caps: setcap[1].split(',') }
-}
-
-/** The Node.js major the image is built on: `FROM node:<major>-bookworm`. */
-function imageNodeMajor(): number {
-  const m = /^FROM\s+node:(\d+)-bookworm\s/m.exec(dockerfileText)
-  assert.ok(m?.[1], 'the Dockerfile builds FROM node:<major>-bookworm')
-  return Number(m[1])
 }
 
 /** The runtime stage's CMD (exec form) and the pin path it passes (`--bpf.pin-path=`). */
@@ -249,7 +113,7 @@ describe('Dockerfile', () => {
     assert.equal(stage('runtime').base, `node:${major}-bookworm-slim`)
   })
 
-  test('build: the build packages, npm ci, the build the tests use, dev dependencies pruned, a smoke test', () => {
+  test('build: the build packages, npm ci, the product build, dev dependencies pruned, a smoke test', () => {
     const b = stage('build')
     const apt = aptPackages(b)
     for (const p of [
@@ -408,46 +272,6 @@ describe('Dockerfile', () => {
     }
   })
 })
-
-// ---------------------------------------------------------------------------------------------------------
-// The image's Node, fetched as the npm package node-<platform>-<arch> into .cache/ (git-ignored), once.
-
-function nodeVersion(bin: string): string {
-  const r = spawnSync(bin, ['--version'], { encoding: 'utf8' })
-  return r.status === 0 ? r.stdout.trim() : ''
-}
-
-function fetchNode(major: number): string {
-  const name = `node-${process.platform}-${process.arch}`
-  const dir = path.join(packageRoot, '.cache', 'node-lts', String(major))
-  const bin = (root: string): string => path.join(root, 'node_modules', name, 'bin', 'node')
-  if (nodeVersion(bin(dir)).startsWith(`v${major}.`)) return bin(dir)
-  mkdirSync(path.dirname(dir), { recursive: true })
-  const tmp = mkdtempSync(`${dir}.tmp-`)
-  try {
-    // npm's own variables (set when the tests run under `npm run`) would point it at this package
-    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^npm_/i.test(k)))
-    const args = ['install', '--no-save', '--no-package-lock', '--no-audit', '--no-fund', '--loglevel=error']
-    const r = spawnSync('npm', [...args, '--prefix', tmp, `${name}@^${major}`], {
-      encoding: 'utf8',
-      env,
-      timeout: 240_000,
-    })
-    assert.equal(r.status, 0, `npm install ${name}@^${major} failed: ${r.stderr}${r.error?.message ?? ''}`)
-    assert.ok(nodeVersion(bin(tmp)).startsWith(`v${major}.`), `${bin(tmp)} is not Node ${major}`)
-    chmodSync(tmp, 0o755) // mkdtemp's 0700 would keep the unprivileged test below out
-    rmSync(dir, { recursive: true, force: true })
-    try {
-      renameSync(tmp, dir)
-    } catch (e) {
-      // another run put it there first
-      if (!nodeVersion(bin(dir)).startsWith(`v${major}.`)) throw e
-    }
-    return bin(dir)
-  } finally {
-    rmSync(tmp, { recursive: true, force: true })
-  }
-}
 
 const { skip } = privileged()
 const SRV = 'tt-lts-srv'
