@@ -2,16 +2,17 @@
 // and the metric families computed from both at scrape time.
 import { mkdirSync } from 'node:fs'
 import os from 'node:os'
-import { AggregateDump, Aggregator, decodeAggEntry, type Owner } from './aggregates.js'
-import { capabilityNames, threadCapabilities, type CapabilityStatus } from './capabilities.js'
-import { CgroupResolver } from './cgroups.js'
-import { ConnectionExposition } from './connection-metrics.js'
-import type { Config } from './config.js'
-import type { MetricFamily, Sample } from './exposition.js'
-import type { ProgramStatus } from './native.js'
-import { netnsNames } from './netns.js'
-import { AF_INET, discoverSockets, type ConnectionOwner } from './procfs.js'
-import { loadBinding } from './native.js'
+import { AggregateDump, Aggregator, decodeAggEntry } from '../metrics/aggregator.js'
+import { capabilityNames, threadCapabilities, type CapabilityStatus } from '../host/capabilities.js'
+import { CgroupResolver } from '../host/cgroups.js'
+import { ConnectionExposition } from '../metrics/connection-families.js'
+import type { Config } from '../config/config.js'
+import type { MetricFamily, Sample } from '../metrics/exposition.js'
+import type { ProgramStatus } from '../kernel/binding.js'
+import { netnsNames } from '../host/netns.js'
+import { discoverSockets, type ConnectionOwner } from '../host/procfs.js'
+import { AF_INET, isV4Mapped, type Owner } from '../kernel/abi.js'
+import { loadBinding } from '../kernel/binding.js'
 import {
   commitPinnedState,
   discardState,
@@ -21,10 +22,15 @@ import {
   stateId,
   type KernelState,
   type PinPlan,
-} from './state.js'
-import { ACCEPT_PROGRAMS, TcpTracer, type SeedConnection, type TracerOptions } from './tracer.js'
-import type { HookStatus } from './server.js'
-import { version } from './paths.js'
+} from '../kernel/pinned-state.js'
+import {
+  ACCEPT_PROGRAMS,
+  TcpTracer,
+  type HookStatus,
+  type SeedConnection,
+  type TracerOptions,
+} from '../kernel/tracer.js'
+import { version } from '../kernel/paths.js'
 
 /** Blocks at least this large are mapped on their own, and unmapped when freed (glibc's default start). */
 const MMAP_THRESHOLD = 128 * 1024
@@ -48,10 +54,6 @@ export function restartOnlyChanges(old: Config, next: Config): string[] {
 export function hookStatus(tracer: Pick<TcpTracer, 'hooks' | 'hookProbes'>): HookStatus[] {
   const rejected = tracer.hookProbes.filter((p) => !p.ok).map((p) => ({ mode: p.mode, error: p.error ?? '' }))
   return tracer.hooks().map((h) => (h.hook === 'accept' && rejected.length > 0 ? { ...h, rejected } : h))
-}
-
-function isV4Mapped(b: Buffer): boolean {
-  return b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff
 }
 
 export function seedOf(c: ConnectionOwner): SeedConnection {
@@ -149,7 +151,7 @@ export class Exporter {
   readonly hooks: HookStatus[]
   /** the last scrape's error reading the kernel maps, for /readyz */
   lastReadError: string | undefined
-  /** what the daemon did with its capabilities once started (src/capabilities.ts), for /readyz */
+  /** what the daemon did with its capabilities once started (src/host/capabilities.ts), for /readyz */
   capabilities: CapabilityStatus | undefined
 
   private constructor(
