@@ -113,11 +113,14 @@ export function formatIPv6(b: Uint8Array, off = 0): string {
   return `${hex(groups.slice(0, bestStart))}::${hex(groups.slice(bestStart + bestLen))}`
 }
 
-/** A NUL-terminated kernel char array, decoded as UTF-8 with U+FFFD for invalid bytes. */
+/**
+ * A NUL-terminated kernel char array of `len` bytes at `off` (a comm in an event, an aggregation key or a
+ * seeded owner), decoded as UTF-8 with U+FFFD for invalid bytes.
+ */
 export function decodeComm(b: Uint8Array, off: number, len: number): string {
-  let end = off
-  while (end < off + len && b[end] !== 0) end++
-  return Buffer.from(b.buffer, b.byteOffset + off, end - off).toString('utf8')
+  const buf = Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength)
+  const nul = buf.indexOf(0, off)
+  return buf.toString('utf8', off, nul < 0 || nul > off + len ? off + len : nul)
 }
 
 function lookup<T>(table: Record<number, T>, v: number, what: string): T {

@@ -4,6 +4,7 @@ import os from 'node:os'
 import {
   AF_INET,
   decodeBatch,
+  decodeComm,
   isV4Mapped,
   type AcceptHook,
   type AcceptMode,
@@ -498,13 +499,10 @@ export class TcpTracer {
     const T = L.tupleKey
     const S = L.seedValue
     return this.native.mapEntries('seeded').map(({ key, value }) => {
-      const commStart = S.owner + 16
-      const nul = value.indexOf(0, commStart)
-      const commEnd = nul < 0 || nul > commStart + L.commLen ? commStart + L.commLen : nul
       const daddr = key.subarray(T.daddr, T.daddr + 16)
       const v4 = key.readUInt16LE(T.family) === AF_INET || isV4Mapped(daddr)
       return {
-        comm: value.toString('utf8', commStart, commEnd),
+        comm: decodeComm(value, S.owner + 16, L.commLen),
         netns: key.readUInt32LE(T.netns),
         pid: value.readUInt32LE(S.owner + 8),
         cgroupId: value.readBigUInt64LE(S.owner),

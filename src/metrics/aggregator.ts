@@ -2,7 +2,7 @@
 // project them onto the configured labels, enforce the cardinality cap and
 // expire idle label sets. No per-event work happens here: the kernel counted
 // every event; this runs once per scrape over at most `aggs`' max_entries.
-import type { Direction, Owner } from '../kernel/abi.js'
+import { decodeComm, type Direction, type Owner } from '../kernel/abi.js'
 import type { EventLayout, NativeConstants } from '../kernel/binding.js'
 import type { Label } from '../config/config.js'
 
@@ -48,10 +48,8 @@ export interface EntryOwner extends Owner {
 function ownerAt(keys: Buffer, base: number, L: EventLayout, C: NativeConstants): EntryOwner {
   const K = L.aggKey
   const flags = keys.readUInt8(base + K.flags)
-  const comm = base + K.comm
-  const commEnd = keys.indexOf(0, comm)
   return {
-    comm: keys.toString('utf8', comm, commEnd < 0 || commEnd > comm + L.commLen ? comm + L.commLen : commEnd),
+    comm: decodeComm(keys, base + K.comm, L.commLen),
     netns: keys.readUInt32LE(base + K.netns),
     pid: keys.readUInt32LE(base + K.pid),
     cgroupId: keys.readBigUInt64LE(base + K.cgroup_id),
