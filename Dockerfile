@@ -98,7 +98,7 @@ RUN apt-get update \
   && groupadd --system --gid 10001 tcptracer \
   && useradd --system --uid 10001 --gid tcptracer --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin tcptracer
-# the layout src/paths.ts expects: package.json at the root, the addon and the BPF object beside dist/
+# the layout src/kernel/paths.ts expects: package.json at the root, the addon and the BPF object beside dist/
 WORKDIR /opt/tcptracer-exporter
 COPY --from=build /src/package.json ./package.json
 COPY --from=build /src/node_modules ./node_modules

@@ -22,8 +22,13 @@ import { parseArgs, promisify } from 'node:util'
 
 import * as prettier from 'prettier'
 
-import { packageRoot } from '../src/paths.js'
-import { ACCEPT_PROGRAMS, BACKBONE_PROGRAM, NESTED_BACKBONE_PROGRAM, TcpTracer } from '../src/tracer.js'
+import { packageRoot } from '../src/kernel/paths.js'
+import {
+  ACCEPT_PROGRAMS,
+  BACKBONE_PROGRAM,
+  NESTED_BACKBONE_PROGRAM,
+  TcpTracer,
+} from '../src/kernel/tracer.js'
 
 const SETUPS = ['none', 'listener', 'syscall'] as const
 type Setup = (typeof SETUPS)[number]

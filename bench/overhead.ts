@@ -49,8 +49,8 @@ import { parseArgs, promisify } from 'node:util'
 
 import * as prettier from 'prettier'
 
-import { packageRoot } from '../src/paths.js'
-import { TcpTracer } from '../src/tracer.js'
+import { packageRoot } from '../src/kernel/paths.js'
+import { TcpTracer } from '../src/kernel/tracer.js'
 import { prng } from '../test/prng.js'
 
 const SETUPS = ['none', 'metrics', 'metrics+trace', 'bpftrace'] as const
@@ -809,7 +809,7 @@ function checkOurs(r: Running, a: Attachments): void {
         `setup ${r.setup}: ${role} (pid ${p?.pid}) holds [${held.join(', ')}], no inet_sock_set_state`,
       )
     }
-    // the state program and its nested stand-in (src/tracer.ts NESTED_BACKBONE_PROGRAM)
+    // the state program and its nested stand-in (src/kernel/tracer.ts NESTED_BACKBONE_PROGRAM)
     if (role !== 'bpftrace' && held.join() !== 'inet_sock_set_state,inet_sock_set_state') {
       throw new Error(
         `setup ${r.setup}: ${role} holds [${held.join(', ')}], expected [inet_sock_set_state, inet_sock_set_state]`,

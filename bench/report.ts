@@ -7,7 +7,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 
-import { packageRoot } from '../src/paths.js'
+import { packageRoot } from '../src/kernel/paths.js'
 import { writeFormatted } from './lib/common.js'
 
 const RESULTS = path.join(packageRoot, 'bench', 'results')

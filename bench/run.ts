@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 
-import { packageRoot } from '../src/paths.js'
+import { packageRoot } from '../src/kernel/paths.js'
 
 const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } }, strict: true })
 const quick = values.quick ? ['--quick'] : []

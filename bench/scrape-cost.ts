@@ -37,8 +37,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { pathToFileURL } from 'node:url'
 import { parseArgs, promisify } from 'node:util'
 
-import { defaultConfig } from '../src/config.js'
-import { packageRoot } from '../src/paths.js'
+import { defaultConfig } from '../src/config/config.js'
+import { packageRoot } from '../src/kernel/paths.js'
 import {
   cpuMs,
   createNetns,
@@ -165,7 +165,7 @@ const LABELS = [...defaultConfig.labels, 'port']
 const NBUCKETS = defaultConfig.histogram.buckets_seconds.length
 
 /**
- * Sample lines of one label set, per direction (src/exporter.ts connectionFamilies): outbound has
+ * Sample lines of one label set, per direction (src/metrics/connection-families.ts): outbound has
  * connects, 4 failure reasons, closes, the histogram (buckets + +Inf + _sum + _count), sent and received
  * bytes and the active gauge; inbound has accepts instead of connects and no failures.
  */

@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 // tcptracer-exporter: entry point and subcommand dispatch.
-import { UsageError } from './args.js'
-import { isBpfError, loadBinding } from './native.js'
-import { BtfFileError } from './tracer.js'
-import { version } from './paths.js'
-import { runCheckConfig, runDaemon, runUnpin } from './daemon.js'
-import { runTrace } from './trace.js'
+import { UsageError } from './cli/args.js'
+import { isBpfError, loadBinding } from './kernel/binding.js'
+import { BtfFileError } from './kernel/btf.js'
+import { version } from './kernel/paths.js'
+import { runCheckConfig } from './cli/check-config.js'
+import { runDaemon } from './cli/run.js'
+import { runUnpin } from './cli/unpin.js'
+import { runTrace } from './cli/trace.js'
 
 const HELP = `Usage: tcptracer-exporter [command] [options]
 

@@ -49,12 +49,12 @@ function areaOf(f: CallFrame, caller: CallFrame | undefined): string {
     if (functionName === '(program)') return 'V8/native (program)'
     if (!caller) return 'native (no JavaScript caller)'
     const c = areaOf(caller, undefined)
-    if (c === 'src/tracer.ts' || c === 'src/native.ts') return 'addon (native): map reads'
+    if (c === 'src/kernel/tracer.ts' || c === 'src/kernel/binding.ts') return 'addon (native): map reads'
     return `${c} (native)`
   }
   const nm = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(url)
   if (nm) return `dependency: ${nm[1]}`
-  const own = /\/dist\/(src\/[^/]+)\.js$/.exec(url) ?? /\/(src\/[^/]+)\.ts$/.exec(url)
+  const own = /\/dist\/(src\/(?:[^/]+\/)?[^/]+)\.js$/.exec(url) ?? /\/(src\/(?:[^/]+\/)?[^/]+)\.ts$/.exec(url)
   if (own) return `${own[1]}.ts`
   if (url.startsWith('node:')) return 'node core'
   return url

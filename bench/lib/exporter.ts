@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 
 import { stringify } from 'yaml'
 
-import { packageRoot } from '../../src/paths.js'
+import { packageRoot } from '../../src/kernel/paths.js'
 import { onExit } from './common.js'
 
 export const CLI = path.join(packageRoot, 'dist', 'src', 'cli.js')

@@ -2,8 +2,8 @@
 // asserting the exact multiset of events the `trace` command prints.
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
-import { jsonLine } from '../../src/format.js'
-import { TcpTracer } from '../../src/tracer.js'
+import { jsonLine } from '../../src/cli/trace-format.js'
+import { TcpTracer } from '../../src/kernel/tracer.js'
 import {
   assertTraced,
   exchange as runExchange,

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { Prometheus, ScrapeFailed, scrapeIntervalFor, slowestScrape, type Target } from './prometheus.js'
-import { nameFromCgroupPath } from '../../src/cgroups.js'
+import { nameFromCgroupPath } from '../../src/host/cgroups.js'
 import {
   assertCounted,
   CLI,

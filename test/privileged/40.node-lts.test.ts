@@ -18,8 +18,8 @@ import {
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { DEFAULT_LISTEN_ADDRESS } from '../../src/daemon.js'
-import { addonPath, bpfObjectPath, packageRoot } from '../../src/paths.js'
+import { DEFAULT_LISTEN_ADDRESS } from '../../src/cli/run.js'
+import { addonPath, bpfObjectPath, packageRoot } from '../../src/kernel/paths.js'
 import {
   aptPackages,
   dockerfileText,
@@ -148,7 +148,7 @@ describe('Dockerfile', () => {
     )
   })
 
-  test('runtime: only runtime libraries, the layout src/paths.ts expects, non-root, port, health, labels', () => {
+  test('runtime: only runtime libraries, the layout src/kernel/paths.ts expects, non-root, port, health, labels', () => {
     const b = stage('build')
     const r = stage('runtime')
     const apt = aptPackages(r)

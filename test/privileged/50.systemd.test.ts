@@ -17,8 +17,8 @@ import {
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { packageRoot } from '../../src/paths.js'
-import { DEFAULT_PIN_PATH } from '../../src/state.js'
+import { packageRoot } from '../../src/kernel/paths.js'
+import { DEFAULT_PIN_PATH } from '../../src/kernel/pinned-state.js'
 import {
   exchange,
   Netns,

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
 import { after, before, describe, test } from 'node:test'
-import { packageRoot } from '../../src/paths.js'
+import { packageRoot } from '../../src/kernel/paths.js'
 import {
   assertCounted,
   type Daemon,

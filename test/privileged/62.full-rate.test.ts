@@ -15,9 +15,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { decodeAggEntry } from '../../src/aggregates.js'
-import { loadBinding } from '../../src/native.js'
-import { TcpTracer } from '../../src/tracer.js'
+import { decodeAggEntry } from '../../src/metrics/aggregator.js'
+import { loadBinding } from '../../src/kernel/binding.js'
+import { TcpTracer } from '../../src/kernel/tracer.js'
 import {
   inNetns,
   Netns,

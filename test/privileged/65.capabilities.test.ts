@@ -18,8 +18,8 @@ import {
   capabilityNumber,
   threadCapabilities,
   type ThreadCapabilities,
-} from '../../src/capabilities.js'
-import { packageRoot } from '../../src/paths.js'
+} from '../../src/host/capabilities.js'
+import { packageRoot } from '../../src/kernel/paths.js'
 import {
   assertCounted,
   exchange,

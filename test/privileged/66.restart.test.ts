@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { formatLe } from '../../src/exposition.js'
+import { formatLe } from '../../src/metrics/exposition.js'
 import {
   assertCounted,
   CLI,

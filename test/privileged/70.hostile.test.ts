@@ -28,7 +28,7 @@ import {
   type Json,
   type ScrapedSample,
 } from './harness.js'
-import { printable } from '../../src/format.js'
+import { printable } from '../../src/cli/trace-format.js'
 
 const { skip } = privileged()
 

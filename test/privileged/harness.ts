@@ -6,7 +6,7 @@ import { statSync } from 'node:fs'
 import path from 'node:path'
 import { createInterface } from 'node:readline'
 import { after } from 'node:test'
-import { packageRoot } from '../../src/paths.js'
+import { packageRoot } from '../../src/kernel/paths.js'
 
 export const CLI = path.join(packageRoot, 'dist', 'src', 'cli.js')
 export const TCPLOAD = path.join(packageRoot, 'test', 'helpers', 'bin', 'tcpload')

@@ -1,17 +1,16 @@
 import { describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 
-import { Aggregator, decodeAggEntry, OVERFLOW, UNATTRIBUTED } from '../../src/aggregates.js'
+import { Aggregator, decodeAggEntry, OVERFLOW, UNATTRIBUTED } from '../../src/metrics/aggregator.js'
 import type {
   AggregatorOptions,
   KernelEntry,
   LabelName,
-  Owner,
   Series,
   Snapshot,
-} from '../../src/aggregates.js'
-import type { Direction } from '../../src/events.js'
-import { loadBinding } from '../../src/native.js'
+} from '../../src/metrics/aggregator.js'
+import type { Direction, Owner } from '../../src/kernel/abi.js'
+import { loadBinding } from '../../src/kernel/binding.js'
 
 const NETNS = 4026531840
 /** a CLOCK_MONOTONIC "now" for entries that are fresh */

@@ -8,10 +8,10 @@ import assert from 'node:assert/strict'
 
 import fc from 'fast-check'
 
-import { parseIntArg, UsageError } from '../../src/args.js'
-import { ACCEPT_MODES } from '../../src/config.js'
-import { parseListenAddress, parseRunArgs } from '../../src/daemon.js'
-import { parseTraceArgs } from '../../src/trace.js'
+import { parseIntArg, UsageError } from '../../src/cli/args.js'
+import { ACCEPT_MODES } from '../../src/kernel/abi.js'
+import { parseListenAddress, parseRunArgs } from '../../src/cli/run.js'
+import { parseTraceArgs } from '../../src/cli/trace.js'
 
 const RUNS = Number(process.env['FC_NUM_RUNS'] ?? 1000)
 fc.configureGlobal({

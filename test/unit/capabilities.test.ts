@@ -1,7 +1,7 @@
 import { describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 
-import { UsageError } from '../../src/args.js'
+import { UsageError } from '../../src/cli/args.js'
 import {
   CAP_BPF,
   CAP_SYS_ADMIN,
@@ -13,11 +13,10 @@ import {
   dropCapabilities,
   formatKeep,
   keepPlan,
-  parseKeep,
   parseStatusCapabilities,
   type CapabilityBinding,
-} from '../../src/capabilities.js'
-import { parseRunArgs } from '../../src/daemon.js'
+} from '../../src/host/capabilities.js'
+import { parseKeep, parseRunArgs } from '../../src/cli/run.js'
 
 const bits = (...caps: number[]): bigint => caps.reduce((m, c) => m | capBit(c), 0n)
 /** What the systemd unit grants: CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH. */

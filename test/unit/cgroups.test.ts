@@ -5,8 +5,8 @@ import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/
 import os from 'node:os'
 import path from 'node:path'
 
-import { CgroupResolver, containerIdFromCgroupPath, nameFromCgroupPath } from '../../src/cgroups.js'
-import type { CgroupFs } from '../../src/cgroups.js'
+import { CgroupResolver, containerIdFromCgroupPath, nameFromCgroupPath } from '../../src/host/cgroups.js'
+import type { CgroupFs } from '../../src/host/cgroups.js'
 
 const ID = '3f4e1c2b9a8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f'
 const ID12 = ID.slice(0, 12)

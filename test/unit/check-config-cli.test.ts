@@ -10,7 +10,7 @@ import path from 'node:path'
 import fc from 'fast-check'
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml'
 
-import { packageRoot } from '../../src/paths.js'
+import { packageRoot } from '../../src/kernel/paths.js'
 
 const CLI = path.join(packageRoot, 'dist', 'src', 'cli.js')
 const EXAMPLE = path.join(packageRoot, 'config.example.yml')

@@ -11,7 +11,6 @@ import fc from 'fast-check'
 import { Document, stringify as stringifyYaml } from 'yaml'
 
 import {
-  ACCEPT_MODES,
   ConfigError,
   defaultConfig,
   describeChanges,
@@ -20,7 +19,8 @@ import {
   parseConfig,
   patternText,
   type Config,
-} from '../../src/config.js'
+} from '../../src/config/config.js'
+import { ACCEPT_MODES } from '../../src/kernel/abi.js'
 
 const RUNS = Number(process.env['FC_NUM_RUNS'] ?? 300)
 fc.configureGlobal({

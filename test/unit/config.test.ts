@@ -16,8 +16,8 @@ import {
   loadConfig,
   parseConfig,
   parseDuration,
-} from '../../src/config.js'
-import type { Config, ConfigProblem } from '../../src/config.js'
+} from '../../src/config/config.js'
+import type { Config, ConfigProblem } from '../../src/config/config.js'
 import { prng } from '../prng.js'
 
 const EXAMPLE = new URL('../../config.example.yml', import.meta.url)
@@ -331,7 +331,7 @@ test('deep nesting is refused before it is composed; parsing it again and again 
   // 64 levels in all is accepted as YAML (and then rejected by the schema, at its path)
   assertProblem(`labels: ${'['.repeat(63)}${']'.repeat(63)}\n`, 'labels[0]', 'is not a label')
   const script = [
-    `import { parseConfig } from ${JSON.stringify(new URL('../../src/config.ts', import.meta.url).href)}`,
+    `import { parseConfig } from ${JSON.stringify(new URL('../../src/config/config.ts', import.meta.url).href)}`,
     `const text = ${JSON.stringify(deep)}`,
     'for (let i = 0; i < 10; i++) { try { parseConfig(text, "x.yml") } catch {} }',
     'console.log("survived")',

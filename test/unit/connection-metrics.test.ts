@@ -13,10 +13,10 @@ import {
   type AggregatorOptions,
   type KernelEntry,
   type Snapshot,
-} from '../../src/aggregates.js'
-import { ConnectionExposition, connectionFamilies } from '../../src/connection-metrics.js'
-import { render, renderChunks, type Format, type MetricFamily } from '../../src/exposition.js'
-import { loadBinding } from '../../src/native.js'
+} from '../../src/metrics/aggregator.js'
+import { ConnectionExposition, connectionFamilies } from '../../src/metrics/connection-families.js'
+import { render, renderChunks, type Format, type MetricFamily } from '../../src/metrics/exposition.js'
+import { loadBinding } from '../../src/kernel/binding.js'
 import { prng } from '../prng.js'
 
 const { layout: L, constants: C } = loadBinding()

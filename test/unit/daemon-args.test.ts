@@ -1,10 +1,10 @@
 import { describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 
-import { UsageError } from '../../src/args.js'
-import { parseConfig } from '../../src/config.js'
-import { DEFAULT_LISTEN_ADDRESS, parseListenAddress, parseRunArgs } from '../../src/daemon.js'
-import { restartOnlyChanges } from '../../src/exporter.js'
+import { UsageError } from '../../src/cli/args.js'
+import { parseConfig } from '../../src/config/config.js'
+import { DEFAULT_LISTEN_ADDRESS, parseListenAddress, parseRunArgs } from '../../src/cli/run.js'
+import { restartOnlyChanges } from '../../src/exporter/exporter.js'
 
 /** Asserts that fn throws a UsageError whose message matches every pattern. */
 function throwsUsage(fn: () => unknown, ...patterns: RegExp[]): void {

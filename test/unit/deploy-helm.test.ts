@@ -26,9 +26,9 @@ import { ConfigMap } from 'kubernetes-models/v1/ConfigMap'
 import { Service } from 'kubernetes-models/v1/Service'
 import { parse as parseYaml } from 'yaml'
 
-import { parseConfig } from '../../src/config.js'
-import { parseRunArgs } from '../../src/daemon.js'
-import { packageRoot } from '../../src/paths.js'
+import { parseConfig } from '../../src/config/config.js'
+import { parseRunArgs } from '../../src/cli/run.js'
+import { packageRoot } from '../../src/kernel/paths.js'
 import { getK8sTools, helmHome, type K8sTools } from '../k8s-tools.js'
 import {
   isObject,

@@ -17,9 +17,9 @@ import { Service } from 'kubernetes-models/v1/Service'
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount'
 import { parse as parseYaml } from 'yaml'
 
-import { parseConfig, type Config } from '../../src/config.js'
-import { parseRunArgs } from '../../src/daemon.js'
-import { DEFAULT_PIN_PATH } from '../../src/state.js'
+import { parseConfig, type Config } from '../../src/config/config.js'
+import { parseRunArgs } from '../../src/cli/run.js'
+import { DEFAULT_PIN_PATH } from '../../src/kernel/pinned-state.js'
 import {
   matches,
   nulls,

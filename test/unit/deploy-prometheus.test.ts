@@ -9,7 +9,7 @@ import path from 'node:path'
 import { after, describe, test } from 'node:test'
 import { parse } from 'yaml'
 import { dashboard, render, type Panel } from '../../deploy/grafana/dashboard.js'
-import { packageRoot } from '../../src/paths.js'
+import { packageRoot } from '../../src/kernel/paths.js'
 
 const PROM_DIR = path.join(packageRoot, 'deploy', 'prometheus')
 const RULES = path.join(PROM_DIR, 'rules.yml')

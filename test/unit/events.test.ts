@@ -1,10 +1,10 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 
-import { decodeBatch, decodeComm, decodeEvent, formatIPv4, formatIPv6 } from '../../src/events.js'
-import type { TcpEvent } from '../../src/events.js'
-import { loadBinding } from '../../src/native.js'
-import type { EventLayout } from '../../src/native.js'
+import { decodeBatch, decodeComm, decodeEvent, formatIPv4, formatIPv6 } from '../../src/kernel/abi.js'
+import type { TcpEvent } from '../../src/kernel/abi.js'
+import { loadBinding } from '../../src/kernel/binding.js'
+import type { EventLayout } from '../../src/kernel/binding.js'
 
 const L: EventLayout = loadBinding().layout
 

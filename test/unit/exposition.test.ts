@@ -13,8 +13,8 @@ import {
   negotiate,
   render,
   renderChunks,
-} from '../../src/exposition.js'
-import type { Format, MetricFamily } from '../../src/exposition.js'
+} from '../../src/metrics/exposition.js'
+import type { Format, MetricFamily } from '../../src/metrics/exposition.js'
 
 const COUNTER: MetricFamily = {
   name: 'tcptracer_connects_total',

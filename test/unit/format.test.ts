@@ -1,9 +1,9 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 
-import type { TcpEvent } from '../../src/events.js'
-import { jsonLine, printable, textHeader, textLine } from '../../src/format.js'
-import type { TextOptions } from '../../src/format.js'
+import type { TcpEvent } from '../../src/kernel/abi.js'
+import { jsonLine, printable, textHeader, textLine } from '../../src/cli/trace-format.js'
+import type { TextOptions } from '../../src/cli/trace-format.js'
 
 /**
  * The subset of Python's %-formatting that tcptracer uses: %[-][width][.prec](s|d|f).

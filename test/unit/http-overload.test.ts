@@ -10,8 +10,8 @@ import { monitorEventLoopDelay } from 'node:perf_hooks'
 import type { FastifyInstance } from 'fastify'
 import pino from 'pino'
 
-import type { MetricFamily } from '../../src/exposition.js'
-import { build, HttpState, type HttpLimits, type MetricsSource } from '../../src/server.js'
+import type { MetricFamily } from '../../src/metrics/exposition.js'
+import { build, HttpState, type HttpLimits, type MetricsSource } from '../../src/http/server.js'
 
 const LOAD_CLIENT = new URL('./load-client.mjs', import.meta.url).pathname
 

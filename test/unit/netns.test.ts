@@ -6,7 +6,7 @@ import { link, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 
-import { netnsNames } from '../../src/netns.js'
+import { netnsNames } from '../../src/host/netns.js'
 
 const hex64 = (c: string): string => c.repeat(64)
 const ID_A = hex64('a')

@@ -8,15 +8,8 @@ import type { AddressInfo } from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 
-import {
-  AF_INET,
-  AF_INET6,
-  discoverListeners,
-  parseNsLink,
-  parseProcNetTcp,
-  parseSocketLink,
-} from '../../src/procfs.js'
-import type { ListenerOwner } from '../../src/procfs.js'
+import { discoverListeners, parseNsLink, parseProcNetTcp, parseSocketLink } from '../../src/host/procfs.js'
+import { AF_INET, AF_INET6, type ListenerOwner } from '../../src/kernel/abi.js'
 
 const TCP_HEADER =
   '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode'

@@ -8,9 +8,9 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import bcrypt from 'bcryptjs'
 import pino from 'pino'
 
-import type { MetricFamily } from '../../src/exposition.js'
-import { build, HttpState, type MetricsSource } from '../../src/server.js'
-import { EMPTY_WEB_CONFIG, type WebConfig } from '../../src/webconfig.js'
+import type { MetricFamily } from '../../src/metrics/exposition.js'
+import { build, HttpState, type MetricsSource } from '../../src/http/server.js'
+import { EMPTY_WEB_CONFIG, type WebConfig } from '../../src/config/webconfig.js'
 
 const basic = (user: string, password: string): string =>
   `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`

@@ -5,12 +5,13 @@ import { Writable } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
 import pino from 'pino'
 
-import type { CapabilityStatus } from '../../src/capabilities.js'
-import type { MetricFamily } from '../../src/exposition.js'
-import type { ProgramStatus } from '../../src/native.js'
-import { build } from '../../src/server.js'
-import type { HookStatus, MetricsSource, ServerOptions } from '../../src/server.js'
-import { NOT_ASKED_TO_PIN, type KernelState } from '../../src/state.js'
+import type { CapabilityStatus } from '../../src/host/capabilities.js'
+import type { MetricFamily } from '../../src/metrics/exposition.js'
+import type { ProgramStatus } from '../../src/kernel/binding.js'
+import { build } from '../../src/http/server.js'
+import type { HookStatus } from '../../src/kernel/tracer.js'
+import type { MetricsSource, ServerOptions } from '../../src/http/server.js'
+import { NOT_ASKED_TO_PIN, type KernelState } from '../../src/kernel/pinned-state.js'
 
 /** The Accept header Prometheus 2.x/3.x sends by default. */
 const PROMETHEUS_ACCEPT =

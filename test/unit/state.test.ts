@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { describe, test } from 'node:test'
-import { linksDir, newGeneration, planPinnedState, stateId, unpinAll } from '../../src/state.js'
+import { linksDir, newGeneration, planPinnedState, stateId, unpinAll } from '../../src/kernel/pinned-state.js'
 
 const binding = {
   layout: { aggKey: { size: 48 }, aggValue: { size: 360 } },

@@ -6,8 +6,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 
-import { loadBinding } from '../../src/native.js'
-import { createNotifier, startWatchdog, watchdogIntervalMs } from '../../src/systemd.js'
+import { loadBinding } from '../../src/kernel/binding.js'
+import { createNotifier, startWatchdog, watchdogIntervalMs } from '../../src/host/systemd.js'
 
 const ENV = { NOTIFY_SOCKET: '/run/systemd/notify' }
 

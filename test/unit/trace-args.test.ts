@@ -1,9 +1,9 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 
-import { parseIntArg, UsageError } from '../../src/args.js'
-import { parseTraceArgs } from '../../src/trace.js'
-import type { TraceArgs } from '../../src/trace.js'
+import { parseIntArg, UsageError } from '../../src/cli/args.js'
+import { parseTraceArgs } from '../../src/cli/trace.js'
+import type { TraceArgs } from '../../src/cli/trace.js'
 
 const DEFAULTS: TraceArgs = {
   timestamp: false,

@@ -12,9 +12,9 @@ import bcrypt from 'bcryptjs'
 import type { FastifyInstance } from 'fastify'
 import pino from 'pino'
 
-import type { MetricFamily } from '../../src/exposition.js'
-import { build, HttpState, type MetricsSource } from '../../src/server.js'
-import { parseWebConfig, type WebConfig } from '../../src/webconfig.js'
+import type { MetricFamily } from '../../src/metrics/exposition.js'
+import { build, HttpState, type MetricsSource } from '../../src/http/server.js'
+import { parseWebConfig, type WebConfig } from '../../src/config/webconfig.js'
 import { makePki, type Pki } from './certs.js'
 
 const HASH = bcrypt.hashSync('scrape-pw', 10).replace(/^\$2b\$/, '$2y$')

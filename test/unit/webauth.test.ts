@@ -4,7 +4,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks'
 
 import bcrypt from 'bcryptjs'
 
-import { AuthBusyError, BasicAuth, PasswordChecker, parseBasicAuth } from '../../src/webauth.js'
+import { AuthBusyError, BasicAuth, PasswordChecker, parseBasicAuth } from '../../src/http/webauth.js'
 
 const basic = (user: string, password: string): string =>
   `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`

@@ -5,7 +5,7 @@ import path from 'node:path'
 
 import bcrypt from 'bcryptjs'
 
-import { ConfigError, type ConfigProblem } from '../../src/config.js'
+import { ConfigError, type ConfigProblem } from '../../src/config/config.js'
 import {
   describeWebChanges,
   EMPTY_WEB_CONFIG,
@@ -13,7 +13,7 @@ import {
   parseGoDuration,
   parseWebConfig,
   parseWebConfigText,
-} from '../../src/webconfig.js'
+} from '../../src/config/webconfig.js'
 import { makePki, type Pki } from './certs.js'
 
 // cost 4: fast to make; the format and the checks do not depend on the cost

@@ -1,12 +1,19 @@
 // A thin typed wrapper over the native Tracer: options in, typed events out.
 // The binding is injectable so pure logic can be tested without the kernel.
-import { closeSync, openSync, readSync } from 'node:fs'
 import os from 'node:os'
-import { decodeBatch, type TcpEvent } from './events.js'
+import {
+  AF_INET,
+  decodeBatch,
+  decodeComm,
+  isV4Mapped,
+  type AcceptHook,
+  type AcceptMode,
+  type ListenerOwner,
+  type Owner,
+  type TcpEvent,
+} from './abi.js'
+import { checkBtfFile } from './btf.js'
 import { bpfObjectPath } from './paths.js'
-import type { AcceptHook, AcceptMode } from './config.js'
-import type { Owner } from './aggregates.js'
-import { AF_INET, type ListenerOwner } from './procfs.js'
 import {
   loadBinding,
   type Binding,
@@ -18,9 +25,7 @@ import {
   type MapInfo,
   type NativeTracer,
   type ProgramStatus,
-} from './native.js'
-
-export type { AcceptHook, AcceptMode }
+} from './binding.js'
 
 /** The programs each accept hook loads; listener mode needs none beyond the backbone. */
 export const ACCEPT_PROGRAMS: Readonly<Record<AcceptHook, readonly string[]>> = {
@@ -47,6 +52,14 @@ export interface HookProbe {
 export interface HookMode {
   hook: 'state' | 'accept'
   mode: string
+}
+
+/** A hook as the exporter reports it: for accepts, with the candidates tried before it. */
+export interface HookStatus {
+  hook: string
+  mode: string
+  /** the candidates tried before this one, and why each failed */
+  rejected?: ReadonlyArray<{ mode: string; error: string }>
 }
 
 export interface TracerOptions {
@@ -139,35 +152,6 @@ export const PINNED_MAPS = [
   'netns_filter',
   'port_filter',
 ] as const
-
-/** btf_path (or --btf) names no usable BTF file. */
-export class BtfFileError extends Error {
-  override name = 'BtfFileError'
-}
-
-/**
- * A BTF file libbpf can read: raw BTF (like /sys/kernel/btf/vmlinux) or an ELF file with a
- * .BTF section. Checked here so a wrong path is named as such, not as a failed program load.
- */
-export function checkBtfFile(file: string): void {
-  const fix =
-    'btf_path must name the kernel BTF: a raw BTF file (magic 0xeB9F) or an ELF file with a .BTF section'
-  let head: Buffer
-  try {
-    const fd = openSync(file, 'r')
-    try {
-      head = Buffer.alloc(4)
-      readSync(fd, head, 0, 4, 0)
-    } finally {
-      closeSync(fd)
-    }
-  } catch (e) {
-    throw new BtfFileError(`btf_path ${file}: ${(e as Error).message}; ${fix}`)
-  }
-  const rawBtf = head.readUInt16LE(0) === 0xeb9f || head.readUInt16BE(0) === 0xeb9f
-  const elf = head.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))
-  if (!rawBtf && !elf) throw new BtfFileError(`btf_path ${file}: not a BTF or ELF file; ${fix}`)
-}
 
 function checkUint(name: string, v: number, min: number, max: number): number {
   if (!Number.isInteger(v) || v < min || v > max) {
@@ -515,15 +499,10 @@ export class TcpTracer {
     const T = L.tupleKey
     const S = L.seedValue
     return this.native.mapEntries('seeded').map(({ key, value }) => {
-      const commStart = S.owner + 16
-      const nul = value.indexOf(0, commStart)
-      const commEnd = nul < 0 || nul > commStart + L.commLen ? commStart + L.commLen : nul
       const daddr = key.subarray(T.daddr, T.daddr + 16)
-      const v4 =
-        key.readUInt16LE(T.family) === AF_INET ||
-        (daddr.subarray(0, 10).every((b) => b === 0) && daddr[10] === 0xff && daddr[11] === 0xff)
+      const v4 = key.readUInt16LE(T.family) === AF_INET || isV4Mapped(daddr)
       return {
-        comm: value.toString('utf8', commStart, commEnd),
+        comm: decodeComm(value, S.owner + 16, L.commLen),
         netns: key.readUInt32LE(T.netns),
         pid: value.readUInt32LE(S.owner + 8),
         cgroupId: value.readBigUInt64LE(S.owner),

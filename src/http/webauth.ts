@@ -12,7 +12,7 @@ import { createHmac, randomBytes } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { Worker } from 'node:worker_threads'
 
-import { BCRYPT_RE } from './webconfig.js'
+import { BCRYPT_RE } from '../config/webconfig.js'
 
 interface CheckRequest {
   id: number

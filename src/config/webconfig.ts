@@ -1,7 +1,7 @@
 // The web config file (--web.config.file): TLS, basic auth, extra response headers and a request rate
 // limit, in the Prometheus exporter-toolkit format (docs/web-configuration.md in prometheus/exporter-toolkit).
 //
-// Like src/config.ts, a zod schema is the source of truth and every object is strict: a key we do not know is
+// Like src/config/config.ts, a zod schema is the source of truth and every object is strict: a key we do not know is
 // an error, and so is a key of the toolkit's format that we do not implement (never silently ignored). After
 // the schema, the referenced files are read and checked (the certificate must match its key, a CA file must
 // hold certificates), so a file that loads is one the server can use.

@@ -2,7 +2,7 @@
 // reload and stop announcements, and watchdog keep-alives. The datagram itself is sent by the addon's
 // sdNotify(); everything here is a no-op when $NOTIFY_SOCKET is unset, and a failed notification is
 // reported, never thrown: it must not take the daemon down.
-import { loadBinding } from './native.js'
+import { loadBinding } from '../kernel/binding.js'
 
 export interface Notifier {
   /** READY=1, with an optional STATUS=; also sent again when a reload has finished. */

@@ -8,25 +8,8 @@
 import { access, readdir, readFile, readlink, stat } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
+import { AF_INET, AF_INET6, type ListenerOwner } from '../kernel/abi.js'
 import { cgroup2Root } from './cgroups.js'
-
-export const AF_INET = 2
-export const AF_INET6 = 10
-
-export interface ListenerOwner {
-  /** network namespace inode (from readlink /proc/<pid>/ns/net => "net:[4026531840]") */
-  netns: number
-  /** local port, host order */
-  port: number
-  /** AF_INET for /proc/<pid>/net/tcp, AF_INET6 for tcp6 */
-  family: typeof AF_INET | typeof AF_INET6
-  /** tgid of an owning process */
-  pid: number
-  /** /proc/<pid>/comm without trailing newline */
-  comm: string
-  /** inode number of the process's cgroup v2 directory; 0n when it cannot be resolved */
-  cgroupId: bigint
-}
 
 export interface DiscoverOptions {
   /** default '/proc' */

@@ -1,6 +1,25 @@
-// Decoding of the ring buffer's `struct event` records (bpf/tcptracer.h) into typed
-// events. Offsets come from the addon's layout, never from this file.
-import type { EventLayout } from './native.js'
+// The kernel's records and enums (bpf/tcptracer.h) as TypeScript sees them: the ring buffer's
+// `struct event` decoded into typed events, and the values and owner shapes the maps hold. Offsets
+// come from the addon's layout, never from this file.
+import type { EventLayout } from './binding.js'
+
+/** Address families, as the kernel numbers them (struct tuple_key's family, /proc/net/tcp vs tcp6). */
+export const AF_INET = 2
+export const AF_INET6 = 10
+
+/** Whether 16 address bytes are an IPv4-mapped IPv6 address (::ffff:a.b.c.d). */
+export function isV4Mapped(b: Buffer): boolean {
+  return b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff
+}
+
+/**
+ * How accepted connections are attributed to a process; see docs/tracer.md.
+ * `auto` takes the first of fexit, kprobe and listener that this kernel attaches.
+ */
+export const ACCEPT_MODES = ['auto', 'fexit', 'kprobe', 'syscall', 'listener'] as const
+export type AcceptMode = (typeof ACCEPT_MODES)[number]
+/** An accept hook actually in use. */
+export type AcceptHook = Exclude<AcceptMode, 'auto'>
 
 export const EVENT_TYPES = { 1: 'connect', 2: 'accept', 3: 'close', 4: 'connect_failed' } as const
 export type EventType = (typeof EVENT_TYPES)[keyof typeof EVENT_TYPES]
@@ -10,6 +29,35 @@ export type FailReason = (typeof FAIL_REASONS)[keyof typeof FAIL_REASONS]
 
 export const DIRECTIONS = { 1: 'outbound', 2: 'inbound' } as const
 export type Direction = (typeof DIRECTIONS)[keyof typeof DIRECTIONS]
+
+/** Who a kernel aggregation entry or a seeded connection is counted against. */
+export interface Owner {
+  comm: string
+  netns: number
+  pid: number
+  cgroupId: bigint
+  port: number
+  ip: 4 | 6
+  direction: Direction
+  overflow?: boolean
+  unattributed?: boolean
+}
+
+/** The owner of a listening socket, as the `listeners` map holds it (struct listener_key and listener_value). */
+export interface ListenerOwner {
+  /** network namespace inode (from readlink /proc/<pid>/ns/net => "net:[4026531840]") */
+  netns: number
+  /** local port, host order */
+  port: number
+  /** AF_INET for /proc/<pid>/net/tcp, AF_INET6 for tcp6 */
+  family: typeof AF_INET | typeof AF_INET6
+  /** tgid of an owning process */
+  pid: number
+  /** /proc/<pid>/comm without trailing newline */
+  comm: string
+  /** inode number of the process's cgroup v2 directory; 0n when it cannot be resolved */
+  cgroupId: bigint
+}
 
 export interface TcpEvent {
   type: EventType
@@ -65,11 +113,14 @@ export function formatIPv6(b: Uint8Array, off = 0): string {
   return `${hex(groups.slice(0, bestStart))}::${hex(groups.slice(bestStart + bestLen))}`
 }
 
-/** A NUL-terminated kernel char array, decoded as UTF-8 with U+FFFD for invalid bytes. */
+/**
+ * A NUL-terminated kernel char array of `len` bytes at `off` (a comm in an event, an aggregation key or a
+ * seeded owner), decoded as UTF-8 with U+FFFD for invalid bytes.
+ */
 export function decodeComm(b: Uint8Array, off: number, len: number): string {
-  let end = off
-  while (end < off + len && b[end] !== 0) end++
-  return Buffer.from(b.buffer, b.byteOffset + off, end - off).toString('utf8')
+  const buf = Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength)
+  const nul = buf.indexOf(0, off)
+  return buf.toString('utf8', off, nul < 0 || nul > off + len ? off + len : nul)
 }
 
 function lookup<T>(table: Record<number, T>, v: number, what: string): T {

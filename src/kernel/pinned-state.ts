@@ -12,7 +12,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync, statfsSync } from 'node:fs'
 import path from 'node:path'
-import type { Binding } from './native.js'
+import type { Binding } from './binding.js'
 
 /**
  * Where the systemd unit pins the kernel state (`--bpf.pin-path`), and where `unpin` looks by default.

@@ -7,7 +7,7 @@
 // LabelSetSeries object). A scrape copies those bytes into the chunks it sends. connectionFamilies() is
 // the same families as plain samples: what the rendering ahead must match byte for byte (exposition.ts
 // renders them; test/unit/connection-metrics.test.ts compares).
-import { FAIL_REASON_NAMES, type LabelSetSeries, type Series } from './aggregates.js'
+import { FAIL_REASON_NAMES, type LabelSetSeries, type Series } from './aggregator.js'
 import {
   formatLe,
   formatValue,

@@ -1,17 +1,17 @@
 // The exporter's core: the tracer in aggregation mode, the label-set bookkeeping,
 // and the metric families computed from both at scrape time.
 import { mkdirSync } from 'node:fs'
-import os from 'node:os'
-import { AggregateDump, Aggregator, decodeAggEntry, type Owner } from './aggregates.js'
-import { capabilityNames, threadCapabilities, type CapabilityStatus } from './capabilities.js'
-import { CgroupResolver } from './cgroups.js'
-import { ConnectionExposition } from './connection-metrics.js'
-import type { Config } from './config.js'
-import type { MetricFamily, Sample } from './exposition.js'
-import type { ProgramStatus } from './native.js'
-import { netnsNames } from './netns.js'
-import { AF_INET, discoverSockets, type ConnectionOwner } from './procfs.js'
-import { loadBinding } from './native.js'
+import { AggregateDump, Aggregator, decodeAggEntry } from '../metrics/aggregator.js'
+import { ConnectionExposition } from '../metrics/connection-families.js'
+import type { MetricFamily } from '../metrics/exposition.js'
+import { capabilityFamily, selfFamilies } from '../metrics/self-metrics.js'
+import type { CapabilityStatus } from '../host/capabilities.js'
+import { CgroupResolver } from '../host/cgroups.js'
+import { netnsNames } from '../host/netns.js'
+import { discoverSockets, type ConnectionOwner } from '../host/procfs.js'
+import type { Config } from '../config/config.js'
+import { AF_INET, isV4Mapped, type Owner } from '../kernel/abi.js'
+import { loadBinding, type ProgramStatus } from '../kernel/binding.js'
 import {
   commitPinnedState,
   discardState,
@@ -21,10 +21,14 @@ import {
   stateId,
   type KernelState,
   type PinPlan,
-} from './state.js'
-import { ACCEPT_PROGRAMS, TcpTracer, type SeedConnection, type TracerOptions } from './tracer.js'
-import type { HookStatus } from './server.js'
-import { version } from './paths.js'
+} from '../kernel/pinned-state.js'
+import {
+  ACCEPT_PROGRAMS,
+  TcpTracer,
+  type HookStatus,
+  type SeedConnection,
+  type TracerOptions,
+} from '../kernel/tracer.js'
 
 /** Blocks at least this large are mapped on their own, and unmapped when freed (glibc's default start). */
 const MMAP_THRESHOLD = 128 * 1024
@@ -48,10 +52,6 @@ export function restartOnlyChanges(old: Config, next: Config): string[] {
 export function hookStatus(tracer: Pick<TcpTracer, 'hooks' | 'hookProbes'>): HookStatus[] {
   const rejected = tracer.hookProbes.filter((p) => !p.ok).map((p) => ({ mode: p.mode, error: p.error ?? '' }))
   return tracer.hooks().map((h) => (h.hook === 'accept' && rejected.length > 0 ? { ...h, rejected } : h))
-}
-
-function isV4Mapped(b: Buffer): boolean {
-  return b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff
 }
 
 export function seedOf(c: ConnectionOwner): SeedConnection {
@@ -149,7 +149,7 @@ export class Exporter {
   readonly hooks: HookStatus[]
   /** the last scrape's error reading the kernel maps, for /readyz */
   lastReadError: string | undefined
-  /** what the daemon did with its capabilities once started (src/capabilities.ts), for /readyz */
+  /** what the daemon did with its capabilities once started (src/host/capabilities.ts), for /readyz */
   capabilities: CapabilityStatus | undefined
 
   private constructor(
@@ -478,197 +478,22 @@ export class Exporter {
     const stats = this.tracer.kernelStats()
     return [
       ...this.exposition.families(snap.sets, this.config.histogram.buckets_seconds),
-      ...this.selfFamilies(stats, snap.admitted, snap.folded),
-      await this.capabilityFamily(),
-    ]
-  }
-
-  /** The capabilities the process holds now: any thread's, read from /proc/self/task at each scrape. */
-  private async capabilityFamily(): Promise<MetricFamily> {
-    let effective = 0n
-    let permitted = 0n
-    // a self-metric that cannot be read leaves the family empty rather than failing the scrape
-    for (const t of await threadCapabilities('self').catch(() => [])) {
-      effective |= t.effective
-      permitted |= t.permitted
-    }
-    const samples = (set: string, mask: bigint): Sample[] =>
-      capabilityNames(mask).map((c) => ({
-        labels: [
-          ['set', set],
-          ['capability', c],
-        ],
-        value: 1,
-      }))
-    return {
-      name: 'tcptracer_capability_info',
-      help: 'Capabilities the exporter process holds now (in any thread), by set: effective and permitted. After startup only the ones it still uses are left (--capabilities.keep).',
-      type: 'info',
-      samples: [...samples('effective', effective), ...samples('permitted', permitted)],
-    }
-  }
-
-  private selfFamilies(
-    stats: ReturnType<TcpTracer['kernelStats']>,
-    admitted: number,
-    folded: number,
-  ): MetricFamily[] {
-    const n = Number
-    return [
-      {
-        name: 'tcptracer_build_info',
-        help: 'Build information: the exporter version, the libbpf it runs with and the kernel release.',
-        type: 'info',
-        samples: [
-          {
-            labels: [
-              ['version', version],
-              ['libbpf_version', this.tracer.libbpfVersion],
-              ['kernel', os.release()],
-            ],
-            value: 1,
-          },
-        ],
-      },
-      {
-        name: 'tcptracer_program_attached',
-        help: 'Whether each BPF program is attached (1) or not (0), and to which hook.',
-        type: 'gauge',
-        samples: this.programs.map((p) => ({
-          labels: [
-            ['program', p.name],
-            ['hook', p.section],
-          ],
-          value: p.attached ? 1 : 0,
-        })),
-      },
-      {
-        name: 'tcptracer_program_recursion_misses_total',
-        help: 'Runs of each BPF program the kernel skipped because the program was already running on that CPU (an event lost unless handle_set_state_nested handled it).',
-        type: 'counter',
-        samples: this.tracer
-          .recursionMisses()
-          .map((p) => ({ labels: [['program', p.name]], value: n(p.misses) })),
-      },
-      {
-        name: 'tcptracer_hook_info',
-        help: 'How each part of the tracer is hooked into the kernel: hook="state" is the connection state backbone, hook="accept" attributes accepts (fexit, kprobe, syscall or listener).',
-        type: 'info',
-        samples: this.hooks.map((h) => ({
-          labels: [
-            ['hook', h.hook],
-            ['mode', h.mode],
-          ],
-          value: 1,
-        })),
-      },
-      {
-        name: 'tcptracer_kernel_state_info',
-        help: 'Where the kernel state (counters, open connections, listeners) lives: origin="restored" when this run took it over from the previous one, "new" when pinned by this run, "unpinned" when it ends with this process (a restart resets the counters); path is its bpffs directory.',
-        type: 'info',
-        samples: [
-          {
-            labels: [
-              ['origin', this.kernelState.origin],
-              ['path', this.kernelState.path],
-            ],
-            value: 1,
-          },
-        ],
-      },
-      {
-        name: 'tcptracer_events_lost_total',
-        help: 'Per-event records the kernel could not put in the ring buffer (only while events are consumed).',
-        type: 'counter',
-        samples: [{ labels: [], value: n(stats.eventsLost) }],
-      },
-      {
-        name: 'tcptracer_kernel_map_update_failures_total',
-        help: 'Kernel map updates that failed: state = per-connection or listener state (that connection is not counted), aggregates = the aggregation map was full (counted in the overflow series instead).',
-        type: 'counter',
-        samples: [
-          { labels: [['map', 'state']], value: n(stats.mapUpdateFailed) },
-          { labels: [['map', 'aggregates']], value: n(stats.aggregationFull) },
-        ],
-      },
-      {
-        name: 'tcptracer_unattributed_total',
-        help: 'Connections whose owning process could not be determined: accept = listener owner unknown (listener mode), or never returned by an accept the hook sees (syscall mode: io_uring accepts; every mode: closed while still queued); connect = connect() began before the exporter started.',
-        type: 'counter',
-        samples: [
-          { labels: [['kind', 'accept']], value: n(stats.acceptUnattributed) },
-          { labels: [['kind', 'connect']], value: n(stats.connectUnattributed) },
-        ],
-      },
-      {
-        name: 'tcptracer_unseen_total',
-        help: "State changes the kernel never ran the BPF programs for, found later and counted then: close = a counted connection's close, found when a new socket reused its memory or by the walk before each scrape (in tcptracer_closes_total, not in the lifetime histogram or the byte counters); connect = an outbound connection's establishment, found at its close (connect and close counted then, lifetime from connect()).",
-        type: 'counter',
-        samples: [
-          { labels: [['kind', 'close']], value: n(stats.closeUnseen) },
-          { labels: [['kind', 'connect']], value: n(stats.connectUnseen) },
-        ],
-      },
-      {
-        name: 'tcptracer_label_sets_dropped_total',
-        help: 'Label sets folded into the __overflow__ series because limits.max_label_sets was reached.',
-        type: 'counter',
-        samples: [{ labels: [], value: this.aggregator.foldedTotal }],
-      },
-      {
-        name: 'tcptracer_label_sets_expired_total',
-        help: 'Label sets removed after limits.idle_expiry without activity and with no open connection.',
-        type: 'counter',
-        samples: [{ labels: [], value: this.aggregator.expiredTotal }],
-      },
-      {
-        name: 'tcptracer_label_sets',
-        help: 'Label sets tracked now: admitted have their own series, folded are counted in __overflow__.',
-        type: 'gauge',
-        samples: [
-          { labels: [['state', 'admitted']], value: admitted },
-          { labels: [['state', 'folded']], value: folded },
-        ],
-      },
-      {
-        name: 'tcptracer_config_reloads_total',
-        help: 'Config reloads (SIGHUP), by result.',
-        type: 'counter',
-        samples: [
-          { labels: [['result', 'success']], value: this.reloads.success },
-          { labels: [['result', 'failure']], value: this.reloads.failure },
-        ],
-      },
-      {
-        name: 'tcptracer_config_last_reload_successful',
-        help: 'Whether the last config reload succeeded (1) or failed (0).',
-        type: 'gauge',
-        samples: [{ labels: [], value: this.reloads.lastSuccess ? 1 : 0 }],
-      },
-      {
-        name: 'tcptracer_config_last_reload_success_timestamp_seconds',
-        help: 'Time of the last successful config load, in seconds since the epoch.',
-        type: 'gauge',
-        samples: [{ labels: [], value: this.reloads.lastSuccessTime }],
-      },
-      {
-        name: 'tcptracer_start_time_seconds',
-        help: 'Time the exporter started, in seconds since the epoch.',
-        type: 'gauge',
-        samples: [{ labels: [], value: this.startedAt / 1000 }],
-      },
-      {
-        name: 'tcptracer_netns_info',
-        help: 'Names of network namespaces: ip netns names and container:<id>; join on netns.',
-        type: 'info',
-        samples: [...this.netnsNames].map(([ino, name]) => ({
-          labels: [
-            ['netns', String(ino)],
-            ['name', name],
-          ],
-          value: 1,
-        })),
-      },
+      ...selfFamilies({
+        stats,
+        admitted: snap.admitted,
+        folded: snap.folded,
+        foldedTotal: this.aggregator.foldedTotal,
+        expiredTotal: this.aggregator.expiredTotal,
+        libbpfVersion: this.tracer.libbpfVersion,
+        programs: this.programs,
+        recursionMisses: this.tracer.recursionMisses(),
+        hooks: this.hooks,
+        kernelState: this.kernelState,
+        reloads: this.reloads,
+        startedAt: this.startedAt,
+        netnsNames: this.netnsNames,
+      }),
+      await capabilityFamily(),
     ]
   }
 

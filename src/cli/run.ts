@@ -1,17 +1,24 @@
-// `tcptracer-exporter run` (the default command) and `check-config`.
-import pino, { type Logger } from 'pino'
-import pretty from 'pino-pretty'
+// `tcptracer-exporter run` (the default command): flags, then the exporter and its HTTP server until a signal.
 import { readFile } from 'node:fs/promises'
 import { parseFlags, parseIntArg, UsageError } from './args.js'
-import { dropCapabilities, heldCapabilities, KEEP_FLAG, parseKeep, type KeepSpec } from './capabilities.js'
-import { ConfigError, describeChanges, loadConfig, type Config } from './config.js'
-import { Exporter } from './exporter.js'
-import { loadBinding } from './native.js'
-import { version } from './paths.js'
-import { build, DEFAULT_MAX_REQUESTS, HttpState } from './server.js'
-import { DEFAULT_PIN_PATH, hasPinnedState, onExit, unpinAll, type Unpinned } from './state.js'
-import { createNotifier, startWatchdog, watchdogIntervalMs } from './systemd.js'
-import { describeWebChanges, loadWebConfig, type WebConfig } from './webconfig.js'
+import { createLogger, LOG_LEVELS, type LogFormat, type LogLevel } from './logger.js'
+import {
+  capabilityNumber,
+  capBit,
+  CAPABILITY_NAMES,
+  dropCapabilities,
+  heldCapabilities,
+  KEEP_FLAG,
+  type KeepSpec,
+} from '../host/capabilities.js'
+import { ConfigError, describeChanges, loadConfig, type Config } from '../config/config.js'
+import { Exporter } from '../exporter/exporter.js'
+import { loadBinding } from '../kernel/binding.js'
+import { version } from '../kernel/paths.js'
+import { build, DEFAULT_MAX_REQUESTS, HttpState } from '../http/server.js'
+import { DEFAULT_PIN_PATH, hasPinnedState, onExit } from '../kernel/pinned-state.js'
+import { createNotifier, startWatchdog, watchdogIntervalMs } from '../host/systemd.js'
+import { describeWebChanges, loadWebConfig, type WebConfig } from '../config/webconfig.js'
 
 export const DEFAULT_LISTEN_ADDRESS = ':19427'
 
@@ -49,9 +56,6 @@ Examples:
   tcptracer-exporter check-config --config.file=/etc/tcptracer-exporter.yml --web.config.file=/etc/web.yml
 `
 
-const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const
-type LogLevel = (typeof LOG_LEVELS)[number]
-
 export interface RunArgs {
   listenAddress: string
   host: string
@@ -61,12 +65,32 @@ export interface RunArgs {
   webConfigFile: string | undefined
   maxRequests: number
   logLevel: LogLevel
-  logFormat: 'json' | 'pretty' | 'auto'
+  logFormat: LogFormat
   /** undefined: not pinned */
   pinPath: string | undefined
   /** --capabilities.keep */
   capabilitiesKeep: KeepSpec
   help: boolean
+}
+
+/** --capabilities.keep: auto, all, none or a list of capabilities (a usage error otherwise). */
+export function parseKeep(raw: string): KeepSpec {
+  const v = raw.trim().toLowerCase()
+  if (v === 'auto') return { kind: 'auto' }
+  if (v === 'all') return { kind: 'all' }
+  if (v === 'none') return { kind: 'list', mask: 0n }
+  let mask = 0n
+  for (const part of v.split(',')) {
+    const n = capabilityNumber(part)
+    if (part.trim() === '' || n === undefined) {
+      throw new UsageError(
+        `${KEEP_FLAG} must be auto, all, none or a comma-separated list of capabilities such as ` +
+          `cap_sys_ptrace; "${part.trim()}" is not a capability (known: ${CAPABILITY_NAMES.join(', ')})`,
+      )
+    }
+    mask |= capBit(n)
+  }
+  return { kind: 'list', mask }
 }
 
 /** "[host]:port": ":9100" (all interfaces), "127.0.0.1:9100", "[::1]:9100", "localhost:9100". */
@@ -130,84 +154,6 @@ export function parseRunArgs(argv: string[]): RunArgs {
     capabilitiesKeep: parseKeep(values['capabilities.keep']),
     help: values.help,
   }
-}
-
-export function createLogger(level: LogLevel, format: RunArgs['logFormat']): Logger {
-  const usePretty = format === 'pretty' || (format === 'auto' && process.stderr.isTTY)
-  const base = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }
-  // logs go to stderr: stdout stays free for what commands print
-  return usePretty
-    ? pino(base, pretty({ destination: 2, sync: true, colorize: process.stderr.isTTY }))
-    : pino(base, pino.destination({ dest: 2, sync: true }))
-}
-
-export async function runCheckConfig(argv: string[]): Promise<number> {
-  const values = parseFlags(argv, {
-    'config.file': { type: 'string' },
-    'web.config.file': { type: 'string' },
-    help: { type: 'boolean', short: 'h', default: false },
-  })
-  if (values.help) {
-    process.stdout.write(
-      'Usage: tcptracer-exporter check-config [--config.file=FILE] [--web.config.file=FILE]\n\n' +
-        'Validate a config file, a web config file (and the certificates and keys it names), or both:\n' +
-        'exit 0 when valid, 2 with every problem when not.\n',
-    )
-    return 0
-  }
-  const file = values['config.file']
-  const webFile = values['web.config.file']
-  if (!file && !webFile) {
-    throw new UsageError('check-config needs --config.file=FILE, --web.config.file=FILE or both')
-  }
-  let code = 0
-  const check = async (f: string, load: (f: string) => Promise<unknown>): Promise<void> => {
-    try {
-      await load(f)
-      process.stdout.write(`${f}: valid\n`)
-    } catch (e) {
-      if (!(e instanceof ConfigError)) throw e
-      process.stderr.write(`${e.message}\n`)
-      code = 2
-    }
-  }
-  if (file) await check(file, loadConfig)
-  if (webFile) await check(webFile, loadWebConfig)
-  return code
-}
-
-export const UNPIN_HELP = `Usage: tcptracer-exporter unpin [--bpf.pin-path=DIR]
-
-Remove the kernel state the exporter pinned in bpffs (default "${DEFAULT_PIN_PATH}"): its
-programs detach and its counters are freed once no running exporter holds them. Run it after
-stopping the exporter for good (scripts/install.sh --uninstall does). Where DIR is a mount point
-(the host's directory mounted into a container), its contents go and DIR itself stays, empty.
-`
-
-/** \`tcptracer-exporter unpin\`: remove the pinned kernel state. */
-export function runUnpin(argv: string[]): number {
-  const values = parseFlags(argv, {
-    'bpf.pin-path': { type: 'string', default: DEFAULT_PIN_PATH },
-    help: { type: 'boolean', short: 'h', default: false },
-  })
-  if (values.help) {
-    process.stdout.write(UNPIN_HELP)
-    return 0
-  }
-  const dir = values['bpf.pin-path']
-  if (!dir.startsWith('/')) throw new UsageError(`--bpf.pin-path must be an absolute path, got "${dir}"`)
-  let result: Unpinned
-  try {
-    result = unpinAll(dir)
-  } catch (e) {
-    process.stderr.write(`tcptracer-exporter unpin: ${(e as Error).message}\n`)
-    return 1
-  }
-  const lines = result.removed.map((d) => `removed ${d}\n`)
-  if (lines.length === 0) lines.push(`${dir}: nothing pinned\n`)
-  if (result.kept !== undefined) lines.push(`${result.kept}\n`)
-  process.stdout.write(lines.join(''))
-  return 0
 }
 
 /** Run the exporter until SIGTERM/SIGINT; resolves with the exit code. */

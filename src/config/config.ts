@@ -9,18 +9,11 @@ import { readFile } from 'node:fs/promises'
 import { LineCounter, Parser, parseDocument } from 'yaml'
 import { z } from 'zod'
 
+import { ACCEPT_MODES } from '../kernel/abi.js'
+
 /** Labels a metric can be broken down by. */
 export const LABELS = ['comm', 'netns', 'family', 'pid', 'cgroup', 'port'] as const
 export type Label = (typeof LABELS)[number]
-
-/**
- * How accepted connections are attributed to a process; see docs/tracer.md.
- * `auto` takes the first of fexit, kprobe and listener that this kernel attaches.
- */
-export const ACCEPT_MODES = ['auto', 'fexit', 'kprobe', 'syscall', 'listener'] as const
-export type AcceptMode = (typeof ACCEPT_MODES)[number]
-/** An accept hook actually in use. */
-export type AcceptHook = Exclude<AcceptMode, 'auto'>
 
 const DEFAULT_LABELS: readonly Label[] = ['comm', 'netns', 'family']
 const DEFAULT_BUCKETS: readonly number[] = [

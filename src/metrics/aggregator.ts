@@ -2,11 +2,12 @@
 // project them onto the configured labels, enforce the cardinality cap and
 // expire idle label sets. No per-event work happens here: the kernel counted
 // every event; this runs once per scrape over at most `aggs`' max_entries.
-import type { Direction } from './events.js'
-import type { EventLayout, NativeConstants } from './native.js'
+import { decodeComm, type Direction, type Owner } from '../kernel/abi.js'
+import type { EventLayout, NativeConstants } from '../kernel/binding.js'
+import type { Label } from '../config/config.js'
 
-export const LABEL_NAMES = ['comm', 'netns', 'family', 'pid', 'cgroup', 'port'] as const
-export type LabelName = (typeof LABEL_NAMES)[number]
+/** A label of the configured set (config's `labels`). */
+export type LabelName = Label
 
 /** The label value every configured label takes on the overflow series. */
 export const OVERFLOW = '__overflow__'
@@ -47,10 +48,8 @@ export interface EntryOwner extends Owner {
 function ownerAt(keys: Buffer, base: number, L: EventLayout, C: NativeConstants): EntryOwner {
   const K = L.aggKey
   const flags = keys.readUInt8(base + K.flags)
-  const comm = base + K.comm
-  const commEnd = keys.indexOf(0, comm)
   return {
-    comm: keys.toString('utf8', comm, commEnd < 0 || commEnd > comm + L.commLen ? comm + L.commLen : commEnd),
+    comm: decodeComm(keys, base + K.comm, L.commLen),
     netns: keys.readUInt32LE(base + K.netns),
     pid: keys.readUInt32LE(base + K.pid),
     cgroupId: keys.readBigUInt64LE(base + K.cgroup_id),
@@ -97,18 +96,6 @@ export function decodeAggEntry(
 }
 
 /** Who owns a connection, as far as labels go: a kernel entry or a seeded connection. */
-export interface Owner {
-  comm: string
-  netns: number
-  pid: number
-  cgroupId: bigint
-  port: number
-  ip: 4 | 6
-  direction: Direction
-  overflow?: boolean
-  unattributed?: boolean
-}
-
 /** One label set's values for one direction. */
 export interface Series {
   /** configured labels in configured order */

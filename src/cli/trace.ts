@@ -1,12 +1,12 @@
 // `tcptracer-exporter trace`: live events, printed the way BCC's tcptracer prints them.
 import { formatUsage, parseFlags, parseIntArg, UsageError } from './args.js'
-import type { TcpEvent } from './events.js'
-import { jsonLine, textHeader, textLine, type TextOptions } from './format.js'
-import { loadBinding } from './native.js'
-import { discoverListeners } from './procfs.js'
-import { ACCEPT_MODES, type AcceptMode } from './config.js'
-import { dropCapabilities, heldCapabilities } from './capabilities.js'
-import { TcpTracer } from './tracer.js'
+import type { TcpEvent } from '../kernel/abi.js'
+import { jsonLine, textHeader, textLine, type TextOptions } from './trace-format.js'
+import { loadBinding } from '../kernel/binding.js'
+import { discoverListeners } from '../host/procfs.js'
+import { ACCEPT_MODES, type AcceptMode } from '../kernel/abi.js'
+import { dropCapabilities, heldCapabilities } from '../host/capabilities.js'
+import { TcpTracer } from '../kernel/tracer.js'
 
 function isAcceptMode(s: string | undefined): s is AcceptMode {
   return (ACCEPT_MODES as readonly string[]).includes(s ?? '')

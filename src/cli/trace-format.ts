@@ -1,5 +1,5 @@
 // Output of the `trace` command: the columns BCC's tcptracer prints, or JSON lines.
-import type { EventType, TcpEvent } from './events.js'
+import type { EventType, TcpEvent } from '../kernel/abi.js'
 
 export interface TextOptions {
   timestamp: boolean

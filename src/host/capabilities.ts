@@ -11,7 +11,6 @@
 import { readFileSync } from 'node:fs'
 import { readdir, readFile } from 'node:fs/promises'
 import path from 'node:path'
-import { UsageError } from './args.js'
 
 /** Linux capability names by number (include/uapi/linux/capability.h), lower case as libcap prints them. */
 export const CAPABILITY_NAMES: readonly string[] = [
@@ -89,25 +88,6 @@ export function capabilityNumber(name: string): number | undefined {
 export type KeepSpec = { kind: 'auto' } | { kind: 'all' } | { kind: 'list'; mask: bigint }
 
 export const KEEP_FLAG = '--capabilities.keep'
-
-export function parseKeep(raw: string): KeepSpec {
-  const v = raw.trim().toLowerCase()
-  if (v === 'auto') return { kind: 'auto' }
-  if (v === 'all') return { kind: 'all' }
-  if (v === 'none') return { kind: 'list', mask: 0n }
-  let mask = 0n
-  for (const part of v.split(',')) {
-    const n = capabilityNumber(part)
-    if (part.trim() === '' || n === undefined) {
-      throw new UsageError(
-        `${KEEP_FLAG} must be auto, all, none or a comma-separated list of capabilities such as ` +
-          `cap_sys_ptrace; "${part.trim()}" is not a capability (known: ${CAPABILITY_NAMES.join(', ')})`,
-      )
-    }
-    mask |= capBit(n)
-  }
-  return { kind: 'list', mask }
-}
 
 export function formatKeep(spec: KeepSpec): string {
   if (spec.kind !== 'list') return spec.kind
@@ -210,7 +190,7 @@ export interface CapabilityStatus {
   boundingSetReduced: boolean
 }
 
-/** The addon's part (src/native.ts), injectable for tests. */
+/** The addon's part (src/kernel/binding.ts), injectable for tests. */
 export interface CapabilityBinding {
   dropCapabilities(keep: bigint): { before: bigint; after: bigint; boundingDropped: boolean; threads: number }
   bpfNeedsCapability(): boolean

@@ -8,12 +8,19 @@ import { setImmediate as yieldToEventLoop } from 'node:timers/promises'
 import type { TLSSocket } from 'node:tls'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify'
 import { collectDefaultMetrics, Registry, type RegistryContentType } from 'prom-client'
-import { CONTENT_TYPES, negotiate, renderChunks, type Format, type MetricFamily } from './exposition.js'
-import type { CapabilityStatus } from './capabilities.js'
-import type { ProgramStatus } from './native.js'
-import { onExit, type KernelState } from './state.js'
+import {
+  CONTENT_TYPES,
+  negotiate,
+  renderChunks,
+  type Format,
+  type MetricFamily,
+} from '../metrics/exposition.js'
+import type { CapabilityStatus } from '../host/capabilities.js'
+import type { ProgramStatus } from '../kernel/binding.js'
+import type { HookStatus } from '../kernel/tracer.js'
+import { onExit, type KernelState } from '../kernel/pinned-state.js'
 import { AuthBusyError, BasicAuth, PasswordChecker } from './webauth.js'
-import { EMPTY_WEB_CONFIG, type TlsSettings, type WebConfig } from './webconfig.js'
+import { EMPTY_WEB_CONFIG, type TlsSettings, type WebConfig } from '../config/webconfig.js'
 
 export interface MetricsSource {
   collect(): Promise<MetricFamily[]>
@@ -26,13 +33,6 @@ export interface MetricsSource {
   readonly capabilities?: CapabilityStatus | undefined
   /** where the kernel state lives, and so what happens to the programs when the exporter exits */
   readonly kernelState?: KernelState | undefined
-}
-
-export interface HookStatus {
-  hook: string
-  mode: string
-  /** the candidates tried before this one, and why each failed */
-  rejected?: ReadonlyArray<{ mode: string; error: string }>
 }
 
 /**
