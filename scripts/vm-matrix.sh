@@ -16,7 +16,7 @@
 # stage-2 init mounts the kernel filesystems the tests need, binds the kernel's modules to
 # /lib/modules/<release>, runs the command from the repository's directory and writes its exit code and
 # output to a second, writable 9p share before powering off. Nothing is built in the guest: build on the
-# host first (scripts/setup.sh or `npm run build`).
+# host first (scripts/setup.sh --test, or `npm run build` and `npm run build:helpers`).
 #
 # The guest sees the repository as it was when this script started: a copy of it (without node_modules,
 # .cache and .git, which the guest reads from the live tree) is shared read-only and mounted, under a tmpfs
@@ -40,7 +40,7 @@
 #   VM_9P_CACHE   the 9p cache mode for the host root (default none; loose is ~15% faster, but a file that
 #                 changes on the host while the guest runs may then be read torn)
 #
-# Needs root, qemu-system-x86 and busybox-static (scripts/setup.sh installs them). Without them it skips
+# Needs root, qemu-system-x86 and busybox-static (scripts/setup.sh --test installs them). Without them it skips
 # loudly and exits 0, except under CI=true, where it fails. Exits non-zero when any kernel fails or a VM
 # cannot be started. KVM is not used: a KVM guest hangs in early boot on these machines, so it is TCG.
 set -euo pipefail
@@ -103,12 +103,12 @@ smp=${VM_SMP:-2}
 
 [ "$(id -u)" -eq 0 ] || skip_or_fail "the VM kernel matrix needs root (apt-get download, depmod, a root-owned 9p share)"
 for tool in qemu-system-x86_64 apt-get dpkg-deb depmod cpio gzip timeout; do
-  command -v "$tool" >/dev/null || skip_or_fail "$tool is missing (scripts/setup.sh installs qemu-system-x86, busybox-static, cpio and kmod)"
+  command -v "$tool" >/dev/null || skip_or_fail "$tool is missing (scripts/setup.sh --test installs qemu-system-x86, busybox-static, cpio and kmod)"
 done
 busybox=/bin/busybox
 # the initramfs needs a statically linked busybox (busybox-static's); a dynamic one would not run there
 if ! [ -x "$busybox" ] || ! { LC_ALL=C ldd "$busybox" 2>&1 || true; } | grep -q 'not a dynamic executable'; then
-  skip_or_fail "a static $busybox is missing (scripts/setup.sh installs busybox-static)"
+  skip_or_fail "a static $busybox is missing (scripts/setup.sh --test installs busybox-static)"
 fi
 
 # The build the tests use must exist on the host: the guest only reads it.
@@ -117,7 +117,7 @@ for f in dist/src/cli.js addon/build/Release/tcptracer.node .output/tcptracer.bp
   [ -e "$f" ] || missing_build+=("$f")
 done
 if [ ${#missing_build[@]} -gt 0 ]; then
-  if $default_cmd; then die "not built: ${missing_build[*]} missing (run scripts/setup.sh or npm run build first)"; fi
+  if $default_cmd; then die "not built: ${missing_build[*]} missing (run scripts/setup.sh --test, or npm run build and npm run build:helpers, first)"; fi
   say "warning: not built: ${missing_build[*]} missing"
 fi
 

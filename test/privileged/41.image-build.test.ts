@@ -66,7 +66,7 @@ import {
 } from 'node:fs'
 import path from 'node:path'
 import { after, before, describe, test, type TestContext } from 'node:test'
-import { packageRoot } from '../../src/paths.js'
+import { packageRoot } from '../../src/kernel/paths.js'
 import {
   aptPackages,
   dockerfileText,
