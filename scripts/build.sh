@@ -29,6 +29,13 @@ newer_than() {
 # The BPF object: make knows its inputs
 make -s -C bpf
 
+# node-gyp builds against the running Node's headers: those installed beside it when there are
+# (a distribution's nodejs, a release tarball, the node image), else node-gyp's own download
+if [ -z "${npm_config_nodedir:-}" ]; then
+  node_prefix=$(dirname "$(dirname "$(node -p process.execPath)")")
+  if [ -f "$node_prefix/include/node/node_api.h" ]; then export npm_config_nodedir=$node_prefix; fi
+fi
+
 # The addon: configured once per Node ABI (node-gyp builds against the running Node's headers), then
 # built incrementally by make; a new Node, or binding.gyp changed, configures it again
 addon_stamp=addon/build/.configured-for

@@ -77,12 +77,6 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
-# node-gyp builds against the running Node's headers; use the system copy when there is one
-if [ -z "${npm_config_nodedir:-}" ] && [ -f "/usr/include/node/node_api.h" ] &&
-  [ "$(node -p process.execPath)" = "/usr/bin/node" ]; then
-  export npm_config_nodedir=/usr
-fi
-
 # the product, each part only when out of date; the test helpers too with --test
 npm run -s build
 if $with_tests; then npm run -s build:helpers; fi

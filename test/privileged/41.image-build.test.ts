@@ -41,32 +41,46 @@
 // capabilities against the real kernel); that `docker build` itself parses the Dockerfile as the
 // reader here does.
 //
-// The roots from mmdebstrap are cached under /var/cache/tcptracer-exporter/image-build as tarballs keyed
-// by their package lists (a changed list in the Dockerfile makes a new one), and npm's download cache
-// there too (like a BuildKit cache mount: it holds only packages checked against package-lock.json).
+// The roots from mmdebstrap (debian-root.ts, shared with 42.run-path.test.ts) are cached under
+// /var/cache/tcptracer-exporter/image-build as tarballs keyed by their package lists (a changed list in
+// the Dockerfile makes a new one), and npm's download cache there too (like a BuildKit cache mount: it
+// holds only packages checked against package-lock.json).
 // Every run unpacks fresh roots from them; a cold run takes a few minutes, a warm one mostly the build.
 import assert from 'node:assert/strict'
-import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process'
-import { createHash } from 'node:crypto'
+import { execFileSync, spawnSync } from 'node:child_process'
 import {
+  chmodSync,
+  copyFileSync,
   existsSync,
   lstatSync,
   mkdirSync,
-  mkdtempSync,
-  readdirSync,
   readFileSync,
   readlinkSync,
-  renameSync,
-  rmSync,
   symlinkSync,
-  statSync,
-  writeFileSync,
-  copyFileSync,
-  chmodSync,
 } from 'node:fs'
 import path from 'node:path'
 import { after, before, describe, test, type TestContext } from 'node:test'
 import { packageRoot } from '../../src/kernel/paths.js'
+import {
+  type AsUser,
+  asUserArgs,
+  CACHE,
+  extraCa,
+  type InRoot,
+  inRoot,
+  mustRun,
+  newRoot,
+  newWorkDir,
+  type NodeDist,
+  nodeDist,
+  proxyEnv,
+  type Ran,
+  removeWorkDir,
+  requirements,
+  run,
+  start,
+  tail,
+} from './debian-root.js'
 import {
   aptPackages,
   dockerfileText,
@@ -81,17 +95,8 @@ import {
   runtimeSpecifics,
   type Stage,
 } from './dockerfile.js'
-import { privileged, TIME_SCALE } from './harness.js'
-import { bundledNpmVersion, fetchNode, fetchNpm, nodeVersion } from './node-lts.js'
+import { TIME_SCALE } from './harness.js'
 
-const CACHE = '/var/cache/tcptracer-exporter/image-build'
-const SUITE = 'bookworm'
-// the sources of the Debian images the node images are built on
-const SOURCES = [
-  'deb http://deb.debian.org/debian bookworm main',
-  'deb http://deb.debian.org/debian bookworm-updates main',
-  'deb http://deb.debian.org/debian-security bookworm-security main',
-]
 /**
  * What the node images have beyond minbase that the roots here need, and the Dockerfile rightly does not
  * name because its base images provide it. Nothing else is added.
@@ -101,8 +106,6 @@ const BASE_EXTRAS = [
   // for that reason). npm needs no ca-certificates: node carries its own CA store.
   'libatomic1',
 ]
-/** Bump to rebuild every cached root. */
-const ROOT_FORMAT = 1
 /** The PATH Docker gives a container whose image sets none (the node images set none). */
 const DOCKER_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 /** Docker's default capabilities: the bounding set of a container run without --cap-add or --cap-drop. */
@@ -132,29 +135,6 @@ const CAP_NUMBERS: Record<string, number> = {
   perfmon: 38,
   bpf: 39,
 }
-/**
- * The CA certificates the host's Node adds (NODE_EXTRA_CA_CERTS), for a network whose proxy intercepts
- * TLS: [the host's file, where the build's RUN steps see it], where `RUN --mount=type=secret` puts one.
- */
-function extraCa(): [string, string] | undefined {
-  const f = process.env['NODE_EXTRA_CA_CERTS']
-  return f && existsSync(f) ? [f, '/run/secrets/node-extra-ca-certs'] : undefined
-}
-
-/**
- * The host's proxy settings, which Docker gives a build's RUN steps too (its predefined proxy build
- * arguments, set from the client's proxy configuration).
- */
-function proxyEnv(): Record<string, string> {
-  const names = ['http_proxy', 'https_proxy', 'ftp_proxy', 'no_proxy', 'all_proxy']
-  return Object.fromEntries(
-    [...names, ...names.map((n) => n.toUpperCase())].flatMap((n) => {
-      const v = process.env[n]
-      return v ? [[n, v]] : []
-    }),
-  )
-}
-
 /** The host's tools the emulation uses, and the Debian packages that have them. */
 const TOOLS: Record<string, string> = {
   mmdebstrap: 'mmdebstrap',
@@ -169,19 +149,6 @@ const TOOLS: Record<string, string> = {
 }
 
 const pkg = JSON.parse(readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }
-
-/** privileged(), and the host tools: missing ones fail under CI=true, and skip loudly elsewhere. */
-function requirements(): { skip: false | string } {
-  const { skip } = privileged()
-  if (skip) return { skip }
-  const missing = Object.keys(TOOLS).filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0)
-  if (missing.length === 0) return { skip: false }
-  const debs = [...new Set(missing.map((t) => TOOLS[t]!))].join(' ')
-  const why = `the image build test needs ${missing.join(', ')} (apt-get install ${debs})`
-  if (process.env['CI'] === 'true') throw new Error(`${why}, and CI=true forbids skipping it`)
-  process.stderr.write(`\n*** SKIPPING THE IMAGE BUILD TEST: ${why}. ***\n\n`)
-  return { skip: why }
-}
 
 /** Why no container engine builds the image here, as found on this machine. */
 function noEngine(): string[] {
@@ -206,308 +173,6 @@ function noEngine(): string[] {
           "container's RLIMIT_NOFILE/RLIMIT_NPROC and no container starts",
   )
   return out
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Processes: each in a process group of its own, killed with it on timeout or when the file ends.
-
-const groups = new Set<number>()
-
-function killGroup(pid: number): void {
-  try {
-    process.kill(-pid, 'SIGKILL')
-  } catch {
-    // gone already
-  }
-}
-
-interface Started {
-  child: ChildProcess
-  /** stdout and stderr as they came, the last megabyte */
-  output: () => string
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
-}
-
-function start(argv: string[], env: NodeJS.ProcessEnv, cwd?: string): Started {
-  const child = spawn(argv[0]!, argv.slice(1), {
-    env,
-    cwd,
-    detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let out = ''
-  const add = (d: Buffer): void => {
-    out += d.toString()
-    if (out.length > 2_000_000) out = out.slice(-1_000_000)
-  }
-  child.stdout!.on('data', add)
-  child.stderr!.on('data', add)
-  if (child.pid) groups.add(child.pid)
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.on('error', (e) => {
-      out += `\n${e.message}`
-    })
-    child.on('close', (code, signal) => {
-      if (child.pid) groups.delete(child.pid)
-      resolve({ code, signal })
-    })
-  })
-  return { child, output: () => out, exited }
-}
-
-interface Ran {
-  code: number | null
-  output: string
-  seconds: number
-}
-
-async function run(argv: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<Ran> {
-  const t0 = Date.now()
-  const p = start(argv, env)
-  const timer = setTimeout(() => {
-    if (p.child.pid) killGroup(p.child.pid)
-  }, timeoutMs * TIME_SCALE)
-  const { code, signal } = await p.exited
-  clearTimeout(timer)
-  const seconds = (Date.now() - t0) / 1000
-  const killed = signal
-    ? `\n[ended by ${signal}${signal === 'SIGKILL' ? `: timed out after ${seconds} s` : ''}]`
-    : ''
-  return { code, output: p.output() + killed, seconds }
-}
-
-/** The last lines of an output, for an error message. */
-function tail(s: string, lines = 60): string {
-  const all = s.trimEnd().split('\n')
-  return (all.length > lines ? [`[... ${all.length - lines} lines before]`] : [])
-    .concat(all.slice(-lines))
-    .join('\n')
-    .slice(-8000)
-}
-
-async function mustRun(
-  what: string,
-  argv: string[],
-  env: NodeJS.ProcessEnv,
-  timeoutMs: number,
-): Promise<Ran> {
-  const r = await run(argv, env, timeoutMs)
-  if (r.code !== 0) {
-    throw new Error(
-      `${what} failed (exit ${r.code}) after ${r.seconds} s; its output ends:\n${tail(r.output)}`,
-    )
-  }
-  return r
-}
-
-/** Quoted for sh. */
-const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`
-
-// ---------------------------------------------------------------------------------------------------------
-// Roots, and commands in them.
-
-/** The mount points of this machine's mount namespace that are dir or under it. */
-function mountsUnder(dir: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4] ?? '')
-    .map((m) => m.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((m) => m === dir || m.startsWith(`${dir}/`))
-}
-
-/** Remove a directory tree that may be a root; never into a mount (there should be none). */
-function removeTree(dir: string): void {
-  execFileSync('rm', ['-rf', '--one-file-system', '--', dir])
-}
-
-interface AsUser {
-  uid: number
-  gid: number
-  /** the bounding set, as `docker run --cap-drop=ALL --cap-add=...` leaves it */
-  caps: string[]
-}
-
-/** setpriv's arguments for a process as Docker starts one for a USER: no groups beyond its own. */
-function asUserArgs(u: AsUser): string[] {
-  const bounding = ['-all', ...u.caps.map((c) => `+${c}`)].join(',')
-  return [
-    'setpriv',
-    `--reuid=${u.uid}`,
-    `--regid=${u.gid}`,
-    '--clear-groups',
-    '--inh-caps=-all',
-    `--bounding-set=${bounding}`,
-    '--',
-  ]
-}
-
-interface InRoot {
-  root: string
-  /** the working directory, in the root */
-  cwd: string
-  /** host directories mounted into the root: [host, in the root] */
-  binds?: Array<[string, string]> | undefined
-  /** a network namespace of its own, only loopback, up */
-  net?: boolean
-  as?: AsUser
-}
-
-/**
- * argv run in a root as a container's process: in a mount namespace of its own (gone with the process,
- * so nothing is left mounted whatever happens), with /proc, a read-only sysfs, the basic device nodes, a
- * /dev/shm, the host's /etc/resolv.conf and /etc/hosts as a container runtime provides them, umask 022.
- */
-function inRoot(o: InRoot, argv: string[]): string[] {
-  const r = o.root
-  const script = [
-    'set -e',
-    `mount -t proc proc ${q(`${r}/proc`)}`,
-    `mount -t sysfs -o ro,nosuid,nodev,noexec sysfs ${q(`${r}/sys`)}`,
-    `for d in null zero full random urandom tty; do`,
-    `  [ -e ${q(r)}/dev/$d ] || : >${q(r)}/dev/$d`,
-    `  mount --bind /dev/$d ${q(r)}/dev/$d`,
-    'done',
-    `mkdir -p ${q(`${r}/dev/shm`)}`,
-    `mount -t tmpfs -o nosuid,nodev,mode=1777 shm ${q(`${r}/dev/shm`)}`,
-    `mount --bind /etc/resolv.conf ${q(`${r}/etc/resolv.conf`)}`,
-    `mount --bind /etc/hosts ${q(`${r}/etc/hosts`)}`,
-    ...(o.binds ?? []).flatMap(([host, inside]) => [
-      statSync(host).isDirectory()
-        ? `mkdir -p ${q(path.join(r, inside))}`
-        : `mkdir -p ${q(path.join(r, path.dirname(inside)))}; : >>${q(path.join(r, inside))}`,
-      `mount --bind ${q(host)} ${q(path.join(r, inside))}`,
-    ]),
-    ...(o.net ? ['ip link set lo up'] : []),
-    'umask 022',
-    `exec chroot ${q(r)} /bin/sh -c 'cd "$0" && exec "$@"' "$@"`,
-  ].join('\n')
-  return [
-    'unshare',
-    '--mount',
-    '--propagation',
-    'private',
-    ...(o.net ? ['--net'] : []),
-    '--',
-    'sh',
-    '-c',
-    script,
-    'sh',
-    o.cwd,
-    ...(o.as ? asUserArgs(o.as) : []),
-    ...argv,
-  ]
-}
-
-/**
- * A tarball of a minbase bookworm root with these packages (and what they depend on, no recommends, as
- * `apt-get install --no-install-recommends`), made once per package list.
- */
-async function debianTarball(t: TestContext, kind: string, packages: string[]): Promise<string> {
-  const list = [...new Set(packages)].sort()
-  const key = createHash('sha256')
-    .update(JSON.stringify({ ROOT_FORMAT, SUITE, SOURCES, variant: 'minbase', list }))
-    .digest('hex')
-    .slice(0, 16)
-  const tarball = path.join(CACHE, `${kind}-${key}.tar`)
-  if (existsSync(tarball)) {
-    t.diagnostic(`${kind} root: cached ${path.basename(tarball)} (${list.join(' ')})`)
-    return tarball
-  }
-  const tmp = path.join(CACHE, `${kind}-${key}.tmp-${process.pid}.tar`)
-  try {
-    const r = await mustRun(
-      `mmdebstrap of the ${kind} root (${list.join(' ')})`,
-      [
-        'mmdebstrap',
-        '--variant=minbase',
-        `--include=${list.join(',')}`,
-        '--aptopt=Acquire::Retries "3"',
-        SUITE,
-        tmp,
-        ...SOURCES,
-      ],
-      process.env,
-      900_000,
-    )
-    renameSync(tmp, tarball)
-    t.diagnostic(`${kind} root: mmdebstrap ${r.seconds.toFixed(0)} s (${list.join(' ')})`)
-  } finally {
-    rmSync(tmp, { force: true })
-  }
-  // the roots of earlier package lists
-  for (const f of readdirSync(CACHE)) {
-    if (
-      f.startsWith(`${kind}-`) &&
-      f.endsWith('.tar') &&
-      f !== path.basename(tarball) &&
-      !f.includes('.tmp-')
-    ) {
-      rmSync(path.join(CACHE, f), { force: true })
-    }
-  }
-  return tarball
-}
-
-interface NodeDist {
-  /** the node-<platform>-<arch> package's directory: bin/node, include/node, share */
-  dir: string
-  version: string
-  /** the npm package's directory */
-  npm: string
-  npmVersion: string
-}
-
-/** Node.js and npm at /usr/local, as the node images have them. */
-function installNode(root: string, node: NodeDist): void {
-  const local = path.join(root, 'usr', 'local')
-  for (const sub of ['bin', 'include', 'share']) {
-    if (!existsSync(path.join(node.dir, sub))) continue
-    mkdirSync(path.join(local, sub), { recursive: true })
-    execFileSync('cp', [
-      '-dR',
-      '--preserve=mode,timestamps',
-      `${path.join(node.dir, sub)}/.`,
-      path.join(local, sub),
-    ])
-  }
-  mkdirSync(path.join(local, 'lib', 'node_modules'), { recursive: true })
-  execFileSync('cp', [
-    '-dR',
-    '--preserve=mode,timestamps',
-    node.npm,
-    path.join(local, 'lib', 'node_modules', 'npm'),
-  ])
-  for (const b of ['npm', 'npx']) {
-    rmSync(path.join(local, 'bin', b), { force: true })
-    symlinkSync(`../lib/node_modules/npm/bin/${b}-cli.js`, path.join(local, 'bin', b))
-  }
-}
-
-/** A fresh root from a cached tarball, with what a container runtime mounts over and the base's Node. */
-async function newRoot(
-  t: TestContext,
-  dir: string,
-  kind: string,
-  packages: string[],
-  node: NodeDist,
-): Promise<void> {
-  const tarball = await debianTarball(t, kind, packages)
-  mkdirSync(dir)
-  const x = await mustRun(
-    `unpacking ${tarball}`,
-    ['tar', '-C', dir, '--numeric-owner', '--xattrs', '--xattrs-include=*', '-xpf', tarball],
-    process.env,
-    300_000,
-  )
-  // regular files, for the runtime's mounts over them (a symbolic link there could lead out of the root)
-  for (const f of ['resolv.conf', 'hosts']) {
-    rmSync(path.join(dir, 'etc', f), { force: true })
-    writeFileSync(path.join(dir, 'etc', f), '')
-  }
-  installNode(dir, node)
-  t.diagnostic(
-    `${kind} root: unpacked in ${x.seconds.toFixed(0)} s, Node ${node.version} and npm ${node.npmVersion}`,
-  )
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -712,7 +377,7 @@ async function runStage(t: TestContext, stage: Stage, o: StageRun): Promise<Imag
 
 // ---------------------------------------------------------------------------------------------------------
 
-const { skip } = requirements()
+const { skip } = requirements(TOOLS, 'the image build test')
 
 describe('the Dockerfile, built without a container engine, in clean Debian roots', { skip }, () => {
   const stages = parseStages(parseDockerfile(dockerfileText))
@@ -732,20 +397,7 @@ describe('the Dockerfile, built without a container engine, in clean Debian root
   before(
     () => {
       const t0 = Date.now()
-      mkdirSync(CACHE, { recursive: true, mode: 0o755 })
-      // what runs killed before their cleanup left behind (never into a mount: there are none)
-      for (const d of readdirSync(CACHE)) {
-        const pid = Number((/^run-(\d+)-/.exec(d) ?? /\.tmp-(\d+)\.tar$/.exec(d))?.[1] ?? 0)
-        if (!pid || pid === process.pid) continue
-        try {
-          process.kill(pid, 0)
-          continue // still running
-        } catch {
-          // gone
-        }
-        if (mountsUnder(path.join(CACHE, d)).length === 0) removeTree(path.join(CACHE, d))
-      }
-      work = mkdtempSync(path.join(CACHE, `run-${process.pid}-`))
+      work = newWorkDir()
       context = path.join(work, 'context')
       const files = buildContext(context)
       for (const f of files) {
@@ -754,17 +406,9 @@ describe('the Dockerfile, built without a container engine, in clean Debian root
           `the build context holds ${f}`,
         )
       }
-      const bin = fetchNode(imageNodeMajor())
-      const npmVersion = bundledNpmVersion(bin)
-      if (!npmVersion) notes.push("the Node package's CHANGELOG names no npm version: npm@latest instead")
-      const npm = fetchNpm(npmVersion ?? 'latest')
-      const npmPkg = JSON.parse(readFileSync(path.join(npm, 'package.json'), 'utf8')) as { version: string }
-      node = {
-        dir: path.dirname(path.dirname(bin)),
-        version: nodeVersion(bin),
-        npm,
-        npmVersion: npmPkg.version,
-      }
+      const dist = nodeDist(imageNodeMajor())
+      if (dist.note) notes.push(dist.note)
+      node = dist.node
       notes.push(
         `build context: ${files.length} files; Node ${node.version} and npm ${node.npmVersion} from the npm ` +
           `registry (${((Date.now() - t0) / 1000).toFixed(0)} s)`,
@@ -773,15 +417,7 @@ describe('the Dockerfile, built without a container engine, in clean Debian root
     { timeout: 600_000 },
   )
 
-  after(() => {
-    for (const pid of groups) killGroup(pid)
-    if (!work) return
-    // every mount was made in a namespace that ended with its process: none can be left here
-    const left = mountsUnder(work)
-    for (const m of left.reverse()) spawnSync('umount', ['-l', m])
-    removeTree(work)
-    assert.deepEqual(left, [], 'mounts left behind in the roots')
-  })
+  after(() => removeWorkDir(work))
 
   test(
     'build stage: every step runs, in a root with only the packages the stage names',
