@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { parse } from 'yaml'
-import { packageRoot } from '../../src/kernel/paths.js'
+import { packageRoot } from '../../../src/kernel/paths.js'
 import {
   inNetns,
   JsonProcess,
@@ -19,8 +19,8 @@ import {
   runClient,
   startDaemon,
   startServer,
-} from './harness.js'
-import { Prometheus, sleep, until, type Series } from './prometheus.js'
+} from '../harness.js'
+import { Prometheus, sleep, until, type Series } from '../prometheus.js'
 
 const { skip } = privileged()
 

@@ -37,7 +37,7 @@
 // What it cannot show: that the real base images still provide what the roots here get from BASE_EXTRAS
 // and the npm registry (the base images' own contents are not reachable from here); anything about
 // layers, the build cache or BuildKit; a container's own PID, IPC and UTS namespaces, its cgroup and
-// seccomp profile and AppArmor (40.node-lts.test.ts runs the exporter with the image's user and
+// seccomp profile and AppArmor (deploy/node-lts.test.ts runs the exporter with the image's user and
 // capabilities against the real kernel); that `docker build` itself parses the Dockerfile as the
 // reader here does.
 //
@@ -66,7 +66,7 @@ import {
 } from 'node:fs'
 import path from 'node:path'
 import { after, before, describe, test, type TestContext } from 'node:test'
-import { packageRoot } from '../../src/kernel/paths.js'
+import { packageRoot } from '../../../src/kernel/paths.js'
 import {
   aptPackages,
   dockerfileText,
@@ -80,9 +80,9 @@ import {
   parseStages,
   runtimeSpecifics,
   type Stage,
-} from './dockerfile.js'
-import { privileged, TIME_SCALE } from './harness.js'
-import { bundledNpmVersion, fetchNode, fetchNpm, nodeVersion } from './node-lts.js'
+} from '../dockerfile.js'
+import { privileged, TIME_SCALE } from '../harness.js'
+import { bundledNpmVersion, fetchNode, fetchNpm, nodeVersion } from '../node-lts.js'
 
 const CACHE = '/var/cache/tcptracer-exporter/image-build'
 const SUITE = 'bookworm'

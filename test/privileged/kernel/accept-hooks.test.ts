@@ -2,13 +2,14 @@
 // identical counts from every hook for the same workload, and io_uring accepts.
 // The VM matrix (scripts/vm-matrix.sh) runs this file on Debian's 6.1 and 6.12 kernels, where
 // fexit and kprobes attach; on a tracepoint-only kernel only listener and syscall do.
+// vm-suite: kernel hooks
 import assert from 'node:assert/strict'
 import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
 import { after, before, describe, test } from 'node:test'
-import { packageRoot } from '../../src/kernel/paths.js'
+import { packageRoot } from '../../../src/kernel/paths.js'
 import {
   assertCounted,
   type Daemon,
@@ -24,7 +25,7 @@ import {
   startDaemon,
   startServer,
   valueOf,
-} from './harness.js'
+} from '../harness.js'
 
 const { skip } = privileged()
 const URING = path.join(packageRoot, 'test', 'helpers', 'bin', 'uringaccept')

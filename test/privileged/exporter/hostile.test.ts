@@ -10,7 +10,7 @@ import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { Prometheus, until, type Series } from './prometheus.js'
+import { Prometheus, until, type Series } from '../prometheus.js'
 import {
   CLI,
   JsonProcess,
@@ -27,8 +27,8 @@ import {
   type Daemon,
   type Json,
   type ScrapedSample,
-} from './harness.js'
-import { printable } from '../../src/cli/trace-format.js'
+} from '../harness.js'
+import { printable } from '../../../src/cli/trace-format.js'
 
 const { skip } = privileged()
 

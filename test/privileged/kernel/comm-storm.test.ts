@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { packageRoot } from '../../src/kernel/paths.js'
+import { packageRoot } from '../../../src/kernel/paths.js'
 import {
   type Daemon,
   inNetns,
@@ -23,7 +23,7 @@ import {
   startServer,
   TIME_SCALE,
   valueOf,
-} from './harness.js'
+} from '../harness.js'
 
 const { skip } = privileged()
 const COMMSTORM = path.join(packageRoot, 'test', 'helpers', 'bin', 'commstorm')

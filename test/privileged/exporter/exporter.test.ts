@@ -1,13 +1,14 @@
 // The exporter on the real kernel: real traffic in namespaces this test creates,
 // exact counters on /metrics, promtool, a real Prometheus, config and signals.
+// vm-suite: kernel
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { Prometheus, ScrapeFailed, scrapeIntervalFor, slowestScrape, type Target } from './prometheus.js'
-import { nameFromCgroupPath } from '../../src/host/cgroups.js'
+import { Prometheus, ScrapeFailed, scrapeIntervalFor, slowestScrape, type Target } from '../prometheus.js'
+import { nameFromCgroupPath } from '../../../src/host/cgroups.js'
 import {
   assertCounted,
   CLI,
@@ -28,7 +29,7 @@ import {
   startServer,
   TIME_SCALE,
   valueOf,
-} from './harness.js'
+} from '../harness.js'
 
 const { skip } = privileged()
 const SRV = 'tt-srv'

@@ -9,15 +9,16 @@
 // on our CI VMs that is sometimes a thread of the VM's agent, and that kernel never runs BPF
 // programs on its time, nor counts the skip anywhere: a loopback run then misses a few state changes
 // for reasons no tracer can see (docs/tracer.md).
+// vm-suite: kernel hooks
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { decodeAggEntry } from '../../src/metrics/aggregator.js'
-import { loadBinding } from '../../src/kernel/binding.js'
-import { TcpTracer } from '../../src/kernel/tracer.js'
+import { decodeAggEntry } from '../../../src/metrics/aggregator.js'
+import { loadBinding } from '../../../src/kernel/binding.js'
+import { TcpTracer } from '../../../src/kernel/tracer.js'
 import {
   inNetns,
   Netns,
@@ -29,7 +30,7 @@ import {
   startServer,
   TIME_SCALE,
   valueOf,
-} from './harness.js'
+} from '../harness.js'
 
 const { skip } = privileged()
 const CLI_ADDR = '10.211.0.1'
@@ -100,7 +101,7 @@ describe('exact at full rate', { skip }, () => {
 
   test(`${N} connections, 2 client and 2 server threads on 2 busy CPUs: every connect, accept and close exact`, async () => {
     const file = path.join(dir, 'full-rate.yml')
-    // the state programs at full rate: the accept hooks have their own test (60.accept-hooks)
+    // the state programs at full rate: the accept hooks have their own test (kernel/accept-hooks)
     writeFileSync(file, `accept_mode: listener\nfilters:\n  netns: [${a.inode}, ${b.inode}]\n`)
     const d = await startDaemon([`--config.file=${file}`])
     try {

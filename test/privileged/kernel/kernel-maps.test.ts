@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { packageRoot } from '../../src/kernel/paths.js'
+import { packageRoot } from '../../../src/kernel/paths.js'
 import {
   exchange,
   inNetns,
@@ -22,7 +22,7 @@ import {
   startServer,
   TIME_SCALE,
   valueOf,
-} from './harness.js'
+} from '../harness.js'
 
 const { skip } = privileged()
 const COMMSTORM = path.join(packageRoot, 'test', 'helpers', 'bin', 'commstorm')
