@@ -7,6 +7,9 @@ import path from 'node:path'
 import { createInterface } from 'node:readline'
 import { after } from 'node:test'
 import { packageRoot } from '../../src/kernel/paths.js'
+import { parseExposition, type ScrapedSample } from '../exposition-parser.js'
+
+export { parseExposition, type ScrapedSample }
 
 export const CLI = path.join(packageRoot, 'dist', 'src', 'cli.js')
 export const TCPLOAD = path.join(packageRoot, 'test', 'helpers', 'bin', 'tcpload')
@@ -263,34 +266,6 @@ export function expectedEvents(x: Exchange): string[] {
         bytes_received: x.sent,
       }),
     )
-  }
-  return out
-}
-
-/** One sample of a scrape: metric name, labels and value. */
-export interface ScrapedSample {
-  name: string
-  labels: Record<string, string>
-  value: number
-}
-
-/** Parse the Prometheus text format (0.0.4) well enough for assertions; comments are skipped. */
-export function parseExposition(text: string): ScrapedSample[] {
-  const out: ScrapedSample[] = []
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue
-    // s: a label value may hold a carriage return or U+2028, which `.` does not match otherwise
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$/s.exec(line)
-    if (!m?.[1] || !m[3]) throw new Error(`unparseable exposition line: ${line}`)
-    const labels: Record<string, string> = {}
-    const body = m[2]?.slice(1, -1) ?? ''
-    const re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)",?/g
-    let lm: RegExpExecArray | null
-    while ((lm = re.exec(body))) {
-      labels[lm[1]!] = lm[2]!.replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c))
-    }
-    const v = m[3]
-    out.push({ name: m[1], labels, value: v === '+Inf' ? Infinity : v === '-Inf' ? -Infinity : Number(v) })
   }
   return out
 }
