@@ -2,10 +2,11 @@
 // namespaces, the tcpload generator, and the `trace --json` command.
 import assert from 'node:assert/strict'
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { statSync } from 'node:fs'
+import { mkdtempSync, rmSync, statSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { createInterface } from 'node:readline'
-import { after } from 'node:test'
+import { after, before } from 'node:test'
 import { packageRoot } from '../../src/kernel/paths.js'
 import { parseExposition, type ScrapedSample } from '../exposition-parser.js'
 
@@ -53,6 +54,45 @@ export class Netns {
   delete(): void {
     spawnSync('ip', ['netns', 'del', this.name])
   }
+}
+
+/**
+ * A suite's scratch space, for a describe() to call: the network namespaces named in `netns` (by key) and a
+ * temporary directory (`dirPrefix` plus random characters, under the system's temporary directory), made
+ * in a before() hook in that order and deleted, in the same order, in an after() hook. Read them as
+ * properties once the suite runs: `fx.dir`, and `fx.ns` for `{ ns: 'tt-x-1' }`.
+ */
+export function fixture<K extends string>(
+  dirPrefix: string,
+  netns: Record<K, string>,
+): Readonly<Record<K, Netns>> & { readonly dir: string } {
+  const made = new Map<string, Netns>()
+  let dir: string | undefined
+  before(() => {
+    for (const [key, name] of Object.entries<string>(netns)) made.set(key, new Netns(name))
+    dir = mkdtempSync(path.join(tmpdir(), dirPrefix))
+  })
+  after(() => {
+    for (const ns of made.values()) ns.delete()
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true })
+  })
+  const fx = {
+    get dir(): string {
+      if (dir === undefined) throw new Error('fixture: no directory before the suite runs')
+      return dir
+    },
+  }
+  for (const key of Object.keys(netns)) {
+    Object.defineProperty(fx, key, {
+      enumerable: true,
+      get: (): Netns => {
+        const ns = made.get(key)
+        if (ns === undefined) throw new Error(`fixture: no namespace ${key} before the suite runs`)
+        return ns
+      },
+    })
+  }
+  return fx as Readonly<Record<K, Netns>> & { readonly dir: string }
 }
 
 export type Json = Record<string, unknown>
