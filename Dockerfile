@@ -3,8 +3,8 @@
 #   docker build -t tcptracer-exporter:0.1.0 .
 #
 # Node.js 26 is the Active LTS line (26.13.0 "Lithium", 2026-10-28). Both FROM lines name the same major:
-# test/privileged/40.node-lts.test.ts reads it from here and runs the exporter under that Node.
-# test/privileged/41.image-build.test.ts builds the image without a container engine: it runs both
+# test/privileged/deploy/node-lts.test.ts reads it from here and runs the exporter under that Node.
+# test/privileged/deploy/image-build.test.ts builds the image without a container engine: it runs both
 # stages' steps in clean Debian bookworm roots that hold only the packages each stage installs, and Node.
 #
 # Running it. The exporter counts TCP events for the whole host from inside the container (BPF programs are

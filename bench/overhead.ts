@@ -51,6 +51,7 @@ import * as prettier from 'prettier'
 
 import { packageRoot } from '../src/kernel/paths.js'
 import { TcpTracer } from '../src/kernel/tracer.js'
+import { parseExposition, type ScrapedSample as Series } from '../test/exposition-parser.js'
 import { prng } from '../test/prng.js'
 
 const SETUPS = ['none', 'metrics', 'metrics+trace', 'bpftrace'] as const
@@ -634,27 +635,6 @@ function httpGet(port: number, urlPath: string, timeoutMs = 5000): Promise<{ sta
     req.on('timeout', () => req.destroy(new Error(`GET ${urlPath}: no answer in ${timeoutMs} ms`)))
     req.on('error', reject)
   })
-}
-
-interface Series {
-  name: string
-  labels: Record<string, string>
-  value: number
-}
-
-function parseExposition(text: string): Series[] {
-  const out: Series[] = []
-  for (const line of text.split('\n')) {
-    if (!line || line.startsWith('#')) continue
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)/.exec(line)
-    if (!m) continue
-    const labels: Record<string, string> = {}
-    for (const l of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) {
-      labels[l[1] ?? ''] = (l[2] ?? '').replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c))
-    }
-    out.push({ name: m[1] ?? '', labels, value: Number(m[3]) })
-  }
-  return out
 }
 
 function sum(series: readonly Series[], name: string, where: (l: Record<string, string>) => boolean): number {

@@ -2,11 +2,11 @@
 # The kernel test matrix: run a command (by default the kernel-dependent privileged tests) inside a QEMU guest
 # booted on each of several Debian kernels, one VM at a time, and report PASS/FAIL per kernel.
 #
-#   scripts/vm-matrix.sh                     # the end-to-end and kernel-dependent tests (test/privileged/[126]*)
+#   scripts/vm-matrix.sh                     # the end-to-end and kernel-dependent tests (tag vm-suite: kernel)
 #   VM_SUITE=all scripts/vm-matrix.sh        # every privileged test per kernel
 #   scripts/vm-matrix.sh -- uname -a         # any command, run in the repository root in the guest
 #   VM_KERNELS=linux-image-6.1.0-47-amd64 scripts/vm-matrix.sh -- \
-#     node --import tsx --test test/privileged/10.trace.test.ts
+#     node --import tsx --test test/privileged/kernel/trace.test.ts
 #
 # Each kernel is a Debian package fetched with `apt-get download` into a cache (reused next time),
 # unpacked with `dpkg-deb -x`, and indexed with `depmod -b` so that modprobe works in the guest. The guest
@@ -27,8 +27,10 @@
 # guest is slow: a test's own timeouts may need to allow for that.
 #
 # Environment:
-#   VM_SUITE      kernel (default): test/privileged/[126]*.test.ts (trace, exporter, accept hooks, full rate,
-#                 capabilities, restart); hooks: test/privileged/6*.test.ts; all: test/privileged/*.test.ts
+#   VM_SUITE      kernel (default): the privileged tests tagged `// vm-suite: kernel` (trace, exporter, accept
+#                 hooks, full rate, capabilities, restart); hooks: those tagged `// vm-suite: ... hooks` (accept
+#                 hooks, full rate, capabilities, restart); all: every privileged test, test/privileged/*/
+#                 (kernel, exporter, http, deploy, in that order, as npm run test:privileged runs them)
 #   VM_KERNELS    space-separated kernel packages (default: Debian 12's 6.1 and 6.12 backport kernels)
 #   VM_CACHE_DIR  where kernels are kept (default /var/cache/tcptracer-exporter/kernels)
 #   VM_TIMEOUT    seconds one guest may run before it counts as a failure (default 1800)
@@ -77,16 +79,20 @@ done
 default_cmd=false
 if [ ${#cmd[@]} -eq 0 ]; then
   default_cmd=true
-  # expanded here, in the repository root, which is where the guest runs it.
-  # VM_SUITE=kernel (the default, and the CI gate): the end-to-end tests of the tracer and the exporter
-  # (10.trace, 20.exporter) and the kernel-dependent ones (6*: accept hooks, full rate, capabilities,
-  # restart); hooks: only 6*; all: every privileged test (docs/kernels.md says what the rest need).
+  # expanded here, in the repository root, which is where the guest runs it. The tests live in folders by
+  # layer; a suite is a tag, a line `// vm-suite: NAME...` in a test's header, since the suites cut across
+  # the layers. VM_SUITE=kernel (the default, and the CI gate): the end-to-end tests of the tracer and the
+  # exporter (kernel/trace, exporter/exporter) and the kernel-dependent ones (tagged hooks too: accept
+  # hooks, full rate, capabilities, restart); hooks: only those; all: every privileged test (docs/kernels.md
+  # says what the rest need).
+  all_tests=(test/privileged/kernel/*.test.ts test/privileged/exporter/*.test.ts
+    test/privileged/http/*.test.ts test/privileged/deploy/*.test.ts)
   case "${VM_SUITE:-kernel}" in
-    kernel) suite=(test/privileged/[126]*.test.ts) ;;
-    hooks) suite=(test/privileged/6*.test.ts) ;;
-    all) suite=(test/privileged/*.test.ts) ;;
+    kernel | hooks) mapfile -t suite < <(grep -l -E "^// vm-suite:.* ${VM_SUITE:-kernel}( |\$)" "${all_tests[@]}") ;;
+    all) suite=("${all_tests[@]}") ;;
     *) die "VM_SUITE must be kernel, hooks or all, got ${VM_SUITE}" ;;
   esac
+  [ ${#suite[@]} -gt 0 ] || die "no privileged test is tagged vm-suite: ${VM_SUITE:-kernel}"
   cmd=(node --import tsx --test --test-reporter=spec --test-concurrency=1 "${suite[@]}")
 fi
 

@@ -2,8 +2,8 @@
 // by `mmdebstrap --variant=minbase` with exactly the packages asked for (cached as tarballs under CACHE,
 // keyed by their package lists), unpacked fresh for each run, with a Node.js from the npm registry
 // (node-lts.ts), and entered with chroot in a mount namespace of its own per command, so no mount
-// outlives the command whatever happens to the test. Shared by 41.image-build.test.ts (the container
-// image, built step by step) and 42.run-path.test.ts (the README's run command on a fresh machine).
+// outlives the command whatever happens to the test. Shared by deploy/image-build.test.ts (the container
+// image, built step by step) and deploy/run-path.test.ts (the README's run command on a fresh machine).
 import assert from 'node:assert/strict'
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'

@@ -1,6 +1,6 @@
 // The Dockerfile, read: enough of the format to check ours and to run its steps without a container
 // engine (comments, line continuations, exec form, ENV and ARG, .dockerignore). Shared by
-// 40.node-lts.test.ts (static checks, the image's Node) and 41.image-build.test.ts (the build, run).
+// deploy/node-lts.test.ts (static checks, the image's Node) and deploy/image-build.test.ts (the build, run).
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import path from 'node:path'

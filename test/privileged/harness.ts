@@ -2,11 +2,15 @@
 // namespaces, the tcpload generator, and the `trace --json` command.
 import assert from 'node:assert/strict'
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { statSync } from 'node:fs'
+import { mkdtempSync, rmSync, statSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { createInterface } from 'node:readline'
-import { after } from 'node:test'
+import { after, before } from 'node:test'
 import { packageRoot } from '../../src/kernel/paths.js'
+import { parseExposition, type ScrapedSample } from '../exposition-parser.js'
+
+export { parseExposition, type ScrapedSample }
 
 export const CLI = path.join(packageRoot, 'dist', 'src', 'cli.js')
 export const TCPLOAD = path.join(packageRoot, 'test', 'helpers', 'bin', 'tcpload')
@@ -50,6 +54,45 @@ export class Netns {
   delete(): void {
     spawnSync('ip', ['netns', 'del', this.name])
   }
+}
+
+/**
+ * A suite's scratch space, for a describe() to call: the network namespaces named in `netns` (by key) and a
+ * temporary directory (`dirPrefix` plus random characters, under the system's temporary directory), made
+ * in a before() hook in that order and deleted, in the same order, in an after() hook. Read them as
+ * properties once the suite runs: `fx.dir`, and `fx.ns` for `{ ns: 'tt-x-1' }`.
+ */
+export function fixture<K extends string>(
+  dirPrefix: string,
+  netns: Record<K, string>,
+): Readonly<Record<K, Netns>> & { readonly dir: string } {
+  const made = new Map<string, Netns>()
+  let dir: string | undefined
+  before(() => {
+    for (const [key, name] of Object.entries<string>(netns)) made.set(key, new Netns(name))
+    dir = mkdtempSync(path.join(tmpdir(), dirPrefix))
+  })
+  after(() => {
+    for (const ns of made.values()) ns.delete()
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true })
+  })
+  const fx = {
+    get dir(): string {
+      if (dir === undefined) throw new Error('fixture: no directory before the suite runs')
+      return dir
+    },
+  }
+  for (const key of Object.keys(netns)) {
+    Object.defineProperty(fx, key, {
+      enumerable: true,
+      get: (): Netns => {
+        const ns = made.get(key)
+        if (ns === undefined) throw new Error(`fixture: no namespace ${key} before the suite runs`)
+        return ns
+      },
+    })
+  }
+  return fx as Readonly<Record<K, Netns>> & { readonly dir: string }
 }
 
 export type Json = Record<string, unknown>
@@ -263,34 +306,6 @@ export function expectedEvents(x: Exchange): string[] {
         bytes_received: x.sent,
       }),
     )
-  }
-  return out
-}
-
-/** One sample of a scrape: metric name, labels and value. */
-export interface ScrapedSample {
-  name: string
-  labels: Record<string, string>
-  value: number
-}
-
-/** Parse the Prometheus text format (0.0.4) well enough for assertions; comments are skipped. */
-export function parseExposition(text: string): ScrapedSample[] {
-  const out: ScrapedSample[] = []
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue
-    // s: a label value may hold a carriage return or U+2028, which `.` does not match otherwise
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$/s.exec(line)
-    if (!m?.[1] || !m[3]) throw new Error(`unparseable exposition line: ${line}`)
-    const labels: Record<string, string> = {}
-    const body = m[2]?.slice(1, -1) ?? ''
-    const re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)",?/g
-    let lm: RegExpExecArray | null
-    while ((lm = re.exec(body))) {
-      labels[lm[1]!] = lm[2]!.replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c))
-    }
-    const v = m[3]
-    out.push({ name: m[1], labels, value: v === '+Inf' ? Infinity : v === '-Inf' ? -Infinity : Number(v) })
   }
   return out
 }

@@ -1,7 +1,7 @@
 // The image's Node.js, fetched from the npm registry into .cache/ (git-ignored, and kept out of the image's
 // build context by .dockerignore), once: the Node binary as the package node-<platform>-<arch>, and, as
 // that package carries node alone (bin/node, include/node, share), the npm its release bundles as the
-// package npm. Shared by 40.node-lts.test.ts and 41.image-build.test.ts.
+// package npm. Shared by deploy/node-lts.test.ts and deploy/image-build.test.ts.
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync } from 'node:fs'

@@ -204,7 +204,7 @@ describe('deploy/kubernetes: policy', () => {
     assert.equal(init?.envFrom, undefined)
     // the command: that directory becomes the exporter's user's, mode 0700, whoever owned it (the
     // kubelet creates it root's, 0755; a previous pod leaves it the exporter's). Chown to root first:
-    // root without CAP_FOWNER may chmod only its own files (test/privileged/45.kubernetes.test.ts runs it)
+    // root without CAP_FOWNER may chmod only its own files (test/privileged/deploy/kubernetes.test.ts runs it)
     assert.equal(init?.args, undefined)
     assert.deepEqual(init?.command, [
       '/bin/sh',

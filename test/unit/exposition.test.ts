@@ -15,6 +15,7 @@ import {
   renderChunks,
 } from '../../src/metrics/exposition.js'
 import type { Format, MetricFamily } from '../../src/metrics/exposition.js'
+import { checkExposition, parseExposition, type ParsedSample } from '../exposition-parser.js'
 
 const COUNTER: MetricFamily = {
   name: 'tcptracer_connects_total',
@@ -539,124 +540,9 @@ function richFixture(): MetricFamily[] {
   ]
 }
 
-interface ParsedSample {
-  name: string
-  labels: Array<[string, string]>
-  value: string
-}
-
-const NUMBER = /^(?:[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?|[+-]?inf(?:inity)?|nan)$/i
-const NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*/
-const LABEL_NAME = /^[a-zA-Z_][a-zA-Z0-9_]*/
-const SUFFIXES: Record<string, string[]> = {
-  counter: ['_total'],
-  gauge: [''],
-  info: ['_info'],
-  histogram: ['_bucket', '_count', '_sum'],
-}
-
-/**
- * Reads an escaped string: a label value up to its closing quote (returned with the quote's index), or
- * HELP text to the end of the line. Escapes: \\ and \n, and \" except in text-format HELP, where a raw
- * " is allowed instead.
- */
-function unescape(line: string, from: number, kind: 'label' | 'text-help' | 'om-help'): [string, number] {
-  let s = ''
-  let i = from
-  for (; i < line.length; i++) {
-    const c = line[i]!
-    if (c === '"' && kind !== 'text-help') {
-      if (kind === 'label') return [s, i]
-      throw new Error(`raw " in OpenMetrics HELP ${JSON.stringify(line)}`)
-    }
-    if (c === '\\') {
-      const d = line[++i]
-      if (d === 'n') s += '\n'
-      else if (d === '\\' || (d === '"' && kind !== 'text-help')) s += d
-      else throw new Error(`bad escape \\${d} in ${JSON.stringify(line)}`)
-    } else s += c
-  }
-  if (kind === 'label') throw new Error(`unterminated label value in ${JSON.stringify(line)}`)
-  return [s, i]
-}
-
-/**
- * A minimal checking parser for the output of render(): exact structure of metadata lines, one
- * declared family per sample (with the suffixes its type allows), label syntax and escapes, unique
- * label names, numeric values, canonical le, no blank lines or trailing spaces, and # EOF at the
- * end for OpenMetrics. Returns the samples.
- */
-function parseExposition(text: string, format: Format): ParsedSample[] {
-  const om = format === 'openmetrics'
-  assert.ok(text.endsWith('\n'), 'output ends with a line feed')
-  const lines = text.slice(0, -1).split('\n')
-  if (om) assert.equal(lines.pop(), '# EOF', 'OpenMetrics output ends with # EOF')
-  const samples: ParsedSample[] = []
-  const declared = new Set<string>()
-  let family: { name: string; type: string } | undefined
-  for (const line of lines) {
-    assert.ok(line !== '', 'no blank lines')
-    assert.ok(!/[ \t]$/.test(line), `no trailing whitespace: ${JSON.stringify(line)}`)
-    const meta = /^# (TYPE|HELP) ([^ ]+) (.*)$/.exec(line)
-    if (meta !== null) {
-      const [, kind, name, rest] = meta as unknown as [string, string, string, string]
-      assert.match(name, /^[a-zA-Z_:][a-zA-Z0-9_:]*$/)
-      if (kind === 'TYPE') {
-        assert.ok(!declared.has(name), `family ${name} declared once`)
-        declared.add(name)
-        const types = om ? ['counter', 'gauge', 'histogram', 'info'] : ['counter', 'gauge', 'histogram']
-        assert.ok(types.includes(rest), `type ${rest}`)
-        family = { name, type: rest }
-      } else {
-        assert.ok(rest !== '', 'no empty HELP')
-        unescape(rest, 0, om ? 'om-help' : 'text-help')
-        if (om) assert.equal(name, family?.name, 'OpenMetrics: TYPE comes before HELP')
-      }
-      continue
-    }
-    assert.ok(!line.startsWith('#'), `unexpected comment ${JSON.stringify(line)}`)
-    const name = NAME.exec(line)?.[0]
-    assert.ok(name !== undefined, `sample name in ${JSON.stringify(line)}`)
-    assert.ok(family !== undefined, `sample before any TYPE: ${line}`)
-    // In the text format only histograms add suffixes: a counter's or info's samples are named as the family.
-    const suffixes = om || family.type === 'histogram' ? (SUFFIXES[family.type] ?? []) : ['']
-    const familyName = family.name
-    const allowed = suffixes.map((suffix) => familyName + suffix)
-    assert.ok(allowed.includes(name), `${name} belongs to the family ${family.name} (${family.type})`)
-    let i = name.length
-    const labels: Array<[string, string]> = []
-    if (line[i] === '{') {
-      i++
-      while (line[i] !== '}') {
-        const ln = LABEL_NAME.exec(line.slice(i))?.[0]
-        assert.ok(ln !== undefined, `label name at ${i} in ${JSON.stringify(line)}`)
-        i += ln.length
-        assert.equal(line.slice(i, i + 2), '="')
-        const [value, end] = unescape(line, i + 2, 'label')
-        assert.ok(!labels.some(([k]) => k === ln), `label ${ln} once`)
-        labels.push([ln, value])
-        i = end + 1
-        if (line[i] === ',') i++
-        else assert.equal(line[i], '}', `} or , after a label in ${JSON.stringify(line)}`)
-      }
-      i++
-    }
-    assert.equal(line[i], ' ')
-    const value = line.slice(i + 1)
-    assert.match(value, NUMBER)
-    if (name.endsWith('_bucket') && family.type === 'histogram') {
-      const le = labels.find(([k]) => k === 'le')?.[1]
-      assert.ok(le !== undefined, 'bucket has le')
-      assert.ok(le === '+Inf' || formatLe(Number(le)) === le, `canonical le ${le}`)
-    }
-    samples.push({ name, labels, value })
-  }
-  return samples
-}
-
 test('rich fixture: both formats parse, and expose the same samples', () => {
-  const text = parseExposition(render(richFixture(), 'prometheus'), 'prometheus')
-  const om = parseExposition(render(richFixture(), 'openmetrics'), 'openmetrics')
+  const text = checkExposition(render(richFixture(), 'prometheus'), 'prometheus')
+  const om = checkExposition(render(richFixture(), 'openmetrics'), 'openmetrics')
   // the same series and values; only the order of _sum and _count differs
   const byKey = (samples: ParsedSample[]): Map<string, string> =>
     new Map(samples.map((s) => [JSON.stringify([s.name, s.labels]), s.value]))
@@ -675,6 +561,20 @@ test('rich fixture: both formats parse, and expose the same samples', () => {
   const counts = text.filter((s) => s.name === 'tcptracer_connect_latency_seconds_count').map((s) => s.value)
   assert.deepEqual(inf, counts)
   assert.deepEqual(counts, [...HOSTILE.map((_, i) => String(i + 7)), '6'])
+})
+
+test('rich fixture: the scrape parser of the tests and bench reads the same samples as the checking parser', () => {
+  for (const format of ['prometheus', 'openmetrics'] as const) {
+    const text = render(richFixture(), format)
+    assert.deepEqual(
+      parseExposition(text),
+      checkExposition(text, format).map((s) => ({
+        name: s.name,
+        labels: Object.fromEntries(s.labels),
+        value: s.value === '+Inf' ? Infinity : s.value === '-Inf' ? -Infinity : Number(s.value),
+      })),
+    )
+  }
 })
 
 function promtoolAvailable(): boolean {
@@ -761,4 +661,5 @@ test('promtool check metrics accepts the text format', (t) => {
 })
 
 // promtool check metrics (Prometheus 2.x) reads only the text format 0.0.4: on OpenMetrics it trips over
-// `\"` in HELP and `# TYPE … info`. So OpenMetrics is checked by parseExposition() above, not by promtool.
+// `\"` in HELP and `# TYPE … info`. So OpenMetrics is checked by checkExposition()
+// (test/exposition-parser.ts), not by promtool.

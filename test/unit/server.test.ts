@@ -12,6 +12,7 @@ import { build } from '../../src/http/server.js'
 import type { HookStatus } from '../../src/kernel/tracer.js'
 import type { MetricsSource, ServerOptions } from '../../src/http/server.js'
 import { NOT_ASKED_TO_PIN, type KernelState } from '../../src/kernel/pinned-state.js'
+import { parseExposition } from '../exposition-parser.js'
 
 /** The Accept header Prometheus 2.x/3.x sends by default. */
 const PROMETHEUS_ACCEPT =
@@ -172,6 +173,22 @@ describe('server', () => {
     // prom-client's counters in their OpenMetrics form
     assert.match(res.body, /^# TYPE process_cpu_user_seconds counter$/m)
     assert.match(res.body, /^process_cpu_user_seconds_total \d/m)
+  })
+
+  test('/metrics in both formats, process metrics included, reads with the parser of the tests and bench', async () => {
+    for (const accept of ['text/plain;version=0.0.4', PROMETHEUS_ACCEPT]) {
+      const res = await app.inject({ url: '/metrics', headers: { accept } })
+      assert.equal(res.statusCode, 200)
+      const samples = parseExposition(res.body)
+      assert.deepEqual(samples.slice(0, 2), [
+        { name: 'tcptracer_connects_total', labels: { comm: 'curl' }, value: 3 },
+        { name: 'tcptracer_active_connections', labels: { comm: 'curl', direction: 'outbound' }, value: 2 },
+      ])
+      assert.ok(
+        samples.some((x) => x.name === 'process_cpu_user_seconds_total'),
+        accept,
+      )
+    }
   })
 
   test('HEAD /metrics', async () => {

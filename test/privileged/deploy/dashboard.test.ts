@@ -4,23 +4,13 @@
 // data carrying the labels its legend names, and every rule of deploy/prometheus/rules.yml must load and
 // evaluate cleanly.
 import assert from 'node:assert/strict'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
-import { after, before, describe, test } from 'node:test'
+import { describe, test } from 'node:test'
 import { parse } from 'yaml'
-import { packageRoot } from '../../src/kernel/paths.js'
-import {
-  inNetns,
-  JsonProcess,
-  Netns,
-  type Netns as NetnsT,
-  privileged,
-  runClient,
-  startDaemon,
-  startServer,
-} from './harness.js'
-import { Prometheus, sleep, until, type Series } from './prometheus.js'
+import { packageRoot } from '../../../src/kernel/paths.js'
+import { fixture, inNetns, JsonProcess, privileged, runClient, startDaemon, startServer } from '../harness.js'
+import { Prometheus, sleep, until, type Series } from '../prometheus.js'
 
 const { skip } = privileged()
 
@@ -64,22 +54,12 @@ function legendLabels(legend: string | undefined): string[] {
 }
 
 describe('the Grafana dashboard and the alerting rules on a real Prometheus', { skip }, () => {
-  let ns: NetnsT
-  let dir: string
-
-  before(() => {
-    ns = new Netns(`tt-dash-${process.pid}`)
-    dir = mkdtempSync(path.join(tmpdir(), 'tt-dashboard-'))
-  })
-  after(() => {
-    ns.delete()
-    rmSync(dir, { recursive: true, force: true })
-  })
+  const fx = fixture('tt-dashboard-', { ns: `tt-dash-${process.pid}` })
 
   test('every panel query returns data with its legend labels; every rule loads and evaluates', async () => {
     const dashboard = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as Dashboard
-    const cfg = path.join(dir, 'config.yml')
-    writeFileSync(cfg, `filters:\n  netns: [${ns.inode}]\n`)
+    const cfg = path.join(fx.dir, 'config.yml')
+    writeFileSync(cfg, `filters:\n  netns: [${fx.ns.inode}]\n`)
     const d = await startDaemon([`--config.file=${cfg}`])
     const background: JsonProcess[] = []
     let prom: Prometheus | undefined
@@ -92,10 +72,10 @@ describe('the Grafana dashboard and the alerting rules on a real Prometheus', { 
       )
 
       // --- the workload ---
-      const server = await startServer(ns, ['--comm', SRV, '--forever'])
+      const server = await startServer(fx.ns, ['--comm', SRV, '--forever'])
       background.push(server.proc)
       const connect = (args: string[]): Promise<unknown> =>
-        runClient(ns, ['--comm', CLI, '--addr', '127.0.0.1', ...args])
+        runClient(fx.ns, ['--comm', CLI, '--addr', '127.0.0.1', ...args])
       // warm-up: the label sets exist in Prometheus before the counted load, so rate() sees all of it
       await connect(['--port', String(server.port), '--send', '100'])
       await connect(['--port', '1'])
@@ -104,9 +84,9 @@ describe('the Grafana dashboard and the alerting rules on a real Prometheus', { 
         return ((await p.value(q)) ?? 0) >= 2 ? true : undefined
       })
       // a connection held open (active > 0 on both ends) while the dashboard is checked
-      const hsrv = await startServer(ns, ['--comm', HSRV, '--count', '1'])
+      const hsrv = await startServer(fx.ns, ['--comm', HSRV, '--count', '1'])
       background.push(hsrv.proc)
-      const holder = inNetns(ns, [
+      const holder = inNetns(fx.ns, [
         'client',
         '--comm',
         HOLD,
@@ -130,7 +110,7 @@ describe('the Grafana dashboard and the alerting rules on a real Prometheus', { 
       const refused = (await connect(['--port', '1', '--count', String(N)])) as Array<Record<string, unknown>>
       assert.equal(refused.filter((l) => l['event'] === 'failed').length, N)
 
-      const sel = `job="tcptracer", netns="${ns.inode}"`
+      const sel = `job="tcptracer", netns="${fx.ns.inode}"`
       for (const [q, want] of [
         [`sum(tcptracer_connects_total{${sel}, comm="${CLI}"})`, N + 1],
         [`sum(tcptracer_connect_failures_total{${sel}, comm="${CLI}", reason="refused"})`, N + 1],
@@ -162,7 +142,7 @@ describe('the Grafana dashboard and the alerting rules on a real Prometheus', { 
       assert.ok((await labelValues('job')).includes('tcptracer'), 'variable job offers tcptracer')
       assert.ok((await labelValues('instance')).includes(instance), 'variable instance offers the exporter')
       assert.ok(
-        (await labelValues('netns')).includes(String(ns.inode)),
+        (await labelValues('netns')).includes(String(fx.ns.inode)),
         'variable netns offers the namespace',
       )
       const comms = await labelValues('comm')
@@ -230,9 +210,9 @@ describe('the Grafana dashboard and the alerting rules on a real Prometheus', { 
         'Accepts/s by namespace/A',
         'Closes/s by namespace/A',
       ]) {
-        positive(key, { name: ns.name, netns: String(ns.inode) })
+        positive(key, { name: fx.ns.name, netns: String(fx.ns.inode) })
       }
-      assert.equal(val(find('Active connections by namespace/A', { name: ns.name })), 2)
+      assert.equal(val(find('Active connections by namespace/A', { name: fx.ns.name })), 2)
       const heat = get('Connection lifetime/A')
       assert.ok(
         heat.some((s) => s.metric['le'] === '+Inf' && (s.values ?? []).some(([, v]) => Number(v) > 0)),

@@ -1,22 +1,22 @@
 // The exporter on the real kernel: real traffic in namespaces this test creates,
 // exact counters on /metrics, promtool, a real Prometheus, config and signals.
+// vm-suite: kernel
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
-import { after, before, describe, test } from 'node:test'
-import { Prometheus, ScrapeFailed, scrapeIntervalFor, slowestScrape, type Target } from './prometheus.js'
-import { nameFromCgroupPath } from '../../src/host/cgroups.js'
+import { describe, test } from 'node:test'
+import { Prometheus, ScrapeFailed, scrapeIntervalFor, slowestScrape, type Target } from '../prometheus.js'
+import { nameFromCgroupPath } from '../../../src/host/cgroups.js'
 import {
   assertCounted,
   CLI,
   type Daemon,
   exchange as runExchange,
+  fixture,
   inNetns,
   JsonProcess,
   losses,
-  Netns,
   type Netns as NetnsT,
   privileged,
   reportedShortfall,
@@ -28,7 +28,7 @@ import {
   startServer,
   TIME_SCALE,
   valueOf,
-} from './harness.js'
+} from '../harness.js'
 
 const { skip } = privileged()
 const SRV = 'tt-srv'
@@ -44,23 +44,10 @@ function promtoolCheck(text: string): void {
 }
 
 describe('exporter on the real kernel', { skip }, () => {
-  let a: NetnsT
-  let b: NetnsT
-  let dir: string
-
-  before(() => {
-    a = new Netns(`tt-ea-${process.pid}`)
-    b = new Netns(`tt-eb-${process.pid}`)
-    dir = mkdtempSync(path.join(tmpdir(), 'tt-exporter-'))
-  })
-  after(() => {
-    a.delete()
-    b.delete()
-    rmSync(dir, { recursive: true, force: true })
-  })
+  const fx = fixture('tt-exporter-', { a: `tt-ea-${process.pid}`, b: `tt-eb-${process.pid}` })
 
   function config(name: string, text: string): string {
-    const file = path.join(dir, name)
+    const file = path.join(fx.dir, name)
     writeFileSync(file, text)
     return file
   }
@@ -68,11 +55,11 @@ describe('exporter on the real kernel', { skip }, () => {
   test('exact counters, histograms and gauges; promtool is clean; Prometheus reads the same numbers', async (t) => {
     const N4 = 20
     const N6 = 10
-    const file = config('exact.yml', `filters:\n  netns: [${a.inode}, ${b.inode}]\n`)
+    const file = config('exact.yml', `filters:\n  netns: [${fx.a.inode}, ${fx.b.inode}]\n`)
 
     // a connection open before the daemon starts: seeded into the active gauge
-    const old = await startServer(a, ['--comm', 'tt-old-srv', '--count', '1'])
-    const oldClient = inNetns(a, [
+    const old = await startServer(fx.a, ['--comm', 'tt-old-srv', '--count', '1'])
+    const oldClient = inNetns(fx.a, [
       'client',
       '--comm',
       'tt-old-cli',
@@ -96,18 +83,18 @@ describe('exporter on the real kernel', { skip }, () => {
       const active = (s: ScrapedSample[], comm: string, n: NetnsT, direction: string): number | undefined =>
         valueOf(s, 'tcptracer_active_connections', { comm, netns: ns(n), family: 'ipv4', direction })
       assert.equal(
-        active(first, 'tt-old-cli', a, 'outbound'),
+        active(first, 'tt-old-cli', fx.a, 'outbound'),
         1,
         `a connection open at start is seeded: ${JSON.stringify(d.logs().filter((l) => String(l['msg']).startsWith('seeded')))} ${JSON.stringify(first.filter((x) => x.name === 'tcptracer_active_connections'))}`,
       )
-      assert.equal(active(first, 'tt-old-srv', a, 'inbound'), 1)
+      assert.equal(active(first, 'tt-old-srv', fx.a, 'inbound'), 1)
       oldClient.child.stdin?.end()
 
-      for (const n of [a, b]) {
+      for (const n of [fx.a, fx.b]) {
         await exchange(n, '127.0.0.1', '127.0.0.1', N4, 100)
         await exchange(n, '::1', '::1', N6, 50)
       }
-      const refused = await runClient(a, [
+      const refused = await runClient(fx.a, [
         '--comm',
         CLI_COMM,
         '--addr',
@@ -123,7 +110,7 @@ describe('exporter on the real kernel', { skip }, () => {
 
       const { text, samples: s } = await scrape(d)
       promtoolCheck(text)
-      for (const n of [a, b]) {
+      for (const n of [fx.a, fx.b]) {
         for (const [family, count, bytes] of [
           ['ipv4', N4, 100],
           ['ipv6', N6, 50],
@@ -163,7 +150,7 @@ describe('exporter on the real kernel', { skip }, () => {
       const fail = (reason: string): number | undefined =>
         valueOf(s, 'tcptracer_connect_failures_total', {
           comm: CLI_COMM,
-          netns: ns(a),
+          netns: ns(fx.a),
           family: 'ipv4',
           reason,
         })
@@ -174,15 +161,15 @@ describe('exporter on the real kernel', { skip }, () => {
       assert.equal(
         valueOf(s, 'tcptracer_connect_failures_total', {
           comm: CLI_COMM,
-          netns: ns(b),
+          netns: ns(fx.b),
           reason: 'refused',
           family: 'ipv4',
         }),
         0,
       )
       // the seeded connection closed: the gauge is back at 0, and it is not counted as a close
-      assert.equal(active(s, 'tt-old-cli', a, 'outbound'), 0)
-      assert.equal(active(s, 'tt-old-srv', a, 'inbound'), 0)
+      assert.equal(active(s, 'tt-old-cli', fx.a, 'outbound'), 0)
+      assert.equal(active(s, 'tt-old-srv', fx.a, 'inbound'), 0)
       assert.equal(
         valueOf(s, 'tcptracer_closes_total', { comm: 'tt-old-cli', direction: 'outbound' }) ?? 0,
         0,
@@ -207,7 +194,7 @@ describe('exporter on the real kernel', { skip }, () => {
         [
           [`sum(tcptracer_connects_total{comm="tt-cli"})`, 2 * (N4 + N6)],
           [`sum(tcptracer_accepts_total{comm="tt-srv",family="ipv6"})`, 2 * N6],
-          [`tcptracer_accepts_total{comm="tt-srv",netns="${ns(b)}",family="ipv4"}`, N4],
+          [`tcptracer_accepts_total{comm="tt-srv",netns="${ns(fx.b)}",family="ipv4"}`, N4],
           [`sum(tcptracer_closes_total{comm=~"tt-cli|tt-srv"})`, 4 * (N4 + N6)],
           [`sum(tcptracer_connection_duration_seconds_count{comm="tt-srv"})`, 2 * (N4 + N6)],
           [
@@ -216,7 +203,7 @@ describe('exporter on the real kernel', { skip }, () => {
             { unit: 100 },
           ],
           [
-            `tcptracer_connect_failures_total{comm="tt-cli",reason="refused",netns="${ns(a)}",family="ipv4"}`,
+            `tcptracer_connect_failures_total{comm="tt-cli",reason="refused",netns="${ns(fx.a)}",family="ipv4"}`,
             3,
           ],
           [`sum(tcptracer_active_connections{comm=~"tt-.*"})`, 0, { gauge: true }],
@@ -230,12 +217,12 @@ describe('exporter on the real kernel', { skip }, () => {
   })
 
   test('past max_label_sets, new label sets fold into __overflow__ and nothing is lost', async () => {
-    const file = config('cap.yml', `limits:\n  max_label_sets: 3\nfilters:\n  netns: [${b.inode}]\n`)
+    const file = config('cap.yml', `limits:\n  max_label_sets: 3\nfilters:\n  netns: [${fx.b.inode}]\n`)
     const d = await startDaemon([`--config.file=${file}`])
     try {
-      const server = await startServer(b, ['--comm', SRV, '--count', '5'])
+      const server = await startServer(fx.b, ['--comm', SRV, '--count', '5'])
       for (let i = 1; i <= 5; i++) {
-        await runClient(b, ['--comm', `tt-c${i}`, '--addr', '127.0.0.1', '--port', String(server.port)])
+        await runClient(fx.b, ['--comm', `tt-c${i}`, '--addr', '127.0.0.1', '--port', String(server.port)])
       }
       assert.equal(await server.proc.exited, 0)
       const { text, samples: s } = await scrape(d)
@@ -276,11 +263,11 @@ describe('exporter on the real kernel', { skip }, () => {
 
   test('exact under concurrency: 4 client and 4 server threads, 4000 connections', async () => {
     const N = 4000
-    const file = config('concurrent.yml', `filters:\n  netns: [${b.inode}]\n`)
+    const file = config('concurrent.yml', `filters:\n  netns: [${fx.b.inode}]\n`)
     const d = await startDaemon([`--config.file=${file}`])
     try {
-      const server = await startServer(b, ['--comm', SRV, '--count', String(N), '--threads', '4'])
-      const lines = await runClient(b, [
+      const server = await startServer(fx.b, ['--comm', SRV, '--count', String(N), '--threads', '4'])
+      const lines = await runClient(fx.b, [
         '--comm',
         CLI_COMM,
         '--addr',
@@ -296,8 +283,8 @@ describe('exporter on the real kernel', { skip }, () => {
       ])
       assert.equal(lines.find((l) => l['event'] === 'done')?.['connected'], N)
       assert.equal(await server.proc.exited, 0)
-      const cli = { comm: CLI_COMM, netns: String(b.inode), family: 'ipv4' }
-      const srv = { comm: SRV, netns: String(b.inode), family: 'ipv4' }
+      const cli = { comm: CLI_COMM, netns: String(fx.b.inode), family: 'ipv4' }
+      const srv = { comm: SRV, netns: String(fx.b.inode), family: 'ipv4' }
       // the server's last closes complete with the clients' last ACKs
       const s = (
         await scrapeUntil(
@@ -335,15 +322,15 @@ describe('exporter on the real kernel', { skip }, () => {
   })
 
   test('pid and cgroup labels name the owning process and its cgroup', async () => {
-    const file = config('labels.yml', `labels: [comm, pid, cgroup]\nfilters:\n  netns: [${a.inode}]\n`)
+    const file = config('labels.yml', `labels: [comm, pid, cgroup]\nfilters:\n  netns: [${fx.a.inode}]\n`)
     const d = await startDaemon([`--config.file=${file}`])
     try {
-      const server = await startServer(a, ['--comm', SRV, '--count', '2'])
+      const server = await startServer(fx.a, ['--comm', SRV, '--count', '2'])
       const cgroupPath = readFileSync(`/proc/${server.pid}/cgroup`, 'utf8')
         .split('\n')
         .find((l) => l.startsWith('0::'))
         ?.slice(3)
-      const lines = await runClient(a, [
+      const lines = await runClient(fx.a, [
         '--comm',
         CLI_COMM,
         '--addr',
@@ -398,7 +385,7 @@ describe('exporter on the real kernel', { skip }, () => {
   })
 
   test('SIGHUP: an invalid file keeps the daemon serving and is counted; a valid one applies', async () => {
-    const file = config('reload.yml', `filters:\n  netns: [${a.inode}]\n`)
+    const file = config('reload.yml', `filters:\n  netns: [${fx.a.inode}]\n`)
     const d = await startDaemon([`--config.file=${file}`])
     try {
       writeFileSync(file, 'limits: [\n')
@@ -413,11 +400,11 @@ describe('exporter on the real kernel', { skip }, () => {
       assert.equal(valueOf(s, 'tcptracer_config_last_reload_successful', {}), 0)
       assert.equal((await fetch(`${d.url}/readyz`)).status, 200)
 
-      writeFileSync(file, `labels: [comm, netns, family, port]\nfilters:\n  netns: [${a.inode}]\n`)
+      writeFileSync(file, `labels: [comm, netns, family, port]\nfilters:\n  netns: [${fx.a.inode}]\n`)
       d.proc.child.kill('SIGHUP')
       await d.proc.until(() => d.logs().some((l) => l['msg'] === 'config reloaded'), 10000, 'the reload')
-      const server = await startServer(a, ['--comm', SRV, '--count', '2'])
-      await runClient(a, [
+      const server = await startServer(fx.a, ['--comm', SRV, '--count', '2'])
+      await runClient(fx.a, [
         '--comm',
         CLI_COMM,
         '--addr',
@@ -440,7 +427,7 @@ describe('exporter on the real kernel', { skip }, () => {
   })
 
   test('systemd notify: READY=1 once attached, STOPPING=1 at shutdown', async () => {
-    const sock = path.join(dir, 'notify.sock')
+    const sock = path.join(fx.dir, 'notify.sock')
     const receiver = new JsonProcess(
       spawn(
         'python3',

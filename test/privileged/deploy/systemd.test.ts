@@ -17,8 +17,8 @@ import {
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { packageRoot } from '../../src/kernel/paths.js'
-import { DEFAULT_PIN_PATH } from '../../src/kernel/pinned-state.js'
+import { packageRoot } from '../../../src/kernel/paths.js'
+import { DEFAULT_PIN_PATH } from '../../../src/kernel/pinned-state.js'
 import {
   exchange,
   Netns,
@@ -31,7 +31,7 @@ import {
   type Daemon,
   type Netns as NetnsT,
   type ScrapedSample,
-} from './harness.js'
+} from '../harness.js'
 
 const UNIT = path.join(packageRoot, 'systemd', 'tcptracer-exporter.service')
 const { skip } = privileged()
@@ -184,7 +184,7 @@ describe('systemd unit', { skip }, () => {
       const status = readFileSync(`/proc/${d.proc.child.pid}/status`, 'utf8')
       const uid = execFileSync('id', ['-u', user], { encoding: 'utf8' }).trim()
       assert.match(status, new RegExp(`^Uid:\\s+${uid}\\s`, 'm'), 'runs as the unit user')
-      // started with the unit's four, it keeps only cap_sys_ptrace once attached (65.capabilities.test.ts
+      // started with the unit's four, it keeps only cap_sys_ptrace once attached (exporter/capabilities.test.ts
       // checks every thread and every set, and kernels that need cap_bpf kept too)
       const granted = caps.reduce((m, c) => m | (1n << BigInt(CAP_BITS[c] ?? -1)), 0n)
       const field = (k: string): bigint =>

@@ -22,7 +22,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { packageRoot } from '../../src/kernel/paths.js'
+import { packageRoot } from '../../../src/kernel/paths.js'
 import {
   CACHE,
   extraCa,
@@ -39,8 +39,8 @@ import {
   run,
   start,
   tail,
-} from './debian-root.js'
-import { TIME_SCALE } from './harness.js'
+} from '../debian-root.js'
+import { TIME_SCALE } from '../harness.js'
 
 /** The oldest Node.js the README's run command supports ("with Node.js 20 or newer"). */
 const NODE_MAJOR = 20

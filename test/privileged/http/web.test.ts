@@ -11,12 +11,20 @@ import { after, before, describe, test } from 'node:test'
 
 import bcrypt from 'bcryptjs'
 
-import { Prometheus, until } from './prometheus.js'
-import { CLI, parseExposition, privileged, startDaemon, TIME_SCALE, valueOf, type Daemon } from './harness.js'
-import { makePki, type Pki } from '../unit/certs.js'
+import { Prometheus, until } from '../prometheus.js'
+import {
+  CLI,
+  parseExposition,
+  privileged,
+  startDaemon,
+  TIME_SCALE,
+  valueOf,
+  type Daemon,
+} from '../harness.js'
+import { makePki, type Pki } from '../../unit/certs.js'
 
 const { skip } = privileged()
-const LOAD_CLIENT = new URL('../unit/load-client.mjs', import.meta.url).pathname
+const LOAD_CLIENT = new URL('../../unit/load-client.mjs', import.meta.url).pathname
 
 // htpasswd -B writes $2y$; bcryptjs writes $2b$: the daemon must take both
 const PROM_PW = 'prom-secret'

@@ -3,7 +3,9 @@
 // the systemd unit's way (its user, only its four capabilities), each thread's sets are read from
 // /proc/PID/task/*/status and must be exactly the documented runtime set; the daemon must still count
 // exactly, name namespaces it first sees after the drop, apply a SIGHUP reload to the kernel maps and
-// detach cleanly. A kernel-dependent test (6*): the VM matrix runs it on Debian's 6.1 and 6.12 kernels.
+// detach cleanly. A kernel-dependent test (tagged for the VM suites kernel and hooks): the VM matrix
+// runs it on Debian's 6.1 and 6.12 kernels.
+// vm-suite: kernel hooks
 import assert from 'node:assert/strict'
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -18,8 +20,8 @@ import {
   capabilityNumber,
   threadCapabilities,
   type ThreadCapabilities,
-} from '../../src/host/capabilities.js'
-import { packageRoot } from '../../src/kernel/paths.js'
+} from '../../../src/host/capabilities.js'
+import { packageRoot } from '../../../src/kernel/paths.js'
 import {
   assertCounted,
   exchange,
@@ -33,7 +35,7 @@ import {
   valueOf,
   type Daemon,
   type Netns as NetnsT,
-} from './harness.js'
+} from '../harness.js'
 
 const UNIT = path.join(packageRoot, 'systemd', 'tcptracer-exporter.service')
 const ADDON = path.join(packageRoot, 'addon', 'build', 'Release', 'tcptracer.node')

@@ -5,17 +5,16 @@
 //
 // TCPTRACER_STORM_COUNT overrides the number of names (default 100000).
 import assert from 'node:assert/strict'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
-import { after, before, describe, test } from 'node:test'
-import { packageRoot } from '../../src/kernel/paths.js'
+import { describe, test } from 'node:test'
+import { packageRoot } from '../../../src/kernel/paths.js'
 import {
   type Daemon,
+  fixture,
   inNetns,
   type Json,
   losses,
-  Netns,
   privileged,
   scrape,
   type ScrapedSample,
@@ -23,7 +22,7 @@ import {
   startServer,
   TIME_SCALE,
   valueOf,
-} from './harness.js'
+} from '../harness.js'
 
 const { skip } = privileged()
 const COMMSTORM = path.join(packageRoot, 'test', 'helpers', 'bin', 'commstorm')
@@ -65,19 +64,10 @@ async function timedScrape(d: Daemon): Promise<{ samples: ScrapedSample[]; ms: n
 }
 
 describe('a process with 100,000 names, twice', { skip }, () => {
-  let ns: Netns
-  let dir: string
-  before(() => {
-    ns = new Netns(`tt-cs-${process.pid}`)
-    dir = mkdtempSync(path.join(tmpdir(), 'tt-storm-'))
-  })
-  after(() => {
-    ns.delete()
-    rmSync(dir, { recursive: true, force: true })
-  })
+  const fx = fixture('tt-storm-', { ns: `tt-cs-${process.pid}` })
 
   test(`${N} names, then ${N} more: series and kernel map capped, every connection counted, memory bounded`, async () => {
-    const file = path.join(dir, 'storm.yml')
+    const file = path.join(fx.dir, 'storm.yml')
     writeFileSync(
       file,
       [
@@ -85,7 +75,7 @@ describe('a process with 100,000 names, twice', { skip }, () => {
         `  max_label_sets: ${USER_CAP}`,
         `  max_kernel_label_sets: ${KERNEL_CAP}`,
         'filters:',
-        `  netns: [${ns.inode}]`,
+        `  netns: [${fx.ns.inode}]`,
         '',
       ].join('\n'),
     )
@@ -102,7 +92,7 @@ describe('a process with 100,000 names, twice', { skip }, () => {
       const rss: number[] = []
       for (let round = 1; round <= 2; round++) {
         const total = round * N
-        const server = await startServer(ns, [
+        const server = await startServer(fx.ns, [
           '--comm',
           'cs-server',
           '--bind',
@@ -115,7 +105,7 @@ describe('a process with 100,000 names, twice', { skip }, () => {
         ])
         const t0 = performance.now()
         const storm = inNetns(
-          ns,
+          fx.ns,
           [
             '--port',
             String(server.port),
@@ -167,7 +157,7 @@ describe('a process with 100,000 names, twice', { skip }, () => {
 
         // every connection counted once, across the named series and __overflow__
         const mine = (x: ScrapedSample): boolean =>
-          x.labels['netns'] === String(ns.inode) || x.labels['netns'] === '__overflow__'
+          x.labels['netns'] === String(fx.ns.inode) || x.labels['netns'] === '__overflow__'
         assert.ok(
           s.filter((x) => x.name.startsWith('tcptracer_c') && x.labels['comm'] !== undefined).every(mine),
           'only this namespace is counted',

@@ -9,18 +9,18 @@
 // on our CI VMs that is sometimes a thread of the VM's agent, and that kernel never runs BPF
 // programs on its time, nor counts the skip anywhere: a loopback run then misses a few state changes
 // for reasons no tracer can see (docs/tracer.md).
+// vm-suite: kernel hooks
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { after, before, describe, test } from 'node:test'
-import { decodeAggEntry } from '../../src/metrics/aggregator.js'
-import { loadBinding } from '../../src/kernel/binding.js'
-import { TcpTracer } from '../../src/kernel/tracer.js'
+import { before, describe, test } from 'node:test'
+import { decodeAggEntry } from '../../../src/metrics/aggregator.js'
+import { loadBinding } from '../../../src/kernel/binding.js'
+import { TcpTracer } from '../../../src/kernel/tracer.js'
 import {
+  fixture,
   inNetns,
-  Netns,
   privileged,
   runClient,
   scrape,
@@ -29,7 +29,7 @@ import {
   startServer,
   TIME_SCALE,
   valueOf,
-} from './harness.js'
+} from '../harness.js'
 
 const { skip } = privileged()
 const CLI_ADDR = '10.211.0.1'
@@ -46,17 +46,12 @@ async function sleep(ms: number): Promise<void> {
 
 describe('exact at full rate', { skip }, () => {
   // the client's and the server's namespace, joined by a veth pair
-  let a: Netns
-  let b: Netns
-  let dir: string
+  const fx = fixture('tt-full-rate-', { a: `tt-fra-${process.pid}`, b: `tt-frb-${process.pid}` })
 
   before(() => {
-    a = new Netns(`tt-fra-${process.pid}`)
-    b = new Netns(`tt-frb-${process.pid}`)
-    dir = mkdtempSync(path.join(tmpdir(), 'tt-full-rate-'))
     sh('ip', [
       '-n',
-      a.name,
+      fx.a.name,
       'link',
       'add',
       'tt-cli',
@@ -66,11 +61,11 @@ describe('exact at full rate', { skip }, () => {
       'name',
       'tt-srv',
       'netns',
-      b.name,
+      fx.b.name,
     ])
     for (const [ns, dev, addr] of [
-      [a, 'tt-cli', CLI_ADDR],
-      [b, 'tt-srv', SRV_ADDR],
+      [fx.a, 'tt-cli', CLI_ADDR],
+      [fx.b, 'tt-srv', SRV_ADDR],
     ] as const) {
       sh('ip', ['-n', ns.name, 'addr', 'add', `${addr}/24`, 'dev', dev])
       sh('ip', ['-n', ns.name, 'link', 'set', dev, 'up'])
@@ -83,28 +78,23 @@ describe('exact at full rate', { skip }, () => {
     sh('ip', [
       'netns',
       'exec',
-      a.name,
+      fx.a.name,
       'sysctl',
       '-qw',
       'net.ipv4.tcp_tw_reuse=1',
       'net.ipv4.ip_local_port_range=1024 65000',
     ])
   })
-  after(() => {
-    a.delete()
-    b.delete()
-    rmSync(dir, { recursive: true, force: true })
-  })
 
   const N = TIME_SCALE > 1 ? 10_000 : 100_000
 
   test(`${N} connections, 2 client and 2 server threads on 2 busy CPUs: every connect, accept and close exact`, async () => {
-    const file = path.join(dir, 'full-rate.yml')
-    // the state programs at full rate: the accept hooks have their own test (60.accept-hooks)
-    writeFileSync(file, `accept_mode: listener\nfilters:\n  netns: [${a.inode}, ${b.inode}]\n`)
+    const file = path.join(fx.dir, 'full-rate.yml')
+    // the state programs at full rate: the accept hooks have their own test (kernel/accept-hooks)
+    writeFileSync(file, `accept_mode: listener\nfilters:\n  netns: [${fx.a.inode}, ${fx.b.inode}]\n`)
     const d = await startDaemon([`--config.file=${file}`])
     try {
-      const server = await startServer(b, [
+      const server = await startServer(fx.b, [
         '--comm',
         'tt-fr-srv',
         '--bind',
@@ -124,7 +114,7 @@ describe('exact at full rate', { skip }, () => {
           await sleep(10)
         }
       })()
-      const lines = await runClient(a, [
+      const lines = await runClient(fx.a, [
         '--comm',
         'tt-fr-cli',
         '--addr',
@@ -142,8 +132,8 @@ describe('exact at full rate', { skip }, () => {
       assert.equal(done?.['connected'], N, JSON.stringify(done))
       assert.equal(await server.proc.exited, 0)
 
-      const cli = { comm: 'tt-fr-cli', netns: String(a.inode), family: 'ipv4' }
-      const srv = { comm: 'tt-fr-srv', netns: String(b.inode), family: 'ipv4' }
+      const cli = { comm: 'tt-fr-cli', netns: String(fx.a.inode), family: 'ipv4' }
+      const srv = { comm: 'tt-fr-srv', netns: String(fx.b.inode), family: 'ipv4' }
       const closes = (s: ScrapedSample[]): [number | undefined, number | undefined] => [
         valueOf(s, 'tcptracer_closes_total', { ...cli, direction: 'outbound' }),
         valueOf(s, 'tcptracer_closes_total', { ...srv, direction: 'inbound' }),
@@ -208,14 +198,14 @@ describe('exact at full rate', { skip }, () => {
     })
     tracer.createOverflowEntries()
     // the exporter's filter: entries for every namespace, counts for this one
-    tracer.setFilters([b.inode], [])
+    tracer.setFilters([fx.b.inode], [])
     tracer.attach()
     tracer.activate()
     const counts = (comm: string): { opened: number; closed: number; lifetimes: number } => {
       const r = { opened: 0, closed: 0, lifetimes: 0 }
       for (const e of tracer.aggregateEntries()) {
         const k = decodeAggEntry(e.key, e.value, tracer.layout, tracer.constants, 1)
-        if (k.comm !== comm || k.netns !== b.inode) continue
+        if (k.comm !== comm || k.netns !== fx.b.inode) continue
         r.opened += k.opened
         r.closed += k.closed
         r.lifetimes += k.buckets.reduce((x, y) => x + y, 0)
@@ -225,8 +215,15 @@ describe('exact at full rate', { skip }, () => {
 
     // K connections held open until the client is killed, counted while the programs run
     const K = 16
-    const server = await startServer(b, ['--comm', 'tt-us-srv', '--count', String(K), '--threads', String(K)])
-    const client = inNetns(b, [
+    const server = await startServer(fx.b, [
+      '--comm',
+      'tt-us-srv',
+      '--count',
+      String(K),
+      '--threads',
+      String(K),
+    ])
+    const client = inNetns(fx.b, [
       'client',
       '--comm',
       'tt-us-cli',
@@ -253,7 +250,9 @@ describe('exact at full rate', { skip }, () => {
     await client.exited
     assert.equal(await server.proc.exited, 0)
     const open = (): string =>
-      spawnSync('ip', ['netns', 'exec', b.name, 'ss', '-tanH', 'exclude', 'time-wait'], { encoding: 'utf8' })
+      spawnSync('ip', ['netns', 'exec', fx.b.name, 'ss', '-tanH', 'exclude', 'time-wait'], {
+        encoding: 'utf8',
+      })
         .stdout.split('\n')
         .filter((l) => l.includes(`:${server.port} `))
         .join('\n')
@@ -273,7 +272,7 @@ describe('exact at full rate', { skip }, () => {
     assert.equal(tracer.kernelStats().closeUnseen - before, BigInt(2 * K), 'each counted as unseen')
     // and only once: neither another walk nor new sockets at the same addresses count them again
     assert.ok(tracer.sweepUnseenCloses())
-    await runClient(b, ['--comm', 'tt-us-more', '--addr', '127.0.0.1', '--port', '1', '--count', '50'])
+    await runClient(fx.b, ['--comm', 'tt-us-more', '--addr', '127.0.0.1', '--port', '1', '--count', '50'])
     assert.deepEqual(
       [counts('tt-us-cli').closed, counts('tt-us-srv').closed],
       [K, K],

@@ -23,8 +23,8 @@ import { after, before, describe, test } from 'node:test'
 import { DaemonSet } from 'kubernetes-models/apps/v1/DaemonSet'
 import type { ISecurityContext } from 'kubernetes-models/v1/SecurityContext'
 import { parse as parseYaml } from 'yaml'
-import { packageRoot } from '../../src/kernel/paths.js'
-import { DEFAULT_PIN_PATH } from '../../src/kernel/pinned-state.js'
+import { packageRoot } from '../../../src/kernel/paths.js'
+import { DEFAULT_PIN_PATH } from '../../../src/kernel/pinned-state.js'
 import {
   CLI,
   exchange,
@@ -36,7 +36,7 @@ import {
   valueOf,
   type Daemon,
   type ScrapedSample,
-} from './harness.js'
+} from '../harness.js'
 
 const { skip } = privileged()
 

@@ -37,11 +37,11 @@
 // What it cannot show: that the real base images still provide what the roots here get from BASE_EXTRAS
 // and the npm registry (the base images' own contents are not reachable from here); anything about
 // layers, the build cache or BuildKit; a container's own PID, IPC and UTS namespaces, its cgroup and
-// seccomp profile and AppArmor (40.node-lts.test.ts runs the exporter with the image's user and
+// seccomp profile and AppArmor (deploy/node-lts.test.ts runs the exporter with the image's user and
 // capabilities against the real kernel); that `docker build` itself parses the Dockerfile as the
 // reader here does.
 //
-// The roots from mmdebstrap (debian-root.ts, shared with 42.run-path.test.ts) are cached under
+// The roots from mmdebstrap (debian-root.ts, shared with run-path.test.ts) are cached under
 // /var/cache/tcptracer-exporter/image-build as tarballs keyed by their package lists (a changed list in
 // the Dockerfile makes a new one), and npm's download cache there too (like a BuildKit cache mount: it
 // holds only packages checked against package-lock.json).
@@ -60,7 +60,7 @@ import {
 } from 'node:fs'
 import path from 'node:path'
 import { after, before, describe, test, type TestContext } from 'node:test'
-import { packageRoot } from '../../src/kernel/paths.js'
+import { packageRoot } from '../../../src/kernel/paths.js'
 import {
   type AsUser,
   asUserArgs,
@@ -80,7 +80,7 @@ import {
   run,
   start,
   tail,
-} from './debian-root.js'
+} from '../debian-root.js'
 import {
   aptPackages,
   dockerfileText,
@@ -94,8 +94,8 @@ import {
   parseStages,
   runtimeSpecifics,
   type Stage,
-} from './dockerfile.js'
-import { TIME_SCALE } from './harness.js'
+} from '../dockerfile.js'
+import { TIME_SCALE } from '../harness.js'
 
 /**
  * What the node images have beyond minbase that the roots here need, and the Dockerfile rightly does not

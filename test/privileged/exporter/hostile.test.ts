@@ -5,16 +5,15 @@
 // used to crash the daemon on reload.
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
-import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { after, before, describe, test } from 'node:test'
-import { Prometheus, until, type Series } from './prometheus.js'
+import { describe, test } from 'node:test'
+import { Prometheus, until, type Series } from '../prometheus.js'
 import {
   CLI,
+  fixture,
   JsonProcess,
-  Netns,
   parseExposition,
   privileged,
   runClient,
@@ -27,8 +26,8 @@ import {
   type Daemon,
   type Json,
   type ScrapedSample,
-} from './harness.js'
-import { printable } from '../../src/cli/trace-format.js'
+} from '../harness.js'
+import { printable } from '../../../src/cli/trace-format.js'
 
 const { skip } = privileged()
 
@@ -125,24 +124,15 @@ async function promByComm(prom: Prometheus, q: string, want: Map<string, number>
 }
 
 describe('hostile process names', { skip }, () => {
-  let ns: Netns
-  let dir: string
-  before(() => {
-    ns = new Netns(`tt-hn-${process.pid}`)
-    dir = mkdtempSync(path.join(tmpdir(), 'tt-hostile-'))
-  })
-  after(() => {
-    ns.delete()
-    rmSync(dir, { recursive: true, force: true })
-  })
+  const fx = fixture('tt-hostile-', { ns: `tt-hn-${process.pid}` })
 
   test('exact counts per name in both formats, promtool, Prometheus by either format, trace text and JSON', async () => {
-    const file = path.join(dir, 'names.yml')
-    writeFileSync(file, `filters:\n  netns: [${ns.inode}]\n`)
+    const file = path.join(fx.dir, 'names.yml')
+    writeFileSync(file, `filters:\n  netns: [${fx.ns.inode}]\n`)
     const d = await startDaemon([`--config.file=${file}`])
-    const json = await startTrace(['-N', String(ns.inode)])
+    const json = await startTrace(['-N', String(fx.ns.inode)])
     const text = new JsonProcess(
-      spawn(process.execPath, [CLI, 'trace', '-N', String(ns.inode)], { stdio: 'pipe' }),
+      spawn(process.execPath, [CLI, 'trace', '-N', String(fx.ns.inode)], { stdio: 'pipe' }),
     )
     let textOut = ''
     text.child.stdout!.on('data', (b: Buffer) => {
@@ -152,7 +142,7 @@ describe('hostile process names', { skip }, () => {
       await text.until(() => textOut.includes('Tracing TCP'), 15_000, 'the text trace banner')
 
       const total = CLIENTS.reduce((n, _c, i) => n + i + 1, 0)
-      const server = await startServer(ns, ['--comm-hex', SERVER_HEX, '--count', String(total)])
+      const server = await startServer(fx.ns, ['--comm-hex', SERVER_HEX, '--count', String(total)])
       const srvListening = server.proc.lines.find((l) => l['event'] === 'listening') as Json
       const srvLabel = label(srvListening['comm_hex'] as string)
       assert.equal(srvLabel, 'srv"\\\n\ufffd\ufffd')
@@ -160,7 +150,7 @@ describe('hostile process names', { skip }, () => {
       /** label value -> connections made under it (names that decode alike add up) */
       const want = new Map<string, number>()
       for (const [i, c] of CLIENTS.entries()) {
-        const lines = await runClient(ns, [
+        const lines = await runClient(fx.ns, [
           '--comm-hex',
           c.hex,
           '--addr',
@@ -187,17 +177,17 @@ describe('hostile process names', { skip }, () => {
       assert.ok(!t.text.split('\n').some((l) => l.startsWith('fake_total') || l === '} 1' || l === '# EOF'))
       const check = (s: ScrapedSample[], fmt: string): void => {
         assert.deepEqual(
-          sortedEntries(byComm(s, 'tcptracer_connects_total', ns.inode)),
+          sortedEntries(byComm(s, 'tcptracer_connects_total', fx.ns.inode)),
           sortedEntries(want),
           fmt,
         )
         assert.deepEqual(
-          sortedEntries(byComm(s, 'tcptracer_closes_total', ns.inode, { direction: 'outbound' })),
+          sortedEntries(byComm(s, 'tcptracer_closes_total', fx.ns.inode, { direction: 'outbound' })),
           sortedEntries(want),
           fmt,
         )
         assert.deepEqual(
-          sortedEntries(byComm(s, 'tcptracer_accepts_total', ns.inode)),
+          sortedEntries(byComm(s, 'tcptracer_accepts_total', fx.ns.inode)),
           [[srvLabel, total]],
           fmt,
         )
@@ -210,7 +200,7 @@ describe('hostile process names', { skip }, () => {
           assert.equal(
             valueOf(s, 'tcptracer_connect_failures_total', {
               comm: l,
-              netns: String(ns.inode),
+              netns: String(fx.ns.inode),
               reason: 'refused',
             }),
             0,
@@ -249,8 +239,8 @@ describe('hostile process names', { skip }, () => {
 
       // --- a real Prometheus: the format it prefers (OpenMetrics), then the text format, each through a
       // proxy that records which format the daemon served
-      const q = `tcptracer_connects_total{netns="${ns.inode}"}`
-      const qa = `tcptracer_accepts_total{netns="${ns.inode}"}`
+      const q = `tcptracer_connects_total{netns="${fx.ns.inode}"}`
+      const qa = `tcptracer_accepts_total{netns="${fx.ns.inode}"}`
       for (const [format, accept, type] of [
         ['openmetrics', undefined, 'application/openmetrics-text; version=1.0.0'],
         ['text', 'text/plain;version=0.0.4', 'text/plain; version=0.0.4'],
@@ -318,15 +308,11 @@ describe('hostile process names', { skip }, () => {
 })
 
 describe('hostile config reloads', { skip }, () => {
-  let dir: string
-  before(() => {
-    dir = mkdtempSync(path.join(tmpdir(), 'tt-hostile-cfg-'))
-  })
-  after(() => rmSync(dir, { recursive: true, force: true }))
+  const fx = fixture('tt-hostile-cfg-', {})
 
   test('SIGHUP five times with a file nested 20,000 levels deep: each is refused, the daemon keeps serving', async () => {
     // before the depth check, the third such reload made V8 abort the daemon (docs/reliability.md)
-    const file = path.join(dir, 'deep.yml')
+    const file = path.join(fx.dir, 'deep.yml')
     writeFileSync(file, 'labels: [comm]\n')
     const d = await startDaemon([`--config.file=${file}`])
     try {

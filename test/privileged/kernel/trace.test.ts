@@ -1,9 +1,10 @@
 // The tracer on the real kernel: real sockets in namespaces this test creates,
 // asserting the exact multiset of events the `trace` command prints.
+// vm-suite: kernel
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
-import { jsonLine } from '../../src/cli/trace-format.js'
-import { TcpTracer } from '../../src/kernel/tracer.js'
+import { jsonLine } from '../../../src/cli/trace-format.js'
+import { TcpTracer } from '../../../src/kernel/tracer.js'
 import {
   assertTraced,
   exchange as runExchange,
@@ -21,7 +22,7 @@ import {
   type Exchange,
   type Json,
   type Netns as NetnsT,
-} from './harness.js'
+} from '../harness.js'
 
 const N = 25
 const SRV = 'tt-srv'
@@ -143,7 +144,7 @@ describe('trace on the real kernel', { skip }, () => {
     const v4 = await startServer(a, ['--comm', SRV, '--count', String(N)])
     const v6 = await startServer(b, ['--comm', SRV, '--bind', '::1', '--count', String(N)])
     // the listener seeding from /proc is what listener mode needs; in the kernel modes an accept()
-    // already blocked at attach is a documented gap, tested per mode in 60.accept-hooks
+    // already blocked at attach is a documented gap, tested per mode in kernel/accept-hooks
     const trace = await startTrace([...UNFILTERED, '--accept-mode', 'listener'])
     const xs: Exchange[] = []
     for (const [ns, server, addr] of [

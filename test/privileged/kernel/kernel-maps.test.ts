@@ -3,26 +3,26 @@
 // that was stored is miscounted, /readyz stays 200, /metrics keeps answering, and the maps recover.
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import path from 'node:path'
-import { after, before, describe, test } from 'node:test'
-import { packageRoot } from '../../src/kernel/paths.js'
+import { describe, test } from 'node:test'
+import { packageRoot } from '../../../src/kernel/paths.js'
 import {
   exchange,
+  fixture,
   inNetns,
   type Json,
   JsonProcess,
   Netns,
   privileged,
   scrape,
-  scrapeUntil,
   type ScrapedSample,
+  scrapeUntil,
   startDaemon,
   startServer,
   TIME_SCALE,
   valueOf,
-} from './harness.js'
+} from '../harness.js'
 
 const { skip } = privileged()
 const COMMSTORM = path.join(packageRoot, 'test', 'helpers', 'bin', 'commstorm')
@@ -92,32 +92,26 @@ async function holdConnections(
 }
 
 describe('full kernel maps', { skip }, () => {
-  let ns: Netns
-  let dir: string
-  before(() => {
-    ns = new Netns(`tt-km-${process.pid}`)
-    dir = mkdtempSync(path.join(tmpdir(), 'tt-maps-'))
-  })
-  after(() => {
-    ns.delete()
-    rmSync(dir, { recursive: true, force: true })
-  })
+  const fx = fixture('tt-maps-', { ns: `tt-km-${process.pid}` })
 
   test('per-connection state: 800 concurrent connections for 1024 entries; failures exact, ready, recovers', async () => {
     const K = 800 // each connection needs two entries in this namespace: the client's and the server's
     const CAP = 1024 // limits.max_connections, its minimum
-    const file = path.join(dir, 'state.yml')
-    writeFileSync(file, `limits:\n  max_connections: ${CAP}\nfilters:\n  netns: [${ns.inode}]\n`)
+    const file = path.join(fx.dir, 'state.yml')
+    writeFileSync(file, `limits:\n  max_connections: ${CAP}\nfilters:\n  netns: [${fx.ns.inode}]\n`)
     const d = await startDaemon([`--config.file=${file}`])
     try {
       // all K open at once: 2K sockets for CAP entries
-      const { client, server } = await holdConnections(ns, K, 10_000, { server: 'km-srv', client: 'km-cli' })
+      const { client, server } = await holdConnections(fx.ns, K, 10_000, {
+        server: 'km-srv',
+        client: 'km-cli',
+      })
 
       const ready = await fetch(`${d.url}/readyz`)
       assert.equal(ready.status, 200, await ready.text())
       const full = (await scrape(d)).samples
-      const cli = { comm: 'km-cli', netns: String(ns.inode), family: 'ipv4' }
-      const srv = { comm: 'km-srv', netns: String(ns.inode), family: 'ipv4' }
+      const cli = { comm: 'km-cli', netns: String(fx.ns.inode), family: 'ipv4' }
+      const srv = { comm: 'km-srv', netns: String(fx.ns.inode), family: 'ipv4' }
       const outbound = valueOf(full, 'tcptracer_connects_total', cli) ?? 0
       const inbound = valueOf(full, 'tcptracer_accepts_total', srv) ?? 0
       const failed = valueOf(full, 'tcptracer_kernel_map_update_failures_total', { map: 'state' })
@@ -188,7 +182,7 @@ describe('full kernel maps', { skip }, () => {
       )
 
       // the entries were freed at close: new connections are tracked again
-      await exchange(ns, { n: 10, send: 1, serverComm: 'km-srv', clientComm: 'km-cli' })
+      await exchange(fx.ns, { n: 10, send: 1, serverComm: 'km-srv', clientComm: 'km-cli' })
       const again = (await scrape(d)).samples
       const ma = misses(again)
       exact(valueOf(again, 'tcptracer_connects_total', cli), outbound + 10, ma, 'connects after')
@@ -202,22 +196,22 @@ describe('full kernel maps', { skip }, () => {
 
   test('with filters.netns, 800 connections held in another namespace take no state: none crowds out ours', async () => {
     const other = new Netns(`tt-km-o-${process.pid}`)
-    const file = path.join(dir, 'crowd.yml')
-    writeFileSync(file, `limits:\n  max_connections: 1024\nfilters:\n  netns: [${ns.inode}]\n`)
+    const file = path.join(fx.dir, 'crowd.yml')
+    writeFileSync(file, `limits:\n  max_connections: 1024\nfilters:\n  netns: [${fx.ns.inode}]\n`)
     const d = await startDaemon([`--config.file=${file}`])
     try {
       const held = await holdConnections(other, 800, 6000, { server: 'km-o-srv', client: 'km-o-cli' })
-      await exchange(ns, { n: 20, send: 1, serverComm: 'km-c-srv', clientComm: 'km-c-cli' })
+      await exchange(fx.ns, { n: 20, send: 1, serverComm: 'km-c-srv', clientComm: 'km-c-cli' })
       const s = (await scrape(d)).samples
       const m = misses(s)
       exact(
-        valueOf(s, 'tcptracer_connects_total', { comm: 'km-c-cli', netns: String(ns.inode) }),
+        valueOf(s, 'tcptracer_connects_total', { comm: 'km-c-cli', netns: String(fx.ns.inode) }),
         20,
         m,
         'ours',
       )
       exact(
-        valueOf(s, 'tcptracer_accepts_total', { comm: 'km-c-srv', netns: String(ns.inode) }),
+        valueOf(s, 'tcptracer_accepts_total', { comm: 'km-c-srv', netns: String(fx.ns.inode) }),
         20,
         m,
         'ours',
@@ -238,14 +232,14 @@ describe('full kernel maps', { skip }, () => {
     const N = 3000
     const CAP = 1024 // limits.max_kernel_label_sets, its minimum
     const USER_CAP = 100
-    const file = path.join(dir, 'aggs.yml')
+    const file = path.join(fx.dir, 'aggs.yml')
     writeFileSync(
       file,
-      `limits:\n  max_label_sets: ${USER_CAP}\n  max_kernel_label_sets: ${CAP}\nfilters:\n  netns: [${ns.inode}]\n`,
+      `limits:\n  max_label_sets: ${USER_CAP}\n  max_kernel_label_sets: ${CAP}\nfilters:\n  netns: [${fx.ns.inode}]\n`,
     )
     const d = await startDaemon([`--config.file=${file}`])
     try {
-      const server = await startServer(ns, [
+      const server = await startServer(fx.ns, [
         '--comm',
         'km-agg-srv',
         '--count',
@@ -255,7 +249,7 @@ describe('full kernel maps', { skip }, () => {
         '--quiet',
       ])
       const storm = inNetns(
-        ns,
+        fx.ns,
         ['--port', String(server.port), '--count', String(N), '--threads', '2', '--prefix', 'km'],
         COMMSTORM,
       )

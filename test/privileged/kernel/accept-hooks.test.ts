@@ -2,19 +2,19 @@
 // identical counts from every hook for the same workload, and io_uring accepts.
 // The VM matrix (scripts/vm-matrix.sh) runs this file on Debian's 6.1 and 6.12 kernels, where
 // fexit and kprobes attach; on a tracepoint-only kernel only listener and syscall do.
+// vm-suite: kernel hooks
 import assert from 'node:assert/strict'
-import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { copyFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
-import { after, before, describe, test } from 'node:test'
-import { packageRoot } from '../../src/kernel/paths.js'
+import { describe, test } from 'node:test'
+import { packageRoot } from '../../../src/kernel/paths.js'
 import {
   assertCounted,
   type Daemon,
+  fixture,
   JsonProcess,
   losses,
-  Netns,
   privileged,
   reportedShortfall,
   runClient,
@@ -24,7 +24,7 @@ import {
   startDaemon,
   startServer,
   valueOf,
-} from './harness.js'
+} from '../harness.js'
 
 const { skip } = privileged()
 const URING = path.join(packageRoot, 'test', 'helpers', 'bin', 'uringaccept')
@@ -39,23 +39,13 @@ const CLI_COMM = 'tt-hk-cli'
 const URING_COMM = 'tt-hk-uring'
 
 describe('accept hooks on the real kernel', { skip }, () => {
-  let ns: Netns
-  let dir: string
+  const fx = fixture('tt-hooks-', { ns: `tt-hk-${process.pid}` })
   /** each mode: null when it runs here, else why it does not */
   const availability = new Map<Mode, string | null>()
 
-  before(() => {
-    ns = new Netns(`tt-hk-${process.pid}`)
-    dir = mkdtempSync(path.join(tmpdir(), 'tt-hooks-'))
-  })
-  after(() => {
-    ns.delete()
-    rmSync(dir, { recursive: true, force: true })
-  })
-
   async function daemon(mode: Mode | 'auto'): Promise<Daemon> {
-    const file = path.join(dir, `${mode}.yml`)
-    writeFileSync(file, `accept_mode: ${mode}\nfilters:\n  netns: [${ns.inode}]\n`)
+    const file = path.join(fx.dir, `${mode}.yml`)
+    writeFileSync(file, `accept_mode: ${mode}\nfilters:\n  netns: [${fx.ns.inode}]\n`)
     return await startDaemon([`--config.file=${file}`])
   }
 
@@ -134,7 +124,7 @@ describe('accept hooks on the real kernel', { skip }, () => {
       'tcptracer_active_connections',
     ])
     return samples
-      .filter((s) => names.has(s.name) && s.labels['netns'] === String(ns.inode))
+      .filter((s) => names.has(s.name) && s.labels['netns'] === String(fx.ns.inode))
       .map((s) => `${s.name}${JSON.stringify(Object.entries(s.labels).sort())} ${s.value}`)
       .sort()
   }
@@ -147,13 +137,13 @@ describe('accept hooks on the real kernel', { skip }, () => {
     for (const mode of modes) {
       const d = await daemon(mode)
       try {
-        const s4 = await startServer(ns, ['--comm', SRV, '--bind', '127.0.0.1', '--count', String(N4)])
-        const s6 = await startServer(ns, ['--comm', SRV, '--bind', '::1', '--count', String(N6)])
+        const s4 = await startServer(fx.ns, ['--comm', SRV, '--bind', '127.0.0.1', '--count', String(N4)])
+        const s6 = await startServer(fx.ns, ['--comm', SRV, '--bind', '::1', '--count', String(N6)])
         for (const [s, addr, n] of [
           [s4, '127.0.0.1', N4],
           [s6, '::1', N6],
         ] as const) {
-          const lines = await runClient(ns, [
+          const lines = await runClient(fx.ns, [
             '--comm',
             CLI_COMM,
             '--addr',
@@ -173,7 +163,7 @@ describe('accept hooks on the real kernel', { skip }, () => {
           ['ipv4', N4],
           ['ipv6', N6],
         ] as const) {
-          const at = { netns: String(ns.inode), family }
+          const at = { netns: String(fx.ns.inode), family }
           const what = `${mode} ${family}`
           // exact; on Debian's 6.1 short by at most the map updates it refused (reportedShortfall)
           const counted = (name: string, labels: Record<string, string>, label: string): void =>
@@ -198,12 +188,12 @@ describe('accept hooks on the real kernel', { skip }, () => {
     const modes = await available()
     const N = 5
     for (const mode of modes) {
-      const srv = await startServer(ns, ['--comm', SRV, '--count', String(N)])
+      const srv = await startServer(fx.ns, ['--comm', SRV, '--count', String(N)])
       const d = await daemon(mode)
       try {
         const before =
           valueOf((await scrape(d)).samples, 'tcptracer_unattributed_total', { kind: 'accept' }) ?? 0
-        await runClient(ns, [
+        await runClient(fx.ns, [
           '--comm',
           CLI_COMM,
           '--addr',
@@ -214,7 +204,7 @@ describe('accept hooks on the real kernel', { skip }, () => {
           String(N),
         ])
         assert.equal(await srv.proc.exited, 0)
-        const at = { netns: String(ns.inode), family: 'ipv4' }
+        const at = { netns: String(fx.ns.inode), family: 'ipv4' }
         // a server's close completes with the client's last ACK, after the server has exited
         const { samples } = await scrapeUntil(
           d,
@@ -255,7 +245,7 @@ describe('accept hooks on the real kernel', { skip }, () => {
 
   /** The kernel-side loss counters, for assertion messages: where a count went when it is off. */
   async function uringServer(async: boolean, n: number): Promise<{ proc: JsonProcess; port: number }> {
-    const args = ['netns', 'exec', ns.name, URING, '--comm', URING_COMM, '--count', String(n)]
+    const args = ['netns', 'exec', fx.ns.name, URING, '--comm', URING_COMM, '--count', String(n)]
     const proc = new JsonProcess(spawn('ip', async ? [...args, '--async'] : args, { stdio: 'pipe' }))
     await proc.until(() => proc.lines.some((l) => l['event'] === 'listening'), 10000, 'the io_uring server')
     return { proc, port: proc.lines.find((l) => l['event'] === 'listening')!['port'] as number }
@@ -272,7 +262,7 @@ describe('accept hooks on the real kernel', { skip }, () => {
         // inline (the submitting task) and --async (an io-wq worker thread, "iou-wrk-PID")
         for (const async of [false, true]) {
           const srv = await uringServer(async, N)
-          await runClient(ns, [
+          await runClient(fx.ns, [
             '--comm',
             CLI_COMM,
             '--addr',
@@ -284,7 +274,7 @@ describe('accept hooks on the real kernel', { skip }, () => {
           ])
           assert.equal(await srv.proc.exited, 0, `uringaccept: ${srv.proc.stderr}`)
         }
-        const at = { netns: String(ns.inode), family: 'ipv4' }
+        const at = { netns: String(fx.ns.inode), family: 'ipv4' }
         // the servers' last closes complete after they exit (the peer's final ACK): wait for them
         const { samples } = await scrapeUntil(d, (s) =>
           mode === 'syscall'
@@ -327,14 +317,14 @@ describe('accept hooks on the real kernel', { skip }, () => {
   })
 
   test('btf_path: the kernel BTF from a file works like the built-in one; a bad file is a clear startup error', async () => {
-    const btf = path.join(dir, 'vmlinux.btf')
+    const btf = path.join(fx.dir, 'vmlinux.btf')
     copyFileSync('/sys/kernel/btf/vmlinux', btf)
-    const file = path.join(dir, 'btf.yml')
-    writeFileSync(file, `btf_path: ${btf}\nfilters:\n  netns: [${ns.inode}]\n`)
+    const file = path.join(fx.dir, 'btf.yml')
+    writeFileSync(file, `btf_path: ${btf}\nfilters:\n  netns: [${fx.ns.inode}]\n`)
     const d = await startDaemon([`--config.file=${file}`])
     try {
-      const s = await startServer(ns, ['--comm', SRV, '--count', '3'])
-      await runClient(ns, [
+      const s = await startServer(fx.ns, ['--comm', SRV, '--count', '3'])
+      await runClient(fx.ns, [
         '--comm',
         CLI_COMM,
         '--addr',
@@ -346,7 +336,7 @@ describe('accept hooks on the real kernel', { skip }, () => {
       ])
       assert.equal(await s.proc.exited, 0)
       const { samples } = await scrape(d)
-      const at = { netns: String(ns.inode), family: 'ipv4' }
+      const at = { netns: String(fx.ns.inode), family: 'ipv4' }
       assertCounted(valueOf(samples, 'tcptracer_accepts_total', { ...at, comm: SRV }), 3, samples, 'accepts')
       assertCounted(
         valueOf(samples, 'tcptracer_connects_total', { ...at, comm: CLI_COMM }),
@@ -357,7 +347,7 @@ describe('accept hooks on the real kernel', { skip }, () => {
     } finally {
       await d.stop()
     }
-    writeFileSync(file, `btf_path: ${path.join(dir, 'missing.btf')}\n`)
+    writeFileSync(file, `btf_path: ${path.join(fx.dir, 'missing.btf')}\n`)
     await assert.rejects(
       startDaemon([`--config.file=${file}`]),
       /btf_path .*missing\.btf: ENOENT.*must name the kernel BTF/,

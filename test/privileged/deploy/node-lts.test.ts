@@ -18,8 +18,8 @@ import {
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { DEFAULT_LISTEN_ADDRESS } from '../../src/cli/run.js'
-import { addonPath, bpfObjectPath, packageRoot } from '../../src/kernel/paths.js'
+import { DEFAULT_LISTEN_ADDRESS } from '../../../src/cli/run.js'
+import { addonPath, bpfObjectPath, packageRoot } from '../../../src/kernel/paths.js'
 import {
   aptPackages,
   dockerfileText,
@@ -31,7 +31,7 @@ import {
   parseStages,
   runtimeSpecifics,
   type Stage,
-} from './dockerfile.js'
+} from '../dockerfile.js'
 import {
   CLI,
   type Daemon,
@@ -51,8 +51,8 @@ import {
   startServer,
   TIME_SCALE,
   valueOf,
-} from './harness.js'
-import { fetchNode, nodeVersion } from './node-lts.js'
+} from '../harness.js'
+import { fetchNode, nodeVersion } from '../node-lts.js'
 
 const pkg = JSON.parse(readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as {
   name: string

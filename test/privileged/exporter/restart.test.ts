@@ -1,13 +1,14 @@
 // Restart without loss: the exporter pins its kernel state (maps and program links) in bpffs, so a
 // restart, or an upgrade that loads different programs, keeps the connections in flight, the counters
 // and the events that happen while no daemon runs. Real daemons, real sockets, a real bpffs.
+// vm-suite: kernel hooks
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { formatLe } from '../../src/metrics/exposition.js'
+import { formatLe } from '../../../src/metrics/exposition.js'
 import {
   assertCounted,
   CLI,
@@ -24,7 +25,7 @@ import {
   startServer,
   TIME_SCALE,
   valueOf,
-} from './harness.js'
+} from '../harness.js'
 
 const gate = privileged()
 
