@@ -90,7 +90,7 @@ describe('exact at full rate', { skip }, () => {
   const SCRAPES_DURING_LOAD = TIME_SCALE > 1 ? 3 : 10
   const MAX_ROUNDS = 6
 
-  test(`${N} connections, 2 client and 2 server threads on 2 busy CPUs: every connect, accept and close exact`, async () => {
+  test(`${N} connections, 2 client and 2 server threads on 2 busy CPUs: every connect, accept and close exact`, async (t) => {
     const file = path.join(fx.dir, 'full-rate.yml')
     // the state programs at full rate: the accept hooks have their own test (kernel/accept-hooks)
     writeFileSync(file, `accept_mode: listener\nfilters:\n  netns: [${fx.a.inode}, ${fx.b.inode}]\n`)
@@ -147,6 +147,7 @@ describe('exact at full rate', { skip }, () => {
         load.scrapesInside >= SCRAPES_DURING_LOAD,
         `${load.scrapesInside} scrapes inside ${rounds} rounds of ${N} connections, want at least ${SCRAPES_DURING_LOAD}`,
       )
+      t.diagnostic(`${rounds} round(s) of ${N} connections, ${load.scrapesInside} scrapes inside the load`)
       const total = rounds * N
       const cli = { comm: 'tt-fr-cli', netns: String(fx.a.inode), family: 'ipv4' }
       const srv = { comm: 'tt-fr-srv', netns: String(fx.b.inode), family: 'ipv4' }
