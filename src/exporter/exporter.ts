@@ -128,8 +128,6 @@ export class Exporter {
     { keys: Buffer.alloc(0), values: Buffer.alloc(0) },
   ]
   private nextRead = 0
-  /** the map's key and value sizes were checked against the layout */
-  private aggLayoutChecked = false
   /** the collection in progress: collections run one at a time */
   private collecting: Promise<unknown> = Promise.resolve()
   private readonly cgroups = new CgroupResolver()
@@ -404,17 +402,7 @@ export class Exporter {
     const L = this.tracer.layout
     const ks = L.aggKey.size
     const vs = L.aggValue.size
-    if (!this.aggLayoutChecked) {
-      // entries are stepped through by the layout's sizes: a map of other sizes would be misread silently
-      const info = this.tracer.aggregatesInfo()
-      if (info.keySize !== ks || info.valueBytes !== vs) {
-        throw new Error(
-          `the aggregation map has ${info.keySize}-byte keys and ${info.valueBytes}-byte values, the ` +
-            `record layout says ${ks} and ${vs}: the BPF object and the addon are from different builds`,
-        )
-      }
-      this.aggLayoutChecked = true
-    }
+    // entries are stepped through by the layout's sizes, which the addon checked against the map at load
     const pair = this.readBuffers[this.nextRead]!
     for (let attempt = 0; ; attempt++) {
       const n = this.tracer.readAggregates(pair.keys, pair.values)

@@ -23,7 +23,6 @@ import {
   type DrainStats,
   type LibbpfLog,
   type NativeConstants,
-  type MapInfo,
   type NativeTracer,
   type ProgramStatus,
   type RecordLayout,
@@ -364,11 +363,6 @@ export class TcpTracer {
   /** The aggregation map's capacity (max_entries). */
   aggregatesCapacity(): number {
     return this.native.mapInfo('aggs').maxEntries
-  }
-
-  /** The aggregation map's type and sizes. */
-  aggregatesInfo(): MapInfo {
-    return this.native.mapInfo('aggs')
   }
 
   deleteAggregate(key: Buffer): boolean {
