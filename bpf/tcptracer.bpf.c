@@ -117,22 +117,6 @@ struct {
  * CLOSE -> SYN_SENT runs in the connecting process, and the source port may
  * still be 0 there, so the pointer is the only stable key.
  */
-struct conn {
-	struct owner owner;
-	__u64 established_ns; /* at ESTABLISHED; before it, outbound: at connect() */
-	__u16 sport;	      /* local port at establishment: unhashing at CLOSE zeroes it */
-	__u8 direction;	      /* enum direction */
-	__u8 reported;	      /* the connect/accept event was emitted */
-	/*
-	 * The label set the connection is counted in (set at connect(), or for inbound at
-	 * establishment): what counts its close should its CLOSE go unseen (on_unseen_close).
-	 */
-	__u32 netns;
-	__u16 port; /* service port */
-	__u8 ip;
-	__u8 __pad[5];
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536); /* resized by the addon before load */
@@ -765,12 +749,6 @@ static __always_inline void on_child_created(struct sock *sk)
  * runs can make the second act on an event the first handled: every handler is
  * idempotent (the socket's entry in "conns" says what was counted).
  */
-struct seen {
-	__u64 sk;
-	__s32 oldstate;
-	__s32 newstate;
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);

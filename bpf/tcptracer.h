@@ -174,4 +174,31 @@ struct seed_value {
 	__u8 __pad[5];
 };
 
+/*
+ * The `conns` map's value: a socket's owner and what its close needs, from connect() (or the
+ * handshake's completion for inbound) until CLOSE.
+ */
+struct conn {
+	struct owner owner;
+	__u64 established_ns; /* at ESTABLISHED; before it, outbound: at connect() */
+	__u16 sport;	      /* local port at establishment: unhashing at CLOSE zeroes it */
+	__u8 direction;	      /* enum direction */
+	__u8 reported;	      /* the connect/accept event was emitted */
+	/*
+	 * The label set the connection is counted in (set at connect(), or for inbound at
+	 * establishment): what counts its close should its CLOSE go unseen (on_unseen_close).
+	 */
+	__u32 netns;
+	__u16 port; /* service port */
+	__u8 ip;
+	__u8 __pad[5];
+};
+
+/* The per-CPU `set_state_seen` value: the state change the backbone program last started. */
+struct seen {
+	__u64 sk;
+	__s32 oldstate;
+	__s32 newstate;
+};
+
 #endif /* TCPTRACER_H */

@@ -107,105 +107,144 @@ Napi::Value SetVerboseJs(const Napi::CallbackInfo &info)
 	return info.Env().Undefined();
 }
 
-// offsetof() every field of struct event, so the decoder never hard-codes it.
+// Each record of bpf/tcptracer.h that TypeScript reads or writes: its sizeof() and the offsetof()
+// of every field, so no TypeScript hard-codes a layout.
+#define FIELD(obj, type, f) obj.Set(#f, offsetof(struct type, f))
+
+Napi::Object Struct(Napi::Env env, size_t size)
+{
+	Napi::Object o = Napi::Object::New(env);
+	o.Set("size", size);
+	return o;
+}
+
 Napi::Object Layout(Napi::Env env)
 {
 	Napi::Object o = Napi::Object::New(env);
-	o.Set("size", sizeof(struct event));
-#define FIELD(f) o.Set(#f, offsetof(struct event, f))
-	FIELD(saddr);
-	FIELD(daddr);
-	FIELD(ts_ns);
-	FIELD(duration_ns);
-	FIELD(bytes_sent);
-	FIELD(bytes_received);
-	FIELD(cgroup_id);
-	FIELD(pid);
-	FIELD(netns);
-	FIELD(sport);
-	FIELD(dport);
-	FIELD(type);
-	FIELD(ip);
-	FIELD(reason);
-	FIELD(direction);
-	FIELD(comm);
-#undef FIELD
 	o.Set("commLen", TASK_COMM_LEN);
-	o.Set("listenerKeySize", sizeof(struct listener_key));
-	o.Set("ownerSize", sizeof(struct owner));
-	o.Set("listenerValueSize", sizeof(struct listener_value));
 
-	Napi::Object ak = Napi::Object::New(env);
-	ak.Set("size", sizeof(struct agg_key));
-#define AK(f) ak.Set(#f, offsetof(struct agg_key, f))
-	AK(cgroup_id);
-	AK(netns);
-	AK(pid);
-	AK(port);
-	AK(ip);
-	AK(direction);
-	AK(flags);
-	AK(comm);
-#undef AK
+	Napi::Object ev = Struct(env, sizeof(struct event));
+	FIELD(ev, event, saddr);
+	FIELD(ev, event, daddr);
+	FIELD(ev, event, ts_ns);
+	FIELD(ev, event, duration_ns);
+	FIELD(ev, event, bytes_sent);
+	FIELD(ev, event, bytes_received);
+	FIELD(ev, event, cgroup_id);
+	FIELD(ev, event, pid);
+	FIELD(ev, event, netns);
+	FIELD(ev, event, sport);
+	FIELD(ev, event, dport);
+	FIELD(ev, event, type);
+	FIELD(ev, event, ip);
+	FIELD(ev, event, reason);
+	FIELD(ev, event, direction);
+	FIELD(ev, event, comm);
+	o.Set("event", ev);
+
+	Napi::Object ak = Struct(env, sizeof(struct agg_key));
+	FIELD(ak, agg_key, cgroup_id);
+	FIELD(ak, agg_key, netns);
+	FIELD(ak, agg_key, pid);
+	FIELD(ak, agg_key, port);
+	FIELD(ak, agg_key, ip);
+	FIELD(ak, agg_key, direction);
+	FIELD(ak, agg_key, flags);
+	FIELD(ak, agg_key, comm);
 	o.Set("aggKey", ak);
 
-	Napi::Object av = Napi::Object::New(env);
-	av.Set("size", sizeof(struct agg_value));
-#define AV(f) av.Set(#f, offsetof(struct agg_value, f))
-	AV(opened);
-	AV(closed);
-	AV(failed);
-	AV(sent_bytes);
-	AV(received_bytes);
-	AV(duration_sum_ns);
-	AV(seeded_closed);
-	AV(last_ns);
-	AV(buckets);
-#undef AV
+	Napi::Object av = Struct(env, sizeof(struct agg_value));
+	FIELD(av, agg_value, opened);
+	FIELD(av, agg_value, closed);
+	FIELD(av, agg_value, failed);
+	FIELD(av, agg_value, sent_bytes);
+	FIELD(av, agg_value, received_bytes);
+	FIELD(av, agg_value, duration_sum_ns);
+	FIELD(av, agg_value, seeded_closed);
+	FIELD(av, agg_value, last_ns);
+	FIELD(av, agg_value, buckets);
 	av.Set("maxBuckets", MAX_BUCKETS);
 	av.Set("failReasons", FAIL_REASONS);
 	o.Set("aggValue", av);
 
-	Napi::Object tk = Napi::Object::New(env);
-	tk.Set("size", sizeof(struct tuple_key));
-#define TK(f) tk.Set(#f, offsetof(struct tuple_key, f))
-	TK(saddr);
-	TK(daddr);
-	TK(netns);
-	TK(sport);
-	TK(dport);
-	TK(family);
-#undef TK
+	Napi::Object tk = Struct(env, sizeof(struct tuple_key));
+	FIELD(tk, tuple_key, saddr);
+	FIELD(tk, tuple_key, daddr);
+	FIELD(tk, tuple_key, netns);
+	FIELD(tk, tuple_key, sport);
+	FIELD(tk, tuple_key, dport);
+	FIELD(tk, tuple_key, family);
 	o.Set("tupleKey", tk);
 
-	Napi::Object sv = Napi::Object::New(env);
-	sv.Set("size", sizeof(struct seed_value));
-	sv.Set("owner", offsetof(struct seed_value, owner));
-	sv.Set("port", offsetof(struct seed_value, port));
-	sv.Set("direction", offsetof(struct seed_value, direction));
+	Napi::Object lk = Struct(env, sizeof(struct listener_key));
+	FIELD(lk, listener_key, netns);
+	FIELD(lk, listener_key, port);
+	FIELD(lk, listener_key, family);
+	o.Set("listenerKey", lk);
+
+	Napi::Object ow = Struct(env, sizeof(struct owner));
+	FIELD(ow, owner, cgroup_id);
+	FIELD(ow, owner, pid);
+	FIELD(ow, owner, comm);
+	o.Set("owner", ow);
+
+	Napi::Object lv = Struct(env, sizeof(struct listener_value));
+	FIELD(lv, listener_value, owner);
+	FIELD(lv, listener_value, sk);
+	o.Set("listenerValue", lv);
+
+	Napi::Object sv = Struct(env, sizeof(struct seed_value));
+	FIELD(sv, seed_value, owner);
+	FIELD(sv, seed_value, port);
+	FIELD(sv, seed_value, direction);
 	o.Set("seedValue", sv);
 	return o;
 }
 
+#undef FIELD
+
+// Every enum of bpf/tcptracer.h, member by member, and the state version.
 Napi::Object Constants(Napi::Env env)
 {
 	Napi::Object o = Napi::Object::New(env);
-	o.Set("STAT_EVENTS_LOST", static_cast<int>(STAT_EVENTS_LOST));
-	o.Set("STAT_MAP_UPDATE_FAILED", static_cast<int>(STAT_MAP_UPDATE_FAILED));
-	o.Set("STAT_ACCEPT_UNATTRIBUTED", static_cast<int>(STAT_ACCEPT_UNATTRIBUTED));
-	o.Set("STAT_CONNECT_UNATTRIBUTED", static_cast<int>(STAT_CONNECT_UNATTRIBUTED));
-	o.Set("STAT_AGG_FULL", static_cast<int>(STAT_AGG_FULL));
-	o.Set("STAT_CLOSE_UNSEEN", static_cast<int>(STAT_CLOSE_UNSEEN));
-	o.Set("STAT_CONNECT_UNSEEN", static_cast<int>(STAT_CONNECT_UNSEEN));
-	o.Set("STAT_MAX", static_cast<int>(STAT_MAX));
-	o.Set("LABEL_PID", static_cast<int>(LABEL_PID));
-	o.Set("LABEL_CGROUP", static_cast<int>(LABEL_CGROUP));
-	o.Set("LABEL_PORT", static_cast<int>(LABEL_PORT));
-	o.Set("AGG_OVERFLOW", static_cast<int>(AGG_OVERFLOW));
-	o.Set("AGG_UNATTRIBUTED", static_cast<int>(AGG_UNATTRIBUTED));
-	o.Set("ACCEPT_MODE_LISTENER", static_cast<int>(ACCEPT_MODE_LISTENER));
-	o.Set("ACCEPT_MODE_SYSCALL", static_cast<int>(ACCEPT_MODE_SYSCALL));
-	o.Set("ACCEPT_MODE_KERNEL", static_cast<int>(ACCEPT_MODE_KERNEL));
+#define ENUM(name) o.Set(#name, static_cast<int>(name))
+	// enum event_type
+	ENUM(TCP_EVENT_TYPE_CONNECT);
+	ENUM(TCP_EVENT_TYPE_ACCEPT);
+	ENUM(TCP_EVENT_TYPE_CLOSE);
+	ENUM(TCP_EVENT_TYPE_CONNECT_FAILED);
+	ENUM(TCP_EVENT_TYPE_SEEDED_CLOSE);
+	ENUM(TCP_EVENT_TYPE_CLOSE_UNSEEN);
+	// enum connect_fail_reason
+	ENUM(FAIL_REASON_NONE);
+	ENUM(FAIL_REASON_REFUSED);
+	ENUM(FAIL_REASON_TIMEOUT);
+	ENUM(FAIL_REASON_UNREACHABLE);
+	ENUM(FAIL_REASON_OTHER);
+	// enum direction
+	ENUM(DIRECTION_OUTBOUND);
+	ENUM(DIRECTION_INBOUND);
+	// enum accept_mode
+	ENUM(ACCEPT_MODE_LISTENER);
+	ENUM(ACCEPT_MODE_SYSCALL);
+	ENUM(ACCEPT_MODE_KERNEL);
+	// enum stat_index
+	ENUM(STAT_EVENTS_LOST);
+	ENUM(STAT_MAP_UPDATE_FAILED);
+	ENUM(STAT_ACCEPT_UNATTRIBUTED);
+	ENUM(STAT_CONNECT_UNATTRIBUTED);
+	ENUM(STAT_AGG_FULL);
+	ENUM(STAT_CLOSE_UNSEEN);
+	ENUM(STAT_CONNECT_UNSEEN);
+	ENUM(STAT_MAX);
+	// enum label_bits
+	ENUM(LABEL_PID);
+	ENUM(LABEL_CGROUP);
+	ENUM(LABEL_PORT);
+	// enum agg_flags
+	ENUM(AGG_OVERFLOW);
+	ENUM(AGG_UNATTRIBUTED);
+#undef ENUM
 	o.Set("STATE_VERSION", STATE_VERSION);
 	o.Set("numPossibleCpus", libbpf_num_possible_cpus());
 	return o;

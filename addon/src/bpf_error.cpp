@@ -96,6 +96,9 @@ std::string HintFor(const std::string &op, int err)
 		return "this kernel exposes no BTF at /sys/kernel/btf/vmlinux: it needs "
 		       "CONFIG_DEBUG_INFO_BTF=y, or the kernel's BTF from a file (btf_path in "
 		       "the config, --btf for trace)";
+	if (op == "check map sizes")
+		return "the BPF object and the addon come from different versions of "
+		       "bpf/tcptracer.h: build both again (npm run build)";
 	if (op == "open" && err == ENOENT)
 		return "the BPF object file is missing: run `npm run build`";
 	if (op.rfind("attach", 0) == 0 && err == ENOENT &&

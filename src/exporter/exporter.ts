@@ -1,7 +1,7 @@
 // The exporter's core: the tracer in aggregation mode, the label-set bookkeeping,
 // and the metric families computed from both at scrape time.
 import { mkdirSync } from 'node:fs'
-import { AggregateDump, Aggregator, decodeAggEntry } from '../metrics/aggregator.js'
+import { Aggregator } from '../metrics/aggregator.js'
 import { ConnectionExposition } from '../metrics/connection-families.js'
 import type { MetricFamily } from '../metrics/exposition.js'
 import { capabilityFamily, selfFamilies } from '../metrics/self-metrics.js'
@@ -10,7 +10,7 @@ import { CgroupResolver } from '../host/cgroups.js'
 import { netnsNames } from '../host/netns.js'
 import { discoverSockets, type ConnectionOwner } from '../host/procfs.js'
 import type { Config } from '../config/config.js'
-import { AF_INET, isV4Mapped, type Owner } from '../kernel/abi.js'
+import { AF_INET, AggregateDump, isV4Mapped, type Owner, type SeedConnection } from '../kernel/abi.js'
 import { loadBinding, type ProgramStatus } from '../kernel/binding.js'
 import {
   commitPinnedState,
@@ -22,13 +22,7 @@ import {
   type KernelState,
   type PinPlan,
 } from '../kernel/pinned-state.js'
-import {
-  ACCEPT_PROGRAMS,
-  TcpTracer,
-  type HookStatus,
-  type SeedConnection,
-  type TracerOptions,
-} from '../kernel/tracer.js'
+import { ACCEPT_PROGRAMS, TcpTracer, type HookStatus, type TracerOptions } from '../kernel/tracer.js'
 
 /** Blocks at least this large are mapped on their own, and unmapped when freed (glibc's default start). */
 const MMAP_THRESHOLD = 128 * 1024
@@ -134,8 +128,6 @@ export class Exporter {
     { keys: Buffer.alloc(0), values: Buffer.alloc(0) },
   ]
   private nextRead = 0
-  /** the map's key and value sizes were checked against the layout */
-  private aggLayoutChecked = false
   /** the collection in progress: collections run one at a time */
   private collecting: Promise<unknown> = Promise.resolve()
   private readonly cgroups = new CgroupResolver()
@@ -258,14 +250,12 @@ export class Exporter {
       } else {
         // the seeded connections still open, and those that closed (the kernel counted their
         // closes in seeded_closed, which active subtracts)
-        const L = tracer.layout
-        const C = tracer.constants
-        const nb = config.histogram.buckets_seconds.length
-        const closed = tracer
-          .aggregateEntries()
-          .map((e) => decodeAggEntry(e.key, e.value, L, C, nb))
-          .filter((e) => e.seededClosed > 0)
-          .map((e): [Owner, number] => [e, e.seededClosed])
+        const dump = exporter.readAggregates()
+        const closed: Array<[Owner, number]> = []
+        for (let i = 0; i < dump.length; i++) {
+          const n = dump.seededClosed(i)
+          if (n > 0) closed.push([dump.owner(i), n])
+        }
         exporter.aggregator.setSeeded([...countOwners(tracer.seededOwners()), ...closed])
         log.info({ path: state.path }, 'took over the kernel state pinned by the previous run')
       }
@@ -412,17 +402,7 @@ export class Exporter {
     const L = this.tracer.layout
     const ks = L.aggKey.size
     const vs = L.aggValue.size
-    if (!this.aggLayoutChecked) {
-      // entries are stepped through by the layout's sizes: a map of other sizes would be misread silently
-      const info = this.tracer.aggregatesInfo()
-      if (info.keySize !== ks || info.valueBytes !== vs) {
-        throw new Error(
-          `the aggregation map has ${info.keySize}-byte keys and ${info.valueBytes}-byte values, the ` +
-            `record layout says ${ks} and ${vs}: the BPF object and the addon are from different builds`,
-        )
-      }
-      this.aggLayoutChecked = true
-    }
+    // entries are stepped through by the layout's sizes, which the addon checked against the map at load
     const pair = this.readBuffers[this.nextRead]!
     for (let attempt = 0; ; attempt++) {
       const n = this.tracer.readAggregates(pair.keys, pair.values)
@@ -431,8 +411,7 @@ export class Exporter {
           pair.keys,
           pair.values,
           n,
-          L,
-          this.tracer.constants,
+          this.tracer,
           this.config.histogram.buckets_seconds.length,
         )
       }

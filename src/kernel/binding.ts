@@ -4,67 +4,71 @@ import { createRequire } from 'node:module'
 import { existsSync } from 'node:fs'
 import { addonPath } from './paths.js'
 
-/** offsetof() every field of `struct event` in bpf/tcptracer.h, as compiled into the addon. */
-export interface EventLayout {
-  size: number
-  saddr: number
-  daddr: number
-  ts_ns: number
-  duration_ns: number
-  bytes_sent: number
-  bytes_received: number
-  cgroup_id: number
-  pid: number
-  netns: number
-  sport: number
-  dport: number
-  type: number
-  ip: number
-  reason: number
-  direction: number
-  comm: number
+/** sizeof() a record of bpf/tcptracer.h, and offsetof() each of its fields, as compiled into the addon. */
+type Struct<F extends string> = { readonly size: number } & { readonly [K in F]: number }
+
+/** The records of bpf/tcptracer.h that TypeScript reads or writes; the codecs are in abi.ts. */
+export interface RecordLayout {
+  /** TASK_COMM_LEN: the comm fields' size */
   commLen: number
-  listenerKeySize: number
-  ownerSize: number
-  listenerValueSize: number
-  aggKey: {
-    size: number
-    cgroup_id: number
-    netns: number
-    pid: number
-    port: number
-    ip: number
-    direction: number
-    flags: number
-    comm: number
-  }
-  aggValue: {
-    size: number
-    opened: number
-    closed: number
-    failed: number
-    sent_bytes: number
-    received_bytes: number
-    duration_sum_ns: number
-    seeded_closed: number
-    last_ns: number
-    buckets: number
-    maxBuckets: number
-    failReasons: number
-  }
-  tupleKey: {
-    size: number
-    saddr: number
-    daddr: number
-    netns: number
-    sport: number
-    dport: number
-    family: number
-  }
-  seedValue: { size: number; owner: number; port: number; direction: number }
+  event: Struct<
+    | 'saddr'
+    | 'daddr'
+    | 'ts_ns'
+    | 'duration_ns'
+    | 'bytes_sent'
+    | 'bytes_received'
+    | 'cgroup_id'
+    | 'pid'
+    | 'netns'
+    | 'sport'
+    | 'dport'
+    | 'type'
+    | 'ip'
+    | 'reason'
+    | 'direction'
+    | 'comm'
+  >
+  aggKey: Struct<'cgroup_id' | 'netns' | 'pid' | 'port' | 'ip' | 'direction' | 'flags' | 'comm'>
+  /** with MAX_BUCKETS as maxBuckets (buckets has one more slot, for +Inf) and FAIL_REASONS as failReasons */
+  aggValue: Struct<
+    | 'opened'
+    | 'closed'
+    | 'failed'
+    | 'sent_bytes'
+    | 'received_bytes'
+    | 'duration_sum_ns'
+    | 'seeded_closed'
+    | 'last_ns'
+    | 'buckets'
+    | 'maxBuckets'
+    | 'failReasons'
+  >
+  tupleKey: Struct<'saddr' | 'daddr' | 'netns' | 'sport' | 'dport' | 'family'>
+  listenerKey: Struct<'netns' | 'port' | 'family'>
+  owner: Struct<'cgroup_id' | 'pid' | 'comm'>
+  listenerValue: Struct<'owner' | 'sk'>
+  seedValue: Struct<'owner' | 'port' | 'direction'>
 }
 
+/** Every enum member of bpf/tcptracer.h, by its C name, and the state version. */
 export interface NativeConstants {
+  TCP_EVENT_TYPE_CONNECT: number
+  TCP_EVENT_TYPE_ACCEPT: number
+  TCP_EVENT_TYPE_CLOSE: number
+  TCP_EVENT_TYPE_CONNECT_FAILED: number
+  TCP_EVENT_TYPE_SEEDED_CLOSE: number
+  TCP_EVENT_TYPE_CLOSE_UNSEEN: number
+  FAIL_REASON_NONE: number
+  FAIL_REASON_REFUSED: number
+  FAIL_REASON_TIMEOUT: number
+  FAIL_REASON_UNREACHABLE: number
+  FAIL_REASON_OTHER: number
+  DIRECTION_OUTBOUND: number
+  DIRECTION_INBOUND: number
+  ACCEPT_MODE_LISTENER: number
+  ACCEPT_MODE_SYSCALL: number
+  ACCEPT_MODE_KERNEL: number
   STAT_EVENTS_LOST: number
   STAT_MAP_UPDATE_FAILED: number
   STAT_ACCEPT_UNATTRIBUTED: number
@@ -78,9 +82,6 @@ export interface NativeConstants {
   LABEL_PORT: number
   AGG_OVERFLOW: number
   AGG_UNATTRIBUTED: number
-  ACCEPT_MODE_LISTENER: number
-  ACCEPT_MODE_SYSCALL: number
-  ACCEPT_MODE_KERNEL: number
   /** version of the kernel state pinned under bpffs (bpf/tcptracer.h) */
   STATE_VERSION: number
   numPossibleCpus: number
@@ -175,7 +176,7 @@ export interface CapabilityDrop {
 
 export interface Binding {
   Tracer: typeof NativeTracer
-  layout: EventLayout
+  layout: RecordLayout
   constants: NativeConstants
   libbpfVersion(): string
   ensureFilesystems(): { tracefs: string; bpffs: string }

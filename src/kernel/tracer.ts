@@ -2,14 +2,16 @@
 // The binding is injectable so pure logic can be tested without the kernel.
 import os from 'node:os'
 import {
-  AF_INET,
   decodeBatch,
-  decodeComm,
-  isV4Mapped,
+  decodeSeed,
+  encodeAggKey,
+  encodeListener,
+  encodeSeed,
   type AcceptHook,
   type AcceptMode,
   type ListenerOwner,
   type Owner,
+  type SeedConnection,
   type TcpEvent,
 } from './abi.js'
 import { checkBtfFile } from './btf.js'
@@ -19,12 +21,11 @@ import {
   type Binding,
   type BpfError,
   type DrainStats,
-  type EventLayout,
   type LibbpfLog,
   type NativeConstants,
-  type MapInfo,
   type NativeTracer,
   type ProgramStatus,
+  type RecordLayout,
 } from './binding.js'
 
 /** The programs each accept hook loads; listener mode needs none beyond the backbone. */
@@ -108,22 +109,6 @@ export interface KernelStats {
   closeUnseen: bigint
   /** outbound connections whose establishment neither program saw, counted at their close */
   connectUnseen: bigint
-}
-
-/** A connection that was open before the daemon started, and what to count it against. */
-export interface SeedConnection {
-  netns: number
-  family: number
-  saddr: Buffer
-  daddr: Buffer
-  sport: number
-  dport: number
-  pid: number
-  comm: string
-  cgroupId: bigint
-  /** service port: local for inbound, remote for outbound */
-  port: number
-  direction: 'outbound' | 'inbound'
 }
 
 /** Without this program nothing works. */
@@ -341,24 +326,9 @@ export class TcpTracer {
    * already recorded (a listen() since attach) wins. Returns how many were added.
    */
   seedListeners(owners: readonly ListenerOwner[]): number {
-    const L = this.binding.layout
-    const info = this.native.mapInfo('listeners')
-    if (info.keySize !== L.listenerKeySize || info.valueSize !== L.listenerValueSize) {
-      throw new Error(
-        `listeners map is ${info.keySize}/${info.valueSize} bytes, the header says ${L.listenerKeySize}/${L.listenerValueSize}`,
-      )
-    }
     let added = 0
     for (const o of owners) {
-      const key = Buffer.alloc(L.listenerKeySize)
-      key.writeUInt32LE(o.netns, 0)
-      key.writeUInt16LE(o.port, 4)
-      key.writeUInt16LE(o.family, 6)
-      // struct listener_value: the owner, then the socket (0: unknown, seeded)
-      const value = Buffer.alloc(L.listenerValueSize)
-      value.writeBigUInt64LE(o.cgroupId, 0)
-      value.writeUInt32LE(o.pid, 8)
-      value.write(o.comm.slice(0, L.commLen - 1), 16, 'utf8')
+      const { key, value } = encodeListener(o, this.binding)
       if (this.native.mapUpdate('listeners', key, value, BPF_NOEXIST)) added++
     }
     return added
@@ -382,11 +352,6 @@ export class TcpTracer {
     }
   }
 
-  /** Raw entries of the aggregation map, read in the kernel's batch order. */
-  aggregateEntries(): Array<{ key: Buffer; value: Buffer }> {
-    return this.native.mapEntries('aggs')
-  }
-
   /**
    * Read the aggregation map into these Buffers (keys one after another, values likewise): the number of
    * entries, or -1 when they do not fit (grow the Buffers and read again).
@@ -400,23 +365,15 @@ export class TcpTracer {
     return this.native.mapInfo('aggs').maxEntries
   }
 
-  /** The aggregation map's type and sizes. */
-  aggregatesInfo(): MapInfo {
-    return this.native.mapInfo('aggs')
-  }
-
   deleteAggregate(key: Buffer): boolean {
     return this.native.mapDelete('aggs', key)
   }
 
   /** Create the catch-all entries (one per direction) new label sets land in when the aggregation map is full. */
   createOverflowEntries(): void {
-    const L = this.binding.layout
-    for (const direction of [1, 2]) {
-      const key = Buffer.alloc(L.aggKey.size)
-      key.writeUInt8(this.binding.constants.AGG_OVERFLOW, L.aggKey.flags)
-      key.writeUInt8(direction, L.aggKey.direction)
-      this.native.mapUpdate('aggs', key, Buffer.alloc(L.aggValue.size), BPF_NOEXIST)
+    for (const direction of ['outbound', 'inbound'] as const) {
+      const key = encodeAggKey({ direction, overflow: true }, this.binding)
+      this.native.mapUpdate('aggs', key, Buffer.alloc(this.binding.layout.aggValue.size), BPF_NOEXIST)
     }
   }
 
@@ -463,23 +420,7 @@ export class TcpTracer {
 
   /** Key and value of a connection open before the daemon started, as the `seeded` map holds them. */
   seedEntry(c: SeedConnection): { key: Buffer; value: Buffer } {
-    const L = this.binding.layout
-    const T = L.tupleKey
-    const key = Buffer.alloc(T.size)
-    c.saddr.copy(key, T.saddr, 0, 16)
-    c.daddr.copy(key, T.daddr, 0, 16)
-    key.writeUInt32LE(c.netns, T.netns)
-    key.writeUInt16LE(c.sport, T.sport)
-    key.writeUInt16LE(c.dport, T.dport)
-    key.writeUInt16LE(c.family, T.family)
-    const S = L.seedValue
-    const value = Buffer.alloc(S.size)
-    value.writeBigUInt64LE(c.cgroupId, S.owner)
-    value.writeUInt32LE(c.pid, S.owner + 8)
-    value.write(c.comm.slice(0, L.commLen - 1), S.owner + 16, 'utf8')
-    value.writeUInt16LE(c.port, S.port)
-    value.writeUInt8(c.direction === 'inbound' ? 2 : 1, S.direction)
-    return { key, value }
+    return encodeSeed(c, this.binding)
   }
 
   /** Record connections open before the daemon started; returns the keys that were added. */
@@ -495,22 +436,7 @@ export class TcpTracer {
 
   /** The owners of the seeded connections that have not closed yet, as the `seeded` map holds them. */
   seededOwners(): Owner[] {
-    const L = this.binding.layout
-    const T = L.tupleKey
-    const S = L.seedValue
-    return this.native.mapEntries('seeded').map(({ key, value }) => {
-      const daddr = key.subarray(T.daddr, T.daddr + 16)
-      const v4 = key.readUInt16LE(T.family) === AF_INET || isV4Mapped(daddr)
-      return {
-        comm: decodeComm(value, S.owner + 16, L.commLen),
-        netns: key.readUInt32LE(T.netns),
-        pid: value.readUInt32LE(S.owner + 8),
-        cgroupId: value.readBigUInt64LE(S.owner),
-        port: value.readUInt16LE(S.port),
-        ip: v4 ? 4 : 6,
-        direction: value.readUInt8(S.direction) === 2 ? 'inbound' : 'outbound',
-      }
-    })
+    return this.native.mapEntries('seeded').map(({ key, value }) => decodeSeed(key, value, this.binding))
   }
 
   /** Forget a seeded connection; false when the kernel already consumed it at its close. */
@@ -524,10 +450,9 @@ export class TcpTracer {
     onError: (err: Error) => void,
     opts: { maxQueue?: number; maxBatch?: number } = {},
   ): void {
-    const L = this.binding.layout
     this.native.startEvents((err, batch, count) => {
       if (err) return onError(err)
-      if (batch) onEvents(decodeBatch(batch, count, L))
+      if (batch) onEvents(decodeBatch(batch, count, this.binding))
     }, opts)
   }
 
@@ -569,7 +494,7 @@ export class TcpTracer {
     return this.binding.libbpfVersion()
   }
 
-  get layout(): EventLayout {
+  get layout(): RecordLayout {
     return this.binding.layout
   }
 

@@ -2,8 +2,7 @@
 // project them onto the configured labels, enforce the cardinality cap and
 // expire idle label sets. No per-event work happens here: the kernel counted
 // every event; this runs once per scrape over at most `aggs`' max_entries.
-import { decodeComm, type Direction, type Owner } from '../kernel/abi.js'
-import type { EventLayout, NativeConstants } from '../kernel/binding.js'
+import type { AggCounts, AggregateDump, Direction, Owner } from '../kernel/abi.js'
 import type { Label } from '../config/config.js'
 
 /** A label of the configured set (config's `labels`). */
@@ -14,101 +13,11 @@ export const OVERFLOW = '__overflow__'
 /** comm of connections whose owner is unknown (an accept on a listener never seen). */
 export const UNATTRIBUTED = '__unattributed__'
 
-export const FAIL_REASON_NAMES = ['refused', 'timeout', 'unreachable', 'other'] as const
-
-/** One entry of the kernel map, decoded. Counts are Numbers: exact up to 2^53. */
-export interface KernelEntry extends Owner {
-  key: Buffer
-  overflow: boolean
-  unattributed: boolean
-  opened: number
-  closed: number
-  failed: number[]
-  sentBytes: number
-  receivedBytes: number
-  durationSumNs: number
-  seededClosed: number
-  lastNs: bigint
-  /** non-cumulative, nbuckets + 1 entries, the last is +Inf */
-  buckets: number[]
-}
-
-/** A u64 as a Number (exact up to 2^53, rounded once above), without a BigInt in between. */
-function u64(b: Buffer, off: number): number {
-  return b.readUInt32LE(off) + b.readUInt32LE(off + 4) * 0x1_0000_0000
-}
-
-/** Who owns a kernel entry, decoded from its key at `base` in `keys`. */
-export interface EntryOwner extends Owner {
-  direction: Direction
-  overflow: boolean
-  unattributed: boolean
-}
-
-function ownerAt(keys: Buffer, base: number, L: EventLayout, C: NativeConstants): EntryOwner {
-  const K = L.aggKey
-  const flags = keys.readUInt8(base + K.flags)
-  return {
-    comm: decodeComm(keys, base + K.comm, L.commLen),
-    netns: keys.readUInt32LE(base + K.netns),
-    pid: keys.readUInt32LE(base + K.pid),
-    cgroupId: keys.readBigUInt64LE(base + K.cgroup_id),
-    port: keys.readUInt16LE(base + K.port),
-    ip: keys.readUInt8(base + K.ip) === 6 ? 6 : 4,
-    direction: keys.readUInt8(base + K.direction) === 2 ? 'inbound' : 'outbound',
-    overflow: (flags & C.AGG_OVERFLOW) !== 0,
-    unattributed: (flags & C.AGG_UNATTRIBUTED) !== 0,
-  }
-}
-
-export function decodeAggEntry(
-  key: Buffer,
-  value: Buffer,
-  L: EventLayout,
-  C: NativeConstants,
-  nbuckets: number,
-): KernelEntry {
-  const K = L.aggKey
-  const V = L.aggValue
-  if (key.length !== K.size || value.length !== V.size) {
-    throw new RangeError(
-      `aggs entry is ${key.length}/${value.length} bytes, the header says ${K.size}/${V.size}`,
-    )
-  }
-  const buckets: number[] = []
-  for (let i = 0; i < nbuckets; i++) buckets.push(u64(value, V.buckets + 8 * i))
-  buckets.push(u64(value, V.buckets + 8 * V.maxBuckets))
-  const failed: number[] = []
-  for (let i = 0; i < V.failReasons; i++) failed.push(u64(value, V.failed + 8 * i))
-  return {
-    key,
-    ...ownerAt(key, 0, L, C),
-    opened: u64(value, V.opened),
-    closed: u64(value, V.closed),
-    failed,
-    sentBytes: u64(value, V.sent_bytes),
-    receivedBytes: u64(value, V.received_bytes),
-    durationSumNs: u64(value, V.duration_sum_ns),
-    seededClosed: u64(value, V.seeded_closed),
-    lastNs: value.readBigUInt64LE(V.last_ns),
-    buckets,
-  }
-}
-
-/** Who owns a connection, as far as labels go: a kernel entry or a seeded connection. */
-/** One label set's values for one direction. */
-export interface Series {
+/** One label set's values for one direction: the sum of its kernel entries' counts. */
+export interface Series extends AggCounts {
   /** configured labels in configured order */
   labels: Array<[LabelName, string]>
   direction: Direction
-  opened: number
-  closed: number
-  failed: number[]
-  sentBytes: number
-  receivedBytes: number
-  durationSumNs: number
-  buckets: number[]
-  active: number
 }
 
 export interface AggregatorOptions {
@@ -158,203 +67,6 @@ function emptySeries(labels: Array<[LabelName, string]>, direction: Direction, n
     buckets: new Array<number>(nbuckets + 1).fill(0),
     active: 0,
   }
-}
-
-/**
- * The entries of the kernel's aggregation map as read at one scrape, by index. Keys are unique within
- * a table. The aggregator asks for little of an entry it has seen before: its identity and whether its
- * values changed.
- */
-export interface EntryTable {
-  readonly length: number
-  /** entry i's identity: equal ids are the same kernel entry, in this table and the next */
-  id(i: number): string
-  /** whether entry i has the same key as entry `j` of `prev` (a quicker test than comparing ids) */
-  sameKey(i: number, prev: EntryTable | undefined, j: number): boolean
-  /** whether entry i may hold other values than entry `j` of `prev`, the previous table */
-  changed(i: number, prev: EntryTable | undefined, j: number): boolean
-  owner(i: number): EntryOwner
-  /** a copy of entry i's key, to delete it from the map */
-  key(i: number): Buffer
-  lastNs(i: number): bigint
-  /** opened - closed - seededClosed of entry i */
-  active(i: number): number
-  /** whether entry i has counted nothing (the kernel's overflow entries start that way) */
-  empty(i: number): boolean
-  /** add entry i's counts into x; its active count too unless `counts` is 'counters' */
-  addInto(i: number, x: Series, counts?: 'all' | 'counters'): void
-}
-
-/** A table of decoded entries (tests, and the take-over of pinned state): every entry counts as changed. */
-export class DecodedEntries implements EntryTable {
-  private readonly ids: string[]
-  constructor(private readonly entries: readonly KernelEntry[]) {
-    this.ids = entries.map((e) => e.key.toString('latin1'))
-  }
-
-  get length(): number {
-    return this.entries.length
-  }
-
-  private at(i: number): KernelEntry {
-    const e = this.entries[i]
-    if (e === undefined) throw new RangeError(`entry ${i} of ${this.entries.length}`)
-    return e
-  }
-
-  id(i: number): string {
-    return this.ids[i] ?? ''
-  }
-
-  changed(): boolean {
-    return true
-  }
-
-  sameKey(): boolean {
-    return false
-  }
-
-  owner(i: number): EntryOwner {
-    return this.at(i)
-  }
-
-  key(i: number): Buffer {
-    return this.at(i).key
-  }
-
-  lastNs(i: number): bigint {
-    return this.at(i).lastNs
-  }
-
-  active(i: number): number {
-    const e = this.at(i)
-    return e.opened - e.closed - e.seededClosed
-  }
-
-  empty(i: number): boolean {
-    const e = this.at(i)
-    return e.opened + e.closed + e.seededClosed + e.failed.reduce((a, b) => a + b, 0) === 0
-  }
-
-  addInto(i: number, x: Series, counts: 'all' | 'counters' = 'all'): void {
-    const e = this.at(i)
-    x.opened += e.opened
-    x.closed += e.closed
-    for (let k = 0; k < x.failed.length; k++) x.failed[k] = (x.failed[k] ?? 0) + (e.failed[k] ?? 0)
-    x.sentBytes += e.sentBytes
-    x.receivedBytes += e.receivedBytes
-    x.durationSumNs += e.durationSumNs
-    for (let k = 0; k < x.buckets.length; k++) x.buckets[k] = (x.buckets[k] ?? 0) + (e.buckets[k] ?? 0)
-    if (counts === 'all') x.active += e.opened - e.closed - e.seededClosed
-  }
-}
-
-/**
- * The aggregation map as read at one scrape, raw: `count` keys one after another in `keys`, their values
- * likewise in `values` (the native mapRead). Entries are decoded only as far as asked; an entry's values
- * changed when its bytes differ from those it had in the previous table.
- */
-export class AggregateDump implements EntryTable {
-  private readonly ks: number
-  private readonly vs: number
-  private readonly V: EventLayout['aggValue']
-
-  constructor(
-    readonly keys: Buffer,
-    readonly values: Buffer,
-    readonly length: number,
-    private readonly L: EventLayout,
-    private readonly C: NativeConstants,
-    private readonly nbuckets: number,
-  ) {
-    this.ks = L.aggKey.size
-    this.vs = L.aggValue.size
-    this.V = L.aggValue
-    if (keys.length < length * this.ks || values.length < length * this.vs) {
-      throw new RangeError(`${length} entries do not fit ${keys.length}/${values.length} bytes`)
-    }
-  }
-
-  id(i: number): string {
-    return this.keys.toString('latin1', i * this.ks, (i + 1) * this.ks)
-  }
-
-  sameKey(i: number, prev: EntryTable | undefined, j: number): boolean {
-    if (!(prev instanceof AggregateDump) || prev.ks !== this.ks || j >= prev.length) return false
-    const ks = this.ks
-    return this.keys.compare(prev.keys, j * ks, (j + 1) * ks, i * ks, (i + 1) * ks) === 0
-  }
-
-  changed(i: number, prev: EntryTable | undefined, j: number): boolean {
-    if (!(prev instanceof AggregateDump) || prev.vs !== this.vs || j >= prev.length) return true
-    const vs = this.vs
-    return this.values.compare(prev.values, j * vs, (j + 1) * vs, i * vs, (i + 1) * vs) !== 0
-  }
-
-  owner(i: number): EntryOwner {
-    return ownerAt(this.keys, i * this.ks, this.L, this.C)
-  }
-
-  key(i: number): Buffer {
-    return Buffer.from(this.keys.subarray(i * this.ks, (i + 1) * this.ks))
-  }
-
-  cgroupId(i: number): bigint {
-    return this.keys.readBigUInt64LE(i * this.ks + this.L.aggKey.cgroup_id)
-  }
-
-  lastNs(i: number): bigint {
-    return this.values.readBigUInt64LE(i * this.vs + this.V.last_ns)
-  }
-
-  active(i: number): number {
-    const b = i * this.vs
-    const v = this.values
-    const V = this.V
-    return u64(v, b + V.opened) - u64(v, b + V.closed) - u64(v, b + V.seeded_closed)
-  }
-
-  empty(i: number): boolean {
-    const b = i * this.vs
-    const v = this.values
-    const V = this.V
-    let sum = u64(v, b + V.opened) + u64(v, b + V.closed) + u64(v, b + V.seeded_closed)
-    for (let k = 0; k < V.failReasons; k++) sum += u64(v, b + V.failed + 8 * k)
-    return sum === 0
-  }
-
-  addInto(i: number, x: Series, counts: 'all' | 'counters' = 'all'): void {
-    const b = i * this.vs
-    const v = this.values
-    const V = this.V
-    const opened = u64(v, b + V.opened)
-    const closed = u64(v, b + V.closed)
-    x.opened += opened
-    x.closed += closed
-    const failed = x.failed
-    for (let k = 0; k < failed.length; k++) {
-      failed[k] = (failed[k] ?? 0) + (k < V.failReasons ? u64(v, b + V.failed + 8 * k) : 0)
-    }
-    x.sentBytes += u64(v, b + V.sent_bytes)
-    x.receivedBytes += u64(v, b + V.received_bytes)
-    x.durationSumNs += u64(v, b + V.duration_sum_ns)
-    const buckets = x.buckets
-    const nb = this.nbuckets
-    for (let k = 0; k < nb; k++) buckets[k] = (buckets[k] ?? 0) + u64(v, b + V.buckets + 8 * k)
-    buckets[nb] = (buckets[nb] ?? 0) + u64(v, b + V.buckets + 8 * V.maxBuckets)
-    if (counts === 'all') x.active += opened - closed - u64(v, b + V.seeded_closed)
-  }
-}
-
-function addInto(dst: Series, src: Series): void {
-  dst.opened += src.opened
-  dst.closed += src.closed
-  for (let i = 0; i < dst.failed.length; i++) dst.failed[i] = (dst.failed[i] ?? 0) + (src.failed[i] ?? 0)
-  dst.sentBytes += src.sentBytes
-  dst.receivedBytes += src.receivedBytes
-  dst.durationSumNs += src.durationSumNs
-  for (let i = 0; i < dst.buckets.length; i++) dst.buckets[i] = (dst.buckets[i] ?? 0) + (src.buckets[i] ?? 0)
-  dst.active += src.active
 }
 
 const OUT = 0
@@ -422,7 +134,7 @@ export class Aggregator {
   /** whether the seeded connections must be projected again */
   private seededDirty = true
   /** the previous snapshot's table, to tell which entries changed; undefined: treat all as changed */
-  private prev: EntryTable | undefined
+  private prev: AggregateDump | undefined
   /** the records of the previous table's entries, by index */
   private byIndex: Array<EntryRecord | undefined> = []
   private gen = 0
@@ -582,7 +294,7 @@ export class Aggregator {
   }
 
   /** Count a label set's entries and seeded connections again. */
-  private recount(s: LabelSet, t: EntryTable): void {
+  private recount(s: LabelSet, t: AggregateDump): void {
     s.dirty = false
     s.entries = s.entries.filter((r) => r.set === s)
     if (s.entries.length === 0 && s.seeded[OUT] === 0 && s.seeded[IN] === 0) {
@@ -619,10 +331,13 @@ export class Aggregator {
   }
 
   /** Sum the overflow series: the overflow label set, the folded label sets and the retired counts. */
-  private sumOverflow(t: EntryTable): void {
+  private sumOverflow(t: AggregateDump): void {
     const nb = this.opts.nbuckets
     const labels = this.overflowLabelsNow
-    const by: [Series | undefined, Series | undefined] = [undefined, undefined]
+    // the counts of expired folded label sets first: the overflow series keeps them
+    const by = this.retired.map(
+      (r) => r && { ...r, labels, failed: [...r.failed], buckets: [...r.buckets] },
+    ) as [Series | undefined, Series | undefined]
     this.sets.forEach((s) => {
       if (s.kind === 'admitted') return
       for (const r of s.entries) {
@@ -632,9 +347,6 @@ export class Aggregator {
       if (s.seeded[OUT] > 0) (by[OUT] ??= emptySeries(labels, 'outbound', nb)).active += s.seeded[OUT]
       if (s.seeded[IN] > 0) (by[IN] ??= emptySeries(labels, 'inbound', nb)).active += s.seeded[IN]
     })
-    for (const r of this.retired) {
-      if (r !== undefined) addInto((by[dirIndex(r.direction)] ??= emptySeries(labels, r.direction, nb)), r)
-    }
     this.overflowView =
       by[OUT] === undefined && by[IN] === undefined
         ? undefined
@@ -647,8 +359,7 @@ export class Aggregator {
    * changed since the previous snapshot is counted again: entries whose values changed, new entries,
    * entries gone, seeded connections.
    */
-  snapshot(input: readonly KernelEntry[] | EntryTable): Snapshot {
-    const t = Array.isArray(input) ? new DecodedEntries(input) : (input as EntryTable)
+  snapshot(t: AggregateDump): Snapshot {
     try {
       const snap = this.update(t)
       this.prev = t
@@ -667,7 +378,7 @@ export class Aggregator {
     }
   }
 
-  private update(t: EntryTable): Snapshot {
+  private update(t: AggregateDump): Snapshot {
     const gen = ++this.gen
     const prev = this.prev
     const byIndex = this.byIndex

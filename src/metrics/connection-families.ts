@@ -7,7 +7,8 @@
 // LabelSetSeries object). A scrape copies those bytes into the chunks it sends. connectionFamilies() is
 // the same families as plain samples: what the rendering ahead must match byte for byte (exposition.ts
 // renders them; test/unit/connection-metrics.test.ts compares).
-import { FAIL_REASON_NAMES, type LabelSetSeries, type Series } from './aggregator.js'
+import { FAIL_REASONS } from '../kernel/abi.js'
+import type { LabelSetSeries, Series } from './aggregator.js'
 import {
   formatLe,
   formatValue,
@@ -84,7 +85,7 @@ export function connectionFamilies(series: readonly Series[], bounds: readonly n
     {
       ...family(FAILURES),
       samples: out.flatMap((s) =>
-        FAIL_REASON_NAMES.map((r, i) => sample([...s.labels, ['reason', r]], s.failed[i] ?? 0)),
+        FAIL_REASONS.map((r, i) => sample([...s.labels, ['reason', r]], s.failed[i] ?? 0)),
       ),
     },
     { ...family(ACCEPTS), samples: inb.map((s) => sample(s.labels, s.opened)) },
@@ -161,7 +162,7 @@ function shapes(le: readonly string[]): Shapes {
   }
   const all: Omit<Shapes, 'longest'> = {
     connects: shape(family(CONNECTS).name, ''),
-    failures: FAIL_REASON_NAMES.map((r) => shape(family(FAILURES).name, 'reason="' + r + '"')),
+    failures: FAIL_REASONS.map((r) => shape(family(FAILURES).name, 'reason="' + r + '"')),
     accepts: shape(family(ACCEPTS).name, ''),
     outbound: byDirection('outbound'),
     inbound: byDirection('inbound'),

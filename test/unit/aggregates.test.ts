@@ -1,16 +1,21 @@
 import { describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 
-import { Aggregator, decodeAggEntry, OVERFLOW, UNATTRIBUTED } from '../../src/metrics/aggregator.js'
-import type {
-  AggregatorOptions,
-  KernelEntry,
-  LabelName,
-  Series,
-  Snapshot,
-} from '../../src/metrics/aggregator.js'
-import type { Direction, Owner } from '../../src/kernel/abi.js'
+import { Aggregator, OVERFLOW, UNATTRIBUTED } from '../../src/metrics/aggregator.js'
+import type { AggregatorOptions, LabelName, Series, Snapshot } from '../../src/metrics/aggregator.js'
+import {
+  AggregateDump,
+  decodeAggKey,
+  encodeAggKey,
+  type AggKey,
+  type Direction,
+  type Owner,
+} from '../../src/kernel/abi.js'
 import { loadBinding } from '../../src/kernel/binding.js'
+
+const ABI = loadBinding()
+const K = ABI.layout.aggKey
+const V = ABI.layout.aggValue
 
 const NETNS = 4026531840
 /** a CLOCK_MONOTONIC "now" for entries that are fresh */
@@ -18,20 +23,36 @@ const T0 = 5_000_000_000_000n
 const SECOND = 1_000_000_000n
 const NBUCKETS = 2
 
+/** A kernel entry: its key, and its value's counts as Numbers. */
+interface KernelEntry extends AggKey {
+  key: Buffer
+  opened: number
+  closed: number
+  failed: number[]
+  sentBytes: number
+  receivedBytes: number
+  durationSumNs: number
+  seededClosed: number
+  lastNs: bigint
+  /** non-cumulative, NBUCKETS + 1 entries, the last is +Inf */
+  buckets: number[]
+}
+
 let seq = 0
-/** A kernel entry with defaults; every entry gets a unique key. */
-function entry(o: Partial<KernelEntry> = {}): KernelEntry {
-  const key = Buffer.alloc(4)
-  key.writeUInt32LE(++seq)
-  return {
-    key,
+/**
+ * A kernel entry with defaults, its key encoded from its owner. Every entry gets a unique key: entries
+ * of the same owner are told apart by a tag in the key's padding, between flags and comm, which the
+ * kernel leaves 0 and no decoder reads.
+ */
+function entry(o: Partial<Omit<KernelEntry, 'key'>> = {}): KernelEntry {
+  const e = {
     comm: 'curl',
     netns: NETNS,
     pid: 100,
     cgroupId: 0n,
     port: 443,
-    ip: 4,
-    direction: 'outbound',
+    ip: 4 as const,
+    direction: 'outbound' as const,
     overflow: false,
     unattributed: false,
     opened: 0,
@@ -45,6 +66,38 @@ function entry(o: Partial<KernelEntry> = {}): KernelEntry {
     buckets: new Array<number>(NBUCKETS + 1).fill(0),
     ...o,
   }
+  const key = encodeAggKey(e, ABI)
+  key.writeUIntLE(++seq, K.flags + 1, K.comm - K.flags - 1)
+  return { ...e, key }
+}
+
+/** struct agg_value of an entry, written byte by byte through the layout: the last bucket is +Inf. */
+function value(e: KernelEntry): Buffer {
+  const v = Buffer.alloc(V.size)
+  const u64 = (off: number, n: number | bigint): void => {
+    v.writeBigUInt64LE(BigInt(n), off)
+  }
+  u64(V.opened, e.opened)
+  u64(V.closed, e.closed)
+  e.failed.forEach((n, i) => u64(V.failed + 8 * i, n))
+  u64(V.sent_bytes, e.sentBytes)
+  u64(V.received_bytes, e.receivedBytes)
+  u64(V.duration_sum_ns, e.durationSumNs)
+  u64(V.seeded_closed, e.seededClosed)
+  u64(V.last_ns, e.lastNs)
+  e.buckets.forEach((n, i) => u64(V.buckets + 8 * (i === e.buckets.length - 1 ? V.maxBuckets : i), n))
+  return v
+}
+
+/** The aggregation map holding these entries, in this order, as the exporter reads it. */
+function dump(entries: readonly KernelEntry[], nbuckets = NBUCKETS): AggregateDump {
+  return new AggregateDump(
+    Buffer.concat(entries.map((e) => e.key)),
+    Buffer.concat(entries.map(value)),
+    entries.length,
+    ABI,
+    nbuckets,
+  )
 }
 
 function owner(o: Partial<Owner> = {}): Owner {
@@ -100,32 +153,34 @@ const comm = (re: string): RegExp => new RegExp(`^(?:${re})$`, 'u')
 describe('projection', () => {
   test('default labels sum entries that differ only in pid, port and cgroup', () => {
     const agg = new Aggregator(options())
-    const snap = agg.snapshot([
-      entry({
-        pid: 1,
-        port: 80,
-        cgroupId: 11n,
-        opened: 2,
-        closed: 1,
-        failed: [1, 0, 2, 0],
-        sentBytes: 10,
-        receivedBytes: 100,
-        durationSumNs: 1000,
-        buckets: [1, 0, 0],
-      }),
-      entry({
-        pid: 2,
-        port: 443,
-        cgroupId: 12n,
-        opened: 3,
-        closed: 2,
-        failed: [0, 3, 0, 1],
-        sentBytes: 5,
-        receivedBytes: 50,
-        durationSumNs: 2000,
-        buckets: [0, 1, 1],
-      }),
-    ])
+    const snap = agg.snapshot(
+      dump([
+        entry({
+          pid: 1,
+          port: 80,
+          cgroupId: 11n,
+          opened: 2,
+          closed: 1,
+          failed: [1, 0, 2, 0],
+          sentBytes: 10,
+          receivedBytes: 100,
+          durationSumNs: 1000,
+          buckets: [1, 0, 0],
+        }),
+        entry({
+          pid: 2,
+          port: 443,
+          cgroupId: 12n,
+          opened: 3,
+          closed: 2,
+          failed: [0, 3, 0, 1],
+          sentBytes: 5,
+          receivedBytes: 50,
+          durationSumNs: 2000,
+          buckets: [0, 1, 1],
+        }),
+      ]),
+    )
     assert.deepEqual(snap.series, [
       {
         labels: [
@@ -151,12 +206,14 @@ describe('projection', () => {
 
   test('family ipv4 and ipv6 are separate series; outbound before inbound', () => {
     const agg = new Aggregator(options({ labels: ['comm', 'family'] }))
-    const snap = agg.snapshot([
-      entry({ ip: 6, opened: 1, direction: 'inbound' }),
-      entry({ ip: 4, opened: 2 }),
-      entry({ ip: 6, opened: 4 }),
-      entry({ ip: 4, opened: 8, direction: 'inbound' }),
-    ])
+    const snap = agg.snapshot(
+      dump([
+        entry({ ip: 6, opened: 1, direction: 'inbound' }),
+        entry({ ip: 4, opened: 2 }),
+        entry({ ip: 6, opened: 4 }),
+        entry({ ip: 4, opened: 8, direction: 'inbound' }),
+      ]),
+    )
     assert.deepEqual(ids(snap), [
       'comm=curl,family=ipv6 outbound',
       'comm=curl,family=ipv6 inbound',
@@ -171,7 +228,7 @@ describe('projection', () => {
 
   test('labels follow the configured order', () => {
     const agg = new Aggregator(options({ labels: ['family', 'netns', 'comm'] }))
-    const snap = agg.snapshot([entry({ opened: 1, ip: 6, netns: 7 })])
+    const snap = agg.snapshot(dump([entry({ opened: 1, ip: 6, netns: 7 })]))
     assert.deepEqual(snap.series[0]?.labels, [
       ['family', 'ipv6'],
       ['netns', '7'],
@@ -181,11 +238,13 @@ describe('projection', () => {
 
   test('no labels: one series per direction', () => {
     const agg = new Aggregator(options({ labels: [] }))
-    const snap = agg.snapshot([
-      entry({ comm: 'a', opened: 1 }),
-      entry({ comm: 'b', opened: 2 }),
-      entry({ comm: 'c', opened: 4, direction: 'inbound' }),
-    ])
+    const snap = agg.snapshot(
+      dump([
+        entry({ comm: 'a', opened: 1 }),
+        entry({ comm: 'b', opened: 2 }),
+        entry({ comm: 'c', opened: 4, direction: 'inbound' }),
+      ]),
+    )
     assert.deepEqual(ids(snap), [' outbound', ' inbound'])
     assert.deepEqual(
       snap.series.map((s) => s.opened),
@@ -195,11 +254,13 @@ describe('projection', () => {
 
   test('unattributed entries get comm __unattributed__', () => {
     const agg = new Aggregator(options())
-    const snap = agg.snapshot([
-      entry({ comm: 'nginx', unattributed: true, direction: 'inbound', opened: 3 }),
-      entry({ comm: '', unattributed: true, direction: 'inbound', opened: 4 }),
-      entry({ comm: 'nginx', direction: 'inbound', opened: 1 }),
-    ])
+    const snap = agg.snapshot(
+      dump([
+        entry({ comm: 'nginx', unattributed: true, direction: 'inbound', opened: 3 }),
+        entry({ comm: '', unattributed: true, direction: 'inbound', opened: 4 }),
+        entry({ comm: 'nginx', direction: 'inbound', opened: 1 }),
+      ]),
+    )
     assert.equal(get(snap, `comm=${UNATTRIBUTED},netns=${NETNS},family=ipv4`, 'inbound').opened, 7)
     assert.equal(get(snap, `comm=nginx,netns=${NETNS},family=ipv4`, 'inbound').opened, 1)
     assert.equal(snap.series.length, 2)
@@ -209,18 +270,22 @@ describe('projection', () => {
     const agg = new Aggregator(options())
     const all = `comm=${OVERFLOW},netns=${OVERFLOW},family=${OVERFLOW}`
     // the kernel creates its overflow entries up front, empty
-    let snap = agg.snapshot([
-      entry({ overflow: true, comm: '', netns: 0 }),
-      entry({ overflow: true, comm: '', netns: 0, direction: 'inbound' }),
-      entry({ opened: 1 }),
-    ])
+    let snap = agg.snapshot(
+      dump([
+        entry({ overflow: true, comm: '', netns: 0 }),
+        entry({ overflow: true, comm: '', netns: 0, direction: 'inbound' }),
+        entry({ opened: 1 }),
+      ]),
+    )
     assert.deepEqual(ids(snap), [`comm=curl,netns=${NETNS},family=ipv4 outbound`])
 
-    snap = agg.snapshot([
-      entry({ overflow: true, comm: '', netns: 0, opened: 5, closed: 2, sentBytes: 9 }),
-      entry({ overflow: true, comm: '', netns: 0, direction: 'inbound', failed: [0, 0, 0, 1] }),
-      entry({ opened: 1 }),
-    ])
+    snap = agg.snapshot(
+      dump([
+        entry({ overflow: true, comm: '', netns: 0, opened: 5, closed: 2, sentBytes: 9 }),
+        entry({ overflow: true, comm: '', netns: 0, direction: 'inbound', failed: [0, 0, 0, 1] }),
+        entry({ opened: 1 }),
+      ]),
+    )
     // admitted label sets in admission order, the overflow series last
     assert.deepEqual(ids(snap), [
       `comm=curl,netns=${NETNS},family=ipv4 outbound`,
@@ -240,7 +305,7 @@ describe('projection', () => {
 
   test('kernel overflow entries bypass the comm filters', () => {
     const agg = new Aggregator(options({ labels: ['comm'], commInclude: [comm('curl')] }))
-    const snap = agg.snapshot([entry({ overflow: true, comm: 'sshd', opened: 2 })])
+    const snap = agg.snapshot(dump([entry({ overflow: true, comm: 'sshd', opened: 2 })]))
     assert.equal(get(snap, `comm=${OVERFLOW}`).opened, 2)
   })
 
@@ -255,14 +320,16 @@ describe('projection', () => {
         },
       }),
     )
-    const snap = agg.snapshot([
-      entry({ pid: 1, port: 80, cgroupId: 42n, opened: 1 }),
-      entry({ pid: 1, port: 80, cgroupId: 42n, opened: 2, netns: 99, ip: 6 }),
-      entry({ pid: 2, port: 80, cgroupId: 42n, opened: 4 }),
-      entry({ pid: 1, port: 8080, cgroupId: 42n, opened: 8 }),
-      entry({ pid: 1, port: 80, cgroupId: 43n, opened: 16 }),
-      entry({ pid: 1, port: 80, cgroupId: 0n, opened: 32 }),
-    ])
+    const snap = agg.snapshot(
+      dump([
+        entry({ pid: 1, port: 80, cgroupId: 42n, opened: 1 }),
+        entry({ pid: 1, port: 80, cgroupId: 42n, opened: 2, netns: 99, ip: 6 }),
+        entry({ pid: 2, port: 80, cgroupId: 42n, opened: 4 }),
+        entry({ pid: 1, port: 8080, cgroupId: 42n, opened: 8 }),
+        entry({ pid: 1, port: 80, cgroupId: 43n, opened: 16 }),
+        entry({ pid: 1, port: 80, cgroupId: 0n, opened: 32 }),
+      ]),
+    )
     assert.deepEqual(ids(snap), [
       'comm=curl,pid=1,port=80,cgroup=/system.slice/u42.service outbound',
       'comm=curl,pid=2,port=80,cgroup=/system.slice/u42.service outbound',
@@ -292,7 +359,7 @@ describe('comm filters', () => {
 
   test('include is anchored; unattributed entries are always kept', () => {
     const agg = new Aggregator(options({ labels: ['comm'], commInclude: [comm('curl')] }))
-    const snap = agg.snapshot(entries())
+    const snap = agg.snapshot(dump(entries()))
     assert.deepEqual(ids(snap), ['comm=curl outbound', `comm=${UNATTRIBUTED} inbound`])
     assert.equal(get(snap, 'comm=curl').opened, 1)
     assert.equal(get(snap, `comm=${UNATTRIBUTED}`, 'inbound').opened, 32)
@@ -300,7 +367,7 @@ describe('comm filters', () => {
 
   test('several includes: any one matches', () => {
     const agg = new Aggregator(options({ labels: ['comm'], commInclude: [comm('curl'), comm('ss.*')] }))
-    assert.deepEqual(ids(agg.snapshot(entries())), [
+    assert.deepEqual(ids(agg.snapshot(dump(entries()))), [
       'comm=curl outbound',
       'comm=sshd outbound',
       `comm=${UNATTRIBUTED} inbound`,
@@ -311,7 +378,7 @@ describe('comm filters', () => {
     const agg = new Aggregator(
       options({ labels: ['comm'], commExclude: [comm('curl.*'), comm(UNATTRIBUTED)] }),
     )
-    assert.deepEqual(ids(agg.snapshot(entries())), [
+    assert.deepEqual(ids(agg.snapshot(dump(entries()))), [
       'comm=xcurl outbound',
       'comm=sshd outbound',
       'comm=cron outbound',
@@ -323,7 +390,7 @@ describe('comm filters', () => {
     const agg = new Aggregator(
       options({ labels: ['comm'], commInclude: [comm('c.*')], commExclude: [comm('cron')] }),
     )
-    assert.deepEqual(ids(agg.snapshot(entries())), [
+    assert.deepEqual(ids(agg.snapshot(dump(entries()))), [
       'comm=curl outbound',
       'comm=curlx outbound',
       `comm=${UNATTRIBUTED} inbound`,
@@ -336,7 +403,7 @@ describe('comm filters', () => {
       [owner({ comm: 'sshd' }), 3],
       [owner({ comm: 'curl' }), 2],
     ])
-    const snap = agg.snapshot([])
+    const snap = agg.snapshot(dump([]))
     assert.deepEqual(ids(snap), ['comm=curl outbound'])
     assert.equal(get(snap, 'comm=curl').active, 2)
   })
@@ -350,7 +417,7 @@ describe('active', () => {
       entry({ pid: 7, opened: 1, closed: 0, seededClosed: 2 }),
       entry({ direction: 'inbound', opened: 6, closed: 6, seededClosed: 1 }),
     ]
-    let snap = agg.snapshot(entries)
+    let snap = agg.snapshot(dump(entries))
     // before seeding, closes of seeded connections make the sum negative: 10-4-3 + 1-0-2
     assert.equal(get(snap, 'comm=curl').active, 2)
     assert.equal(get(snap, 'comm=curl', 'inbound').active, -1)
@@ -361,7 +428,7 @@ describe('active', () => {
       [owner({ direction: 'inbound' }), 4],
       [owner({ comm: 'sshd', direction: 'inbound' }), 2],
     ])
-    snap = agg.snapshot(entries)
+    snap = agg.snapshot(dump(entries))
     assert.equal(get(snap, 'comm=curl').active, 2 + 5 + 1)
     assert.equal(get(snap, 'comm=curl', 'inbound').active, -1 + 4)
     // a seeded owner without kernel entries still shows its open connections
@@ -379,9 +446,9 @@ describe('active', () => {
     const seeds: Array<[Owner, number]> = [[owner(), 5]]
     agg.setSeeded(seeds)
     seeds.push([owner(), 100])
-    assert.equal(get(agg.snapshot([]), 'comm=curl').active, 5)
+    assert.equal(get(agg.snapshot(dump([])), 'comm=curl').active, 5)
     agg.setSeeded([[owner(), 2]])
-    assert.equal(get(agg.snapshot([]), 'comm=curl').active, 2)
+    assert.equal(get(agg.snapshot(dump([])), 'comm=curl').active, 2)
   })
 })
 
@@ -398,7 +465,7 @@ describe('cardinality cap', () => {
 
   test('admits the first label sets seen and folds the rest into the overflow series', () => {
     const agg = new Aggregator(options({ labels: ['comm'], maxLabelSets: 2 }))
-    const snap = agg.snapshot(five())
+    const snap = agg.snapshot(dump(five()))
     assert.deepEqual(ids(snap), ['comm=a outbound', 'comm=b outbound', `${all} outbound`])
     assert.deepEqual(get(snap, all), {
       labels: [['comm', OVERFLOW]],
@@ -421,15 +488,15 @@ describe('cardinality cap', () => {
 
   test('stable across scrapes: nothing is counted twice, admission is remembered', () => {
     const agg = new Aggregator(options({ labels: ['comm'], maxLabelSets: 2 }))
-    const first = agg.snapshot(five())
+    const first = agg.snapshot(dump(five()))
     for (let i = 0; i < 3; i++) {
-      const again = agg.snapshot(five())
+      const again = agg.snapshot(dump(five()))
       assert.deepEqual(again.series, first.series)
       assert.equal(again.admitted, 2)
       assert.equal(again.folded, 3)
     }
     // the kernel's iteration order changes: a and b keep their own series
-    const reversed = agg.snapshot(five().reverse())
+    const reversed = agg.snapshot(dump(five().reverse()))
     assert.deepEqual(ids(reversed).sort(), ids(first).sort())
     assert.equal(get(reversed, all).opened, 28)
     assert.equal(agg.foldedTotal, 3)
@@ -437,9 +504,9 @@ describe('cardinality cap', () => {
 
   test('a folded label set that grows keeps growing the overflow series', () => {
     const agg = new Aggregator(options({ labels: ['comm'], maxLabelSets: 2 }))
-    assert.equal(get(agg.snapshot(five()), all).opened, 28)
-    assert.equal(get(agg.snapshot(five(2)), all).opened, 30)
-    const snap = agg.snapshot(five(7))
+    assert.equal(get(agg.snapshot(dump(five())), all).opened, 28)
+    assert.equal(get(agg.snapshot(dump(five(2))), all).opened, 30)
+    const snap = agg.snapshot(dump(five(7)))
     assert.equal(get(snap, all).opened, 35)
     assert.equal(get(snap, all).active, 1 + 7 + 15)
     assert.equal(agg.foldedTotal, 3)
@@ -447,7 +514,7 @@ describe('cardinality cap', () => {
 
   test('the kernel overflow entry and folded label sets share the overflow series', () => {
     const agg = new Aggregator(options({ labels: ['comm'], maxLabelSets: 2 }))
-    const snap = agg.snapshot([...five(), entry({ overflow: true, comm: '', opened: 100, closed: 50 })])
+    const snap = agg.snapshot(dump([...five(), entry({ overflow: true, comm: '', opened: 100, closed: 50 })]))
     assert.equal(get(snap, all).opened, 128)
     assert.equal(get(snap, all).closed, 62)
     assert.equal(agg.foldedTotal, 3)
@@ -455,11 +522,13 @@ describe('cardinality cap', () => {
 
   test('the cap counts label sets, not directions', () => {
     const agg = new Aggregator(options({ labels: ['comm'], maxLabelSets: 1 }))
-    const snap = agg.snapshot([
-      entry({ comm: 'a', opened: 1 }),
-      entry({ comm: 'a', opened: 2, direction: 'inbound' }),
-      entry({ comm: 'b', opened: 4, direction: 'inbound' }),
-    ])
+    const snap = agg.snapshot(
+      dump([
+        entry({ comm: 'a', opened: 1 }),
+        entry({ comm: 'a', opened: 2, direction: 'inbound' }),
+        entry({ comm: 'b', opened: 4, direction: 'inbound' }),
+      ]),
+    )
     assert.deepEqual(ids(snap), ['comm=a outbound', 'comm=a inbound', `${all} inbound`])
     assert.equal(get(snap, all, 'inbound').opened, 4)
     assert.equal(agg.foldedTotal, 1)
@@ -476,7 +545,7 @@ describe('idle expiry', () => {
     const idle1 = entry({ comm: 'idle', opened: 3, closed: 3, lastNs: T0 - 5n * SECOND })
     const idle2 = entry({ comm: 'idle', opened: 1, closed: 0, seededClosed: 1, lastNs: T0 - 2n * SECOND })
     const fresh = entry({ comm: 'fresh', opened: 1, closed: 1, lastNs: T0 - SECOND / 2n })
-    const snap = agg.snapshot([idle1, fresh, idle2])
+    const snap = agg.snapshot(dump([idle1, fresh, idle2]))
     assert.deepEqual(ids(snap), ['comm=fresh outbound'])
     assert.deepEqual(snap.expiredKeys, [idle1.key, idle2.key])
     assert.equal(agg.expiredTotal, 1)
@@ -486,10 +555,12 @@ describe('idle expiry', () => {
   test('the newest entry of a label set decides its idleness', () => {
     const clock = new Clock()
     const agg = new Aggregator(options({ labels: ['comm'], idleExpiryMs: IDLE, nowNs: clock.nowNs }))
-    const snap = agg.snapshot([
-      entry({ opened: 1, closed: 1, lastNs: T0 - 10n * SECOND }),
-      entry({ pid: 2, opened: 1, closed: 1, lastNs: T0 - SECOND / 2n }),
-    ])
+    const snap = agg.snapshot(
+      dump([
+        entry({ opened: 1, closed: 1, lastNs: T0 - 10n * SECOND }),
+        entry({ pid: 2, opened: 1, closed: 1, lastNs: T0 - SECOND / 2n }),
+      ]),
+    )
     assert.deepEqual(ids(snap), ['comm=curl outbound'])
     assert.deepEqual(snap.expiredKeys, [])
     assert.equal(agg.expiredTotal, 0)
@@ -501,7 +572,7 @@ describe('idle expiry', () => {
     const open = entry({ comm: 'open', opened: 2, closed: 1, lastNs: stale(clock) })
     const seededOpen = entry({ comm: 'seeded', opened: 1, closed: 1, lastNs: stale(clock) })
     agg.setSeeded([[owner({ comm: 'seeded' }), 1]])
-    const snap = agg.snapshot([open, seededOpen])
+    const snap = agg.snapshot(dump([open, seededOpen]))
     assert.deepEqual(ids(snap), ['comm=open outbound', 'comm=seeded outbound'])
     assert.equal(get(snap, 'comm=open').active, 1)
     assert.equal(get(snap, 'comm=seeded').active, 1)
@@ -510,11 +581,11 @@ describe('idle expiry', () => {
 
     // once the seeded connection closes, the label set expires and its seed is forgotten
     const closed = entry({ comm: 'seeded', opened: 1, closed: 1, seededClosed: 1, lastNs: stale(clock) })
-    const after = agg.snapshot([open, closed])
+    const after = agg.snapshot(dump([open, closed]))
     assert.deepEqual(ids(after), ['comm=open outbound'])
     assert.deepEqual(after.expiredKeys, [closed.key])
     assert.equal(agg.expiredTotal, 1)
-    assert.deepEqual(ids(agg.snapshot([open])), ['comm=open outbound'])
+    assert.deepEqual(ids(agg.snapshot(dump([open]))), ['comm=open outbound'])
   })
 
   test('never when idleExpiryMs is 0', () => {
@@ -522,7 +593,7 @@ describe('idle expiry', () => {
     const agg = new Aggregator(options({ labels: ['comm'], idleExpiryMs: 0, nowNs: clock.nowNs }))
     const e = entry({ opened: 1, closed: 1, lastNs: 1n })
     clock.now = T0 + 1_000_000n * SECOND
-    const snap = agg.snapshot([e])
+    const snap = agg.snapshot(dump([e]))
     assert.deepEqual(ids(snap), ['comm=curl outbound'])
     assert.deepEqual(snap.expiredKeys, [])
     assert.equal(agg.expiredTotal, 0)
@@ -532,11 +603,11 @@ describe('idle expiry', () => {
     const clock = new Clock()
     const agg = new Aggregator(options({ labels: ['comm'], idleExpiryMs: IDLE, nowNs: clock.nowNs }))
     const e = entry({ opened: 1, closed: 1, lastNs: T0 })
-    assert.deepEqual(agg.snapshot([e]).expiredKeys, [])
+    assert.deepEqual(agg.snapshot(dump([e])).expiredKeys, [])
     clock.now = T0 + SECOND / 2n
-    assert.deepEqual(agg.snapshot([e]).expiredKeys, [])
+    assert.deepEqual(agg.snapshot(dump([e])).expiredKeys, [])
     clock.now = T0 + 2n * SECOND
-    const snap = agg.snapshot([e])
+    const snap = agg.snapshot(dump([e]))
     assert.deepEqual(snap.expiredKeys, [e.key])
     assert.deepEqual(snap.series, [])
     assert.equal(agg.expiredTotal, 1)
@@ -548,16 +619,16 @@ describe('idle expiry', () => {
       options({ labels: ['comm'], maxLabelSets: 1, idleExpiryMs: IDLE, nowNs: clock.nowNs }),
     )
     const a = entry({ comm: 'a', opened: 1, closed: 1, lastNs: T0 })
-    assert.deepEqual(ids(agg.snapshot([a])), ['comm=a outbound'])
+    assert.deepEqual(ids(agg.snapshot(dump([a]))), ['comm=a outbound'])
 
     clock.now = T0 + 2n * SECOND
-    const expiring = agg.snapshot([a])
+    const expiring = agg.snapshot(dump([a]))
     assert.deepEqual(expiring.expiredKeys, [a.key])
     assert.equal(expiring.admitted, 0)
 
     // the caller deleted a's key; b is new
     const b = entry({ comm: 'b', opened: 5, lastNs: clock.now })
-    const snap = agg.snapshot([b])
+    const snap = agg.snapshot(dump([b]))
     assert.deepEqual(ids(snap), ['comm=b outbound'])
     assert.equal(get(snap, 'comm=b').opened, 5)
     assert.equal(snap.admitted, 1)
@@ -574,17 +645,17 @@ describe('idle expiry', () => {
     const all = `comm=${OVERFLOW}`
     const a = (): KernelEntry => entry({ comm: 'a', opened: 1, lastNs: clock.now })
     const f = entry({ comm: 'f', opened: 5, closed: 5, sentBytes: 50, buckets: [2, 3, 0], lastNs: T0 })
-    assert.equal(get(agg.snapshot([a(), f]), all).opened, 5)
+    assert.equal(get(agg.snapshot(dump([a(), f])), all).opened, 5)
     assert.equal(agg.foldedTotal, 1)
 
     clock.now = T0 + 2n * SECOND
-    const expiring = agg.snapshot([a(), f])
+    const expiring = agg.snapshot(dump([a(), f]))
     assert.deepEqual(expiring.expiredKeys, [f.key])
     assert.equal(agg.expiredTotal, 1)
     assert.equal(expiring.folded, 0)
 
     // the caller deleted f's key: its counts stay in the overflow series
-    const after = agg.snapshot([a()])
+    const after = agg.snapshot(dump([a()]))
     assert.deepEqual(ids(after), ['comm=a outbound', `${all} outbound`])
     assert.equal(get(after, all).opened, 5)
     assert.equal(get(after, all).closed, 5)
@@ -594,7 +665,7 @@ describe('idle expiry', () => {
 
     // a new folded label set adds to them
     const g = entry({ comm: 'g', opened: 1, lastNs: clock.now })
-    const later = agg.snapshot([a(), g])
+    const later = agg.snapshot(dump([a(), g]))
     assert.equal(get(later, all).opened, 6)
     assert.equal(get(later, all).active, 1)
     assert.equal(agg.foldedTotal, 2)
@@ -611,7 +682,7 @@ describe('idle expiry', () => {
     const opened: number[] = []
     const sent: number[] = []
     const scrape = (entries: KernelEntry[]): void => {
-      const s = get(agg.snapshot(entries), all)
+      const s = get(agg.snapshot(dump(entries)), all)
       opened.push(s.opened)
       sent.push(s.sentBytes)
     }
@@ -633,7 +704,7 @@ describe('reconfigure', () => {
       entry({ netns: 2, opened: 2 }),
       entry({ netns: 3, opened: 4, ip: 6 }),
     ]
-    const before = agg.snapshot(entries)
+    const before = agg.snapshot(dump(entries))
     assert.deepEqual(ids(before), [
       'comm=curl,netns=1,family=ipv4 outbound',
       `comm=${OVERFLOW},netns=${OVERFLOW},family=${OVERFLOW} outbound`,
@@ -641,7 +712,7 @@ describe('reconfigure', () => {
     assert.equal(agg.foldedTotal, 2)
 
     agg.reconfigure(options({ labels: ['comm'], maxLabelSets: 1 }))
-    const after = agg.snapshot(entries)
+    const after = agg.snapshot(dump(entries))
     assert.deepEqual(ids(after), ['comm=curl outbound'])
     assert.equal(get(after, 'comm=curl').opened, 7)
     assert.equal(after.admitted, 1)
@@ -650,7 +721,7 @@ describe('reconfigure', () => {
     assert.equal(agg.foldedTotal, 2)
 
     agg.reconfigure(options({ labels: ['family', 'comm'], maxLabelSets: 1 }))
-    assert.deepEqual(ids(agg.snapshot(entries)), [
+    assert.deepEqual(ids(agg.snapshot(dump(entries))), [
       'family=ipv4,comm=curl outbound',
       `family=${OVERFLOW},comm=${OVERFLOW} outbound`,
     ])
@@ -660,9 +731,9 @@ describe('reconfigure', () => {
   test('changing the comm filters applies them', () => {
     const agg = new Aggregator(options({ labels: ['comm'] }))
     const entries = [entry({ comm: 'curl', opened: 1 }), entry({ comm: 'sshd', opened: 2 })]
-    assert.deepEqual(ids(agg.snapshot(entries)), ['comm=curl outbound', 'comm=sshd outbound'])
+    assert.deepEqual(ids(agg.snapshot(dump(entries))), ['comm=curl outbound', 'comm=sshd outbound'])
     agg.reconfigure(options({ labels: ['comm'], commExclude: [comm('curl')] }))
-    assert.deepEqual(ids(agg.snapshot(entries)), ['comm=sshd outbound'])
+    assert.deepEqual(ids(agg.snapshot(dump(entries))), ['comm=sshd outbound'])
   })
 
   test('keeps the injected clock when the new options have none', () => {
@@ -670,24 +741,24 @@ describe('reconfigure', () => {
     const agg = new Aggregator(options({ labels: ['comm'], nowNs: clock.nowNs }))
     agg.reconfigure(options({ labels: ['comm'], idleExpiryMs: 1000 }))
     const e = entry({ opened: 1, closed: 1, lastNs: T0 })
-    assert.deepEqual(agg.snapshot([e]).expiredKeys, [])
+    assert.deepEqual(agg.snapshot(dump([e])).expiredKeys, [])
     clock.now = T0 + 2n * SECOND
-    assert.deepEqual(agg.snapshot([e]).expiredKeys, [e.key])
+    assert.deepEqual(agg.snapshot(dump([e])).expiredKeys, [e.key])
   })
 })
 
-describe('decodeAggEntry', () => {
-  const { layout: L, constants: C } = loadBinding()
-  const K = L.aggKey
-  const V = L.aggValue
+describe('struct agg_key and struct agg_value, read as the exporter reads them', () => {
+  const { layout: L, constants: C } = ABI
 
+  /** One entry written byte by byte through the layout, every field set, and the dump that holds it. */
   function encode(o: {
     comm: string | Buffer
     flags: number
     direction: number
     ip: number
     buckets: ReadonlyArray<[index: number, count: bigint]>
-  }): { key: Buffer; value: Buffer } {
+    nbuckets: number
+  }): { key: Buffer; value: Buffer; dump: AggregateDump } {
     const key = Buffer.alloc(K.size)
     key.writeBigUInt64LE(0x1122334455667788n, K.cgroup_id)
     key.writeUInt32LE(4026532001, K.netns)
@@ -710,7 +781,23 @@ describe('decodeAggEntry', () => {
     // every slot that should not be read holds a marker
     for (let i = 0; i <= V.maxBuckets; i++) value.writeBigUInt64LE(999n, V.buckets + 8 * i)
     for (const [i, n] of o.buckets) value.writeBigUInt64LE(n, V.buckets + 8 * i)
-    return { key, value }
+    return { key, value, dump: new AggregateDump(key, value, 1, ABI, o.nbuckets) }
+  }
+
+  /** Entry 0's counts, summed into an empty series of nbuckets. */
+  function counts(dump: AggregateDump, nbuckets: number): Omit<Series, 'labels' | 'direction'> {
+    const x = {
+      opened: 0,
+      closed: 0,
+      failed: [0, 0, 0, 0],
+      sentBytes: 0,
+      receivedBytes: 0,
+      durationSumNs: 0,
+      buckets: new Array<number>(nbuckets + 1).fill(0),
+      active: 0,
+    }
+    dump.addInto(0, x)
+    return x
   }
 
   test('the layout is the one this file assumes', () => {
@@ -721,10 +808,10 @@ describe('decodeAggEntry', () => {
   })
 
   test('round trip of every field, with fewer buckets than the maximum', () => {
-    const { key, value } = encode({
+    const { key, dump } = encode({
       comm: 'curl',
       flags: 0,
-      direction: 1,
+      direction: C.DIRECTION_OUTBOUND,
       ip: 4,
       buckets: [
         [0, 1n],
@@ -732,43 +819,59 @@ describe('decodeAggEntry', () => {
         [2, 5n],
         [V.maxBuckets, 42n],
       ],
+      nbuckets: 3,
     })
-    const e = decodeAggEntry(key, value, L, C, 3)
-    assert.deepEqual(e, {
-      key,
-      comm: 'curl',
-      netns: 4026532001,
-      pid: 123456,
-      cgroupId: 0x1122334455667788n,
-      port: 8443,
-      ip: 4,
-      direction: 'outbound',
-      overflow: false,
-      unattributed: false,
-      opened: 11,
-      closed: 7,
-      failed: [100, 101, 102, 103],
-      sentBytes: 2 ** 40,
-      receivedBytes: 2 ** 52 + 1,
-      durationSumNs: 987654321,
-      seededClosed: 3,
-      lastNs: 0xfedcba9876543210n,
-      buckets: [1, 0, 5, 42],
-    })
-    assert.equal(e.key, key)
+    const owner = dump.owner(0)
+    assert.deepEqual(
+      {
+        key: dump.key(0),
+        ...owner,
+        ...counts(dump, 3),
+        seededClosed: dump.seededClosed(0),
+        lastNs: dump.lastNs(0),
+      },
+      {
+        key,
+        comm: 'curl',
+        netns: 4026532001,
+        pid: 123456,
+        cgroupId: 0x1122334455667788n,
+        port: 8443,
+        ip: 4,
+        direction: 'outbound',
+        overflow: false,
+        unattributed: false,
+        opened: 11,
+        closed: 7,
+        failed: [100, 101, 102, 103],
+        sentBytes: 2 ** 40,
+        receivedBytes: 2 ** 52 + 1,
+        durationSumNs: 987654321,
+        seededClosed: 3,
+        lastNs: 0xfedcba9876543210n,
+        buckets: [1, 0, 5, 42],
+        active: 11 - 7 - 3,
+      },
+    )
+    assert.deepEqual(decodeAggKey(key, 0, ABI), owner)
+    assert.deepEqual(encodeAggKey(owner, ABI), key, 'encoding the decoded key gives its bytes back')
+    assert.equal(dump.cgroupId(0), 0x1122334455667788n)
+    assert.equal(dump.active(0), 1)
+    assert.equal(dump.empty(0), false)
   })
 
   test('inbound, ipv6, flags, a comm filling all 16 bytes, every bucket', () => {
     const buckets: Array<[number, bigint]> = []
     for (let i = 0; i <= V.maxBuckets; i++) buckets.push([i, BigInt(i + 1)])
-    const { key, value } = encode({
+    const { key, dump } = encode({
       comm: 'abcdefghijklmnop',
       flags: C.AGG_OVERFLOW | C.AGG_UNATTRIBUTED,
-      direction: 2,
+      direction: C.DIRECTION_INBOUND,
       ip: 6,
       buckets,
+      nbuckets: V.maxBuckets,
     })
-    const e = decodeAggEntry(key, value, L, C, V.maxBuckets)
+    const e = { ...dump.owner(0), ...counts(dump, V.maxBuckets) }
     assert.equal(e.comm, 'abcdefghijklmnop')
     assert.equal(e.direction, 'inbound')
     assert.equal(e.ip, 6)
@@ -779,19 +882,58 @@ describe('decodeAggEntry', () => {
       e.buckets,
       buckets.map(([i]) => i + 1),
     )
+    // the kernel's comm has no room for a 16th byte and a NUL: encoding keeps 15
+    const back = encodeAggKey(dump.owner(0), ABI)
+    assert.deepEqual(back.subarray(0, K.comm + 15), key.subarray(0, K.comm + 15))
+    assert.equal(back[K.comm + 15], 0)
 
-    const unattributed = encode({ comm: '', flags: C.AGG_UNATTRIBUTED, direction: 2, ip: 4, buckets: [] })
-    const u = decodeAggEntry(unattributed.key, unattributed.value, L, C, 1)
+    const unattributed = encode({
+      comm: '',
+      flags: C.AGG_UNATTRIBUTED,
+      direction: C.DIRECTION_INBOUND,
+      ip: 4,
+      buckets: [],
+      nbuckets: 1,
+    })
+    const u = { ...unattributed.dump.owner(0), ...counts(unattributed.dump, 1) }
     assert.equal(u.comm, '')
     assert.equal(u.overflow, false)
     assert.equal(u.unattributed, true)
     assert.deepEqual(u.buckets, [999, 999])
+    assert.deepEqual(encodeAggKey(unattributed.dump.owner(0), ABI), unattributed.key)
+  })
+
+  test("the overflow entries' keys: only the flag and the direction", () => {
+    for (const direction of ['outbound', 'inbound'] as const) {
+      const want = Buffer.alloc(K.size)
+      want[K.flags] = C.AGG_OVERFLOW
+      want[K.direction] = direction === 'inbound' ? C.DIRECTION_INBOUND : C.DIRECTION_OUTBOUND
+      assert.deepEqual(encodeAggKey({ direction, overflow: true }, ABI), want)
+      assert.deepEqual(decodeAggKey(want, 0, ABI), {
+        comm: '',
+        netns: 0,
+        pid: 0,
+        cgroupId: 0n,
+        port: 0,
+        ip: 4,
+        direction,
+        overflow: true,
+        unattributed: false,
+      })
+    }
   })
 
   test('a decoded entry feeds the aggregator', () => {
-    const { key, value } = encode({ comm: 'curl', flags: 0, direction: 2, ip: 6, buckets: [] })
+    const { dump } = encode({
+      comm: 'curl',
+      flags: 0,
+      direction: C.DIRECTION_INBOUND,
+      ip: 6,
+      buckets: [],
+      nbuckets: 1,
+    })
     const agg = new Aggregator(options({ labels: ['comm', 'family', 'port'], nbuckets: 1 }))
-    const snap = agg.snapshot([decodeAggEntry(key, value, L, C, 1)])
+    const snap = agg.snapshot(dump)
     assert.deepEqual(ids(snap), ['comm=curl,family=ipv6,port=8443 inbound'])
     assert.equal(get(snap, 'comm=curl,family=ipv6,port=8443', 'inbound').active, 11 - 7 - 3)
   })
@@ -810,15 +952,21 @@ describe('decodeAggEntry', () => {
       [Buffer.from('back\\slash'), 'back\\slash'],
     ]
     const agg = new Aggregator(options({ labels: ['comm'], nbuckets: 1 }))
-    const entries = comms.map(([comm]) => {
-      const { key, value } = encode({ comm, flags: 0, direction: 1, ip: 4, buckets: [] })
-      return decodeAggEntry(key, value, L, C, 1)
-    })
+    const entries = comms.map(([comm]) =>
+      encode({ comm, flags: 0, direction: C.DIRECTION_OUTBOUND, ip: 4, buckets: [], nbuckets: 1 }),
+    )
+    const all = new AggregateDump(
+      Buffer.concat(entries.map((e) => e.key)),
+      Buffer.concat(entries.map((e) => e.value)),
+      entries.length,
+      ABI,
+      1,
+    )
     assert.deepEqual(
-      entries.map((e) => e.comm),
+      entries.map((_, i) => all.owner(i).comm),
       comms.map(([, want]) => want),
     )
-    const snap = agg.snapshot(entries)
+    const snap = agg.snapshot(all)
     const opened = new Map(snap.series.map((x) => [x.labels[0]?.[1], x.opened]))
     // each entry counts 11; the three that decode to a\ufffd are one series of 33
     assert.deepEqual(
@@ -835,13 +983,20 @@ describe('decodeAggEntry', () => {
     assert.equal(snap.admitted, 6)
   })
 
-  test('a size mismatch throws RangeError', () => {
-    const { key, value } = encode({ comm: 'x', flags: 0, direction: 1, ip: 4, buckets: [] })
-    assert.throws(() => decodeAggEntry(key.subarray(1), value, L, C, 3), RangeError)
-    assert.throws(() => decodeAggEntry(key, Buffer.concat([value, Buffer.alloc(8)]), L, C, 3), RangeError)
-    assert.throws(() => decodeAggEntry(key, value.subarray(0, V.size - 8), L, C, 3), {
+  test('Buffers too small for the entries throw RangeError', () => {
+    const { key, value } = encode({
+      comm: 'x',
+      flags: 0,
+      direction: C.DIRECTION_OUTBOUND,
+      ip: 4,
+      buckets: [],
+      nbuckets: 3,
+    })
+    assert.throws(() => new AggregateDump(key.subarray(1), value, 1, ABI, 3), RangeError)
+    assert.throws(() => new AggregateDump(key, value, 2, ABI, 3), RangeError)
+    assert.throws(() => new AggregateDump(key, value.subarray(0, V.size - 8), 1, ABI, 3), {
       name: 'RangeError',
-      message: new RegExp(`${K.size}/${V.size - 8} bytes.*${K.size}/${V.size}`),
+      message: new RegExp(`1 entries do not fit ${K.size}/${V.size - 8} bytes`),
     })
   })
 })
@@ -850,7 +1005,7 @@ describe('decodeAggEntry', () => {
 test('every label name projects', () => {
   const labels: LabelName[] = ['comm', 'netns', 'family', 'pid', 'cgroup', 'port']
   const agg = new Aggregator(options({ labels }))
-  const snap = agg.snapshot([entry({ opened: 1, cgroupId: 5n, pid: 9, port: 22, netns: 3, ip: 6 })])
+  const snap = agg.snapshot(dump([entry({ opened: 1, cgroupId: 5n, pid: 9, port: 22, netns: 3, ip: 6 })]))
   assert.deepEqual(snap.series[0]?.labels, [
     ['comm', 'curl'],
     ['netns', '3'],

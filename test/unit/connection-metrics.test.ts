@@ -1,25 +1,20 @@
-// The scrape path kept between scrapes: the aggregator fed raw map reads (AggregateDump), which counts
-// again only the entries whose bytes changed, and ConnectionExposition, which keeps each label set's
-// rendered lines. Both must give exactly what the plain path gives: the aggregator fed decoded entries
-// (every entry counted again at every snapshot), and render() of the plain families.
+// The scrape path kept between scrapes: the aggregator fed raw map reads (AggregateDump) into two pairs
+// of Buffers used in turn, which counts again only the entries whose bytes changed, and
+// ConnectionExposition, which keeps each label set's rendered lines. Both must give exactly what the
+// plain path gives: an aggregator fed the same entries in Buffers of their own for each read, never
+// written again, and render() of the plain families.
 import { describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 
-import {
-  AggregateDump,
-  Aggregator,
-  decodeAggEntry,
-  OVERFLOW,
-  type AggregatorOptions,
-  type KernelEntry,
-  type Snapshot,
-} from '../../src/metrics/aggregator.js'
+import { Aggregator, OVERFLOW, type AggregatorOptions, type Snapshot } from '../../src/metrics/aggregator.js'
+import { AggregateDump } from '../../src/kernel/abi.js'
 import { ConnectionExposition, connectionFamilies } from '../../src/metrics/connection-families.js'
 import { render, renderChunks, type Format, type MetricFamily } from '../../src/metrics/exposition.js'
 import { loadBinding } from '../../src/kernel/binding.js'
 import { prng } from '../prng.js'
 
-const { layout: L, constants: C } = loadBinding()
+const ABI = loadBinding()
+const { layout: L, constants: C } = ABI
 const K = L.aggKey
 const V = L.aggValue
 const BOUNDS = [0.001, 0.01, 0.1, 1, 10]
@@ -99,7 +94,7 @@ function encodeValue(e: ModelEntry, into: Buffer, at: number): void {
 /**
  * The kernel map and what the exporter does with it at a scrape: read it into one of two pairs of
  * Buffers in turn (as Exporter does), snapshot it, delete the expired keys. A second aggregator gets
- * the same entries decoded, so counts everything again every time: the two must agree.
+ * the same entries in fresh Buffers at every read: the two must agree.
  */
 class Kernel {
   entries = new Map<string, ModelEntry>()
@@ -127,7 +122,7 @@ class Kernel {
     return [...all.slice(s), ...all.slice(0, s)]
   }
 
-  read(shift: number): { dump: AggregateDump; decoded: KernelEntry[]; commit: () => void } {
+  read(shift: number): { dump: AggregateDump; copy: AggregateDump; commit: () => void } {
     const order = this.ordered(shift)
     const pair = this.pairs[this.next]!
     if (pair.keys.length < order.length * K.size) {
@@ -138,18 +133,15 @@ class Kernel {
       encodeKey(e, pair.keys, i * K.size)
       encodeValue(e, pair.values, i * V.size)
     })
-    const decoded = order.map((_, i) =>
-      decodeAggEntry(
-        Buffer.from(pair.keys.subarray(i * K.size, (i + 1) * K.size)),
-        Buffer.from(pair.values.subarray(i * V.size, (i + 1) * V.size)),
-        L,
-        C,
+    return {
+      dump: new AggregateDump(pair.keys, pair.values, order.length, ABI, NB),
+      copy: new AggregateDump(
+        Buffer.from(pair.keys.subarray(0, order.length * K.size)),
+        Buffer.from(pair.values.subarray(0, order.length * V.size)),
+        order.length,
+        ABI,
         NB,
       ),
-    )
-    return {
-      dump: new AggregateDump(pair.keys, pair.values, order.length, L, C, NB),
-      decoded,
       commit: () => {
         this.next ^= 1
       },
@@ -294,10 +286,10 @@ describe('kept between scrapes, exactly what a fresh render gives', () => {
       clock.now += SECOND / 4n
 
       // mostly the same order (entries come and go in it), sometimes another
-      const { dump, decoded, commit } = kernel.read(step % 3 === 0 ? step * 7 : 0)
+      const { dump, copy, commit } = kernel.read(step % 3 === 0 ? step * 7 : 0)
       const a = raw.snapshot(dump)
       commit()
-      const b = plain.snapshot(decoded)
+      const b = plain.snapshot(copy)
       sameSnapshot(a, b, `step ${step}`)
       assert.equal(raw.foldedTotal, plain.foldedTotal)
       assert.equal(raw.expiredTotal, plain.expiredTotal)

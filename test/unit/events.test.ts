@@ -4,9 +4,9 @@ import assert from 'node:assert/strict'
 import { decodeBatch, decodeComm, decodeEvent, formatIPv4, formatIPv6 } from '../../src/kernel/abi.js'
 import type { TcpEvent } from '../../src/kernel/abi.js'
 import { loadBinding } from '../../src/kernel/binding.js'
-import type { EventLayout } from '../../src/kernel/binding.js'
 
-const L: EventLayout = loadBinding().layout
+const B = loadBinding()
+const L = B.layout.event
 
 /** 16 bytes from 8 groups, network byte order. */
 function v6(...groups: number[]): Uint8Array {
@@ -76,7 +76,7 @@ function record(over: Partial<RawEvent> = {}): Buffer {
   const buf = Buffer.alloc(L.size, 0xee) // garbage everywhere first: every field must be written or ignored
   buf.fill(0, L.saddr, L.saddr + 16)
   buf.fill(0, L.daddr, L.daddr + 16)
-  buf.fill(0, L.comm, L.comm + L.commLen)
+  buf.fill(0, L.comm, L.comm + B.layout.commLen)
   putBytes(buf, L.saddr, r.saddr)
   putBytes(buf, L.daddr, r.daddr)
   putLE(buf, L.ts_ns, 8, r.tsNs)
@@ -123,8 +123,8 @@ test('layout: struct event as compiled into the addon', () => {
     assert.ok(prev !== undefined && cur !== undefined)
     assert.ok(L[prev] < L[cur], `${prev} (${L[prev]}) before ${cur} (${L[cur]})`)
   }
-  assert.equal(L.commLen, 16)
-  assert.ok(L.comm + L.commLen <= L.size)
+  assert.equal(B.layout.commLen, 16)
+  assert.ok(L.comm + B.layout.commLen <= L.size)
 })
 
 test('formatIPv4', () => {
@@ -283,7 +283,7 @@ for (const [n, reason] of [
 test('decodeEvent', async (t) => {
   for (const [name, raw, want] of OK) {
     await t.test(name, () => {
-      const ev = decodeEvent(record(raw), 0, L)
+      const ev = decodeEvent(record(raw), 0, B)
       for (const [k, v] of Object.entries(want)) {
         assert.equal(ev[k as keyof TcpEvent], v, `${name}: ${k}`)
       }
@@ -293,7 +293,7 @@ test('decodeEvent', async (t) => {
 })
 
 test('decodeEvent: a full event deep-equals', () => {
-  assert.deepEqual(decodeEvent(record({ type: 4, reason: 1 }), 0, L), {
+  assert.deepEqual(decodeEvent(record({ type: 4, reason: 1 }), 0, B), {
     type: 'connect_failed',
     tsNs: 123456789n,
     pid: 1234,
@@ -315,7 +315,7 @@ test('decodeEvent: a full event deep-equals', () => {
 
 test('decodeEvent at an offset', () => {
   const buf = Buffer.concat([Buffer.alloc(L.size, 0xff), record({ pid: 77 })])
-  assert.equal(decodeEvent(buf, L.size, L).pid, 77)
+  assert.equal(decodeEvent(buf, L.size, B).pid, 77)
 })
 
 test('decodeEvent rejects unknown enum values', async (t) => {
@@ -334,7 +334,7 @@ test('decodeEvent rejects unknown enum values', async (t) => {
   for (const [name, raw, msg] of bad) {
     await t.test(name, () => {
       assert.throws(
-        () => decodeEvent(record(raw), 0, L),
+        () => decodeEvent(record(raw), 0, B),
         (e) => e instanceof RangeError && msg.test(e.message),
       )
     })
@@ -343,7 +343,7 @@ test('decodeEvent rejects unknown enum values', async (t) => {
 
 test('decodeEvent ignores reason on non-failure events', () => {
   for (const type of [1, 2, 3]) {
-    const ev = decodeEvent(record({ type, reason: 99 }), 0, L)
+    const ev = decodeEvent(record({ type, reason: 99 }), 0, B)
     assert.equal(ev.reason, undefined)
   }
 })
@@ -363,7 +363,7 @@ test('decodeBatch: several records back to back', () => {
     { type: 3, pid: 3, tsNs: 2n ** 64n - 1n, bytesSent: 7n },
     { type: 4, pid: 4, tsNs: 40n, reason: 2 },
   ]
-  const evs = decodeBatch(Buffer.concat(raws.map((r) => record(r))), raws.length, L)
+  const evs = decodeBatch(Buffer.concat(raws.map((r) => record(r))), raws.length, B)
   assert.deepEqual(
     evs.map((e) => [e.type, e.pid, e.tsNs, e.ip, e.saddr, e.direction, e.bytesSent, e.reason]),
     [
@@ -376,7 +376,7 @@ test('decodeBatch: several records back to back', () => {
 })
 
 test('decodeBatch: empty batch', () => {
-  assert.deepEqual(decodeBatch(Buffer.alloc(0), 0, L), [])
+  assert.deepEqual(decodeBatch(Buffer.alloc(0), 0, B), [])
 })
 
 test('decodeBatch: length must be count * size', () => {
@@ -390,11 +390,11 @@ test('decodeBatch: length must be count * size', () => {
     ['data with count 0', record(), 0],
   ]
   for (const [name, buf, count] of cases) {
-    assert.throws(() => decodeBatch(buf, count, L), RangeError, name)
+    assert.throws(() => decodeBatch(buf, count, B), RangeError, name)
   }
 })
 
 test('decodeBatch: one bad record fails the batch', () => {
   const buf = Buffer.concat([record(), record({ type: 9 })])
-  assert.throws(() => decodeBatch(buf, 2, L), RangeError)
+  assert.throws(() => decodeBatch(buf, 2, B), RangeError)
 })

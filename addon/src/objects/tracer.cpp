@@ -87,6 +87,54 @@ std::vector<uint8_t> BufferBytes(Napi::Value v, size_t want, const char *what)
 	return std::vector<uint8_t>(b.Data(), b.Data() + b.Length());
 }
 
+// The key and value size of every map the object defines, as bpf/tcptracer.h gives them. libbpf
+// checks a reused pinned map against the object, but nothing else checks the object against the
+// header the addon and the TypeScript decoders were built with: a map of another size would be
+// misread, record by record, without an error.
+struct MapShape {
+	const char *name;
+	size_t key;
+	size_t value;
+};
+
+constexpr MapShape kMapShapes[] = {
+    {"control", sizeof(__u32), sizeof(__u64)},
+    {"events", 0, 0}, // ring buffer: records of struct event, no keys or values
+    {"stats", sizeof(__u32), sizeof(__u64)},
+    {"listeners", sizeof(struct listener_key), sizeof(struct listener_value)},
+    {"conns", sizeof(__u64), sizeof(struct conn)},
+    {"aggs", sizeof(struct agg_key), sizeof(struct agg_value)},
+    {"agg_zero", sizeof(__u32), sizeof(struct agg_value)},
+    {"netns_filter", sizeof(__u32), sizeof(__u8)},
+    {"port_filter", sizeof(__u16), sizeof(__u8)},
+    {"seeded", sizeof(struct tuple_key), sizeof(struct seed_value)},
+    {"set_state_seen", sizeof(__u32), sizeof(struct seen)},
+};
+
+// "" when every map of obj has the sizes of kMapShapes, else what differs. The object's global
+// variables (.rodata, .bss) are maps too, written by name through BTF: they are not checked.
+std::string CheckMapSizes(bpf_object *obj)
+{
+	bpf_map *m;
+	bpf_object__for_each_map (m, obj) {
+		if (bpf_map__is_internal(m))
+			continue;
+		std::string name = bpf_map__name(m);
+		const MapShape *want = nullptr;
+		for (const MapShape &s : kMapShapes)
+			if (name == s.name)
+				want = &s;
+		if (!want)
+			return "map " + name + " is not one bpf/tcptracer.h describes";
+		size_t key = bpf_map__key_size(m), value = bpf_map__value_size(m);
+		if (key != want->key || value != want->value)
+			return "map " + name + " has " + std::to_string(key) + "-byte keys and " +
+			       std::to_string(value) + "-byte values, bpf/tcptracer.h says " +
+			       std::to_string(want->key) + " and " + std::to_string(want->value);
+	}
+	return "";
+}
+
 } // namespace
 
 // Runs on the JS thread: wrap the batch in a Buffer that frees it, call JS.
@@ -138,7 +186,8 @@ Napi::Function Tracer::Init(Napi::Env env)
 }
 
 // new Tracer(path, { rodata, maxEntries, disabledPrograms, btfPath, log })
-// open -> set rodata -> size maps -> choose programs -> load; each step its own error.
+// open -> set rodata -> size maps -> choose programs -> load -> check map sizes; each step its own
+// error.
 Tracer::Tracer(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Tracer>(info)
 {
 	Napi::Env env = info.Env();
@@ -252,6 +301,9 @@ Tracer::Tracer(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Tracer>(info)
 	int err = bpf_object__load(obj_);
 	if (err)
 		throw fail("load", err, path);
+	std::string mismatch = CheckMapSizes(obj_);
+	if (!mismatch.empty())
+		throw fail("check map sizes", EINVAL, mismatch);
 	loaded_ = true;
 	FlushLog(env, *log_);
 	LiveSet(env)->tracers.insert(this);

@@ -15,7 +15,7 @@ import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { before, describe, test } from 'node:test'
-import { decodeAggEntry } from '../../../src/metrics/aggregator.js'
+import { AggregateDump } from '../../../src/kernel/abi.js'
 import { loadBinding } from '../../../src/kernel/binding.js'
 import { TcpTracer } from '../../../src/kernel/tracer.js'
 import {
@@ -38,6 +38,17 @@ const SRV_ADDR = '10.211.0.2'
 function sh(cmd: string, args: string[]): void {
   const r = spawnSync(cmd, args, { encoding: 'utf8' })
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr || r.error?.message}`)
+}
+
+/** The whole aggregation map, read as the exporter reads it, with one histogram bucket besides +Inf. */
+function readAggregates(tracer: TcpTracer): AggregateDump {
+  const L = tracer.layout
+  for (let room = 1024; ; room *= 2) {
+    const keys = Buffer.alloc(room * L.aggKey.size)
+    const values = Buffer.alloc(room * L.aggValue.size)
+    const n = tracer.readAggregates(keys, values)
+    if (n >= 0) return new AggregateDump(keys, values, n, tracer, 1)
+  }
 }
 
 async function sleep(ms: number): Promise<void> {
@@ -223,12 +234,24 @@ describe('exact at full rate', { skip }, () => {
     tracer.activate()
     const counts = (comm: string): { opened: number; closed: number; lifetimes: number } => {
       const r = { opened: 0, closed: 0, lifetimes: 0 }
-      for (const e of tracer.aggregateEntries()) {
-        const k = decodeAggEntry(e.key, e.value, tracer.layout, tracer.constants, 1)
+      const dump = readAggregates(tracer)
+      for (let i = 0; i < dump.length; i++) {
+        const k = dump.owner(i)
         if (k.comm !== comm || k.netns !== fx.b.inode) continue
-        r.opened += k.opened
-        r.closed += k.closed
-        r.lifetimes += k.buckets.reduce((x, y) => x + y, 0)
+        const c = {
+          opened: 0,
+          closed: 0,
+          failed: [],
+          sentBytes: 0,
+          receivedBytes: 0,
+          durationSumNs: 0,
+          buckets: [0, 0],
+          active: 0,
+        }
+        dump.addInto(i, c)
+        r.opened += c.opened
+        r.closed += c.closed
+        r.lifetimes += c.buckets.reduce((x, y) => x + y, 0)
       }
       return r
     }

@@ -2,8 +2,14 @@
 // asserting the exact multiset of events the `trace` command prints.
 // vm-suite: kernel
 import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { jsonLine } from '../../../src/cli/trace-format.js'
+import { isBpfError, loadBinding } from '../../../src/kernel/binding.js'
+import { packageRoot } from '../../../src/kernel/paths.js'
 import { TcpTracer } from '../../../src/kernel/tracer.js'
 import {
   assertTraced,
@@ -273,5 +279,39 @@ describe('trace under overload', { skip }, () => {
     assertTraced(sorted(got), sorted(want), `${k.mapUpdateFailed} kernel map updates failed\n`)
     assert.equal(d.delivered, BigInt(got.length))
     assert.equal(d.batches, d.delivered, 'one record per batch')
+  })
+})
+
+describe('a BPF object built from another bpf/tcptracer.h', { skip }, () => {
+  test('is refused right after load, naming the map and both sizes', (t) => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'tt-abi-'))
+    t.after(() => rmSync(dir, { recursive: true, force: true }))
+    const bpf = path.join(packageRoot, 'bpf')
+    for (const f of ['tcptracer.bpf.c', 'vmlinux.h']) copyFileSync(path.join(bpf, f), path.join(dir, f))
+    // struct agg_value with one more counter, as another version of the header might have it
+    const header = readFileSync(path.join(bpf, 'tcptracer.h'), 'utf8')
+    const grown = header.replace('\t__u64 last_ns;', '\t__u64 last_ns;\n\t__u64 extra;')
+    assert.notEqual(grown, header)
+    writeFileSync(path.join(dir, 'tcptracer.h'), grown)
+    const out = path.join(dir, 'out')
+    const make = spawnSync('make', ['-s', '-C', dir, '-f', path.join(bpf, 'Makefile'), `OUTPUT=${out}`], {
+      encoding: 'utf8',
+    })
+    assert.equal(make.status, 0, make.stderr)
+
+    const { aggKey, aggValue } = loadBinding().layout
+    const K = aggKey.size
+    const size = aggValue.size
+    assert.throws(
+      () => TcpTracer.open({ objectPath: path.join(out, 'tcptracer.bpf.o'), acceptMode: 'listener' }),
+      (e) =>
+        isBpfError(e) &&
+        e.op === 'check map sizes' &&
+        e.code === 'EINVAL' &&
+        e.message.includes(
+          `map aggs has ${K}-byte keys and ${size + 8}-byte values, bpf/tcptracer.h says ${K} and ${size}`,
+        ) &&
+        /build both again/.test(e.message),
+    )
   })
 })
