@@ -1,0 +1,386 @@
+// The Exporter without a kernel: a fake tracer stands in for the addon's, so the start's steps and
+// their failures, a collection, a config reload and the stop can be checked unprivileged.
+import assert from 'node:assert/strict'
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { afterEach, beforeEach, describe, test } from 'node:test'
+import { defaultConfig, parseConfig, type Config } from '../../src/config/config.js'
+import { Exporter } from '../../src/exporter/exporter.js'
+import type { ExporterTracer, Kernel, StartLog } from '../../src/exporter/startup.js'
+import { loadBinding, type ProgramStatus } from '../../src/kernel/binding.js'
+import {
+  ACCEPT_PROGRAMS,
+  type HookProbe,
+  type KernelStats,
+  type SeedConnection,
+  type TracerOptions,
+} from '../../src/kernel/tracer.js'
+import { renderChunks, type MetricFamily } from '../../src/metrics/exposition.js'
+
+const { layout: L, constants: C } = loadBinding()
+
+/** A tracer that keeps the aggregation map in a Map and writes down what is asked of it. */
+class FakeTracer implements ExporterTracer {
+  readonly calls: string[] = []
+  readonly programs: ProgramStatus[] = []
+  readonly hookProbes: HookProbe[] = [
+    { mode: 'fexit', ok: false, error: 'no BTF' },
+    { mode: 'kprobe', ok: true },
+  ]
+  readonly acceptHook = 'kprobe' as const
+  readonly generation = 0n
+  readonly layout = L
+  readonly constants = C
+  readonly libbpfVersion = 'v1.5'
+  /** the aggregation map: key (hex) -> entry */
+  readonly aggs = new Map<string, { key: Buffer; value: Buffer }>()
+  attachError: Error | undefined
+  /** the key size the map reports (the layout's unless a test changes it) */
+  keySize = L.aggKey.size
+  labelMask: { pid: boolean; cgroup: boolean; port: boolean } | undefined
+  filters: [readonly number[], readonly number[]] | undefined
+  closed = false
+
+  hooks(): Array<{ hook: 'state' | 'accept'; mode: string }> {
+    return [
+      { hook: 'state', mode: 'raw_tp' },
+      { hook: 'accept', mode: this.acceptHook },
+    ]
+  }
+
+  activeGeneration(): bigint {
+    return 0n
+  }
+
+  activate(): void {
+    this.calls.push('activate')
+  }
+
+  pinLinks(): void {
+    this.calls.push('pinLinks')
+  }
+
+  attach(): ProgramStatus[] {
+    this.calls.push('attach')
+    if (this.attachError) throw this.attachError
+    this.programs.push(
+      { name: 'handle_set_state', section: 'raw_tp/inet_sock_set_state', attached: true },
+      ...ACCEPT_PROGRAMS[this.acceptHook].map((name) => ({
+        name,
+        section: `kprobe/${name}`,
+        attached: true,
+      })),
+    )
+    return this.programs
+  }
+
+  createOverflowEntries(): void {
+    this.calls.push('createOverflowEntries')
+  }
+
+  setLabelMask(labels: { pid: boolean; cgroup: boolean; port: boolean }): void {
+    this.calls.push('setLabelMask')
+    this.labelMask = labels
+  }
+
+  setFilters(netns: readonly number[], ports: readonly number[]): void {
+    this.calls.push('setFilters')
+    this.filters = [netns, ports]
+  }
+
+  seedListeners(owners: readonly unknown[]): number {
+    this.calls.push('seedListeners')
+    return owners.length
+  }
+
+  seedEntry(s: SeedConnection): { key: Buffer; value: Buffer } {
+    return { key: Buffer.from([s.netns, s.sport, s.dport, s.pid].join(':')), value: Buffer.alloc(0) }
+  }
+
+  seedConnections(conns: readonly SeedConnection[]): Buffer[] {
+    this.calls.push('seedConnections')
+    return conns.map((c) => this.seedEntry(c).key)
+  }
+
+  seededOwners(): [] {
+    return []
+  }
+
+  unseed(): boolean {
+    return true
+  }
+
+  aggregateEntries(): Array<{ key: Buffer; value: Buffer }> {
+    return [...this.aggs.values()]
+  }
+
+  sweepUnseenCloses(): boolean {
+    this.calls.push('sweep')
+    return false
+  }
+
+  aggregatesInfo(): {
+    type: number
+    keySize: number
+    valueSize: number
+    valueBytes: number
+    maxEntries: number
+  } {
+    return {
+      type: 1,
+      keySize: this.keySize,
+      valueSize: L.aggValue.size,
+      valueBytes: L.aggValue.size,
+      maxEntries: 1024,
+    }
+  }
+
+  aggregatesCapacity(): number {
+    return 1024
+  }
+
+  readAggregates(keys: Buffer, values: Buffer): number {
+    this.calls.push(`read ${keys.length / L.aggKey.size}`)
+    const entries = [...this.aggs.values()]
+    if (keys.length < (entries.length + 1) * L.aggKey.size) return -1
+    entries.forEach((e, i) => {
+      e.key.copy(keys, i * L.aggKey.size)
+      e.value.copy(values, i * L.aggValue.size)
+    })
+    return entries.length
+  }
+
+  deleteAggregate(key: Buffer): boolean {
+    this.calls.push('deleteAggregate')
+    return this.aggs.delete(key.toString('hex'))
+  }
+
+  kernelStats(): KernelStats {
+    return {
+      aggregationFull: 0n,
+      eventsLost: 0n,
+      mapUpdateFailed: 0n,
+      acceptUnattributed: 0n,
+      connectUnattributed: 0n,
+      closeUnseen: 0n,
+      connectUnseen: 0n,
+    }
+  }
+
+  recursionMisses(): Array<{ name: string; misses: bigint }> {
+    return []
+  }
+
+  close(): void {
+    this.calls.push('close')
+    this.closed = true
+  }
+
+  /** An outbound label set of `comm` with `opened` connects and `closed` closes, last active `lastNs`. */
+  add(comm: string, opened: bigint, closed = 0n, lastNs = process.hrtime.bigint()): void {
+    const key = Buffer.alloc(L.aggKey.size)
+    key.writeUInt32LE(4026531840, L.aggKey.netns)
+    key.writeUInt8(4, L.aggKey.ip)
+    key.writeUInt8(1, L.aggKey.direction)
+    key.write(comm, L.aggKey.comm, L.commLen - 1, 'utf8')
+    const value = Buffer.alloc(L.aggValue.size)
+    value.writeBigUInt64LE(opened, L.aggValue.opened)
+    value.writeBigUInt64LE(closed, L.aggValue.closed)
+    value.writeBigUInt64LE(lastNs, L.aggValue.last_ns)
+    this.aggs.set(key.toString('hex'), { key, value })
+  }
+}
+
+interface LogLine {
+  level: string
+  o: object
+  msg: string
+}
+
+function sink(): { lines: LogLine[]; log: StartLog } {
+  const lines: LogLine[] = []
+  const at =
+    (level: string) =>
+    (o: object, msg: string): void => {
+      lines.push({ level, o, msg })
+    }
+  return { lines, log: { debug: at('debug'), info: at('info'), warn: at('warn') } }
+}
+
+let tmp: string
+let procRoot: string
+beforeEach(() => {
+  tmp = mkdtempSync(path.join(tmpdir(), 'exporter-test-'))
+  // an empty /proc: no sockets open before start
+  procRoot = path.join(tmp, 'proc')
+  mkdirSync(procRoot)
+})
+afterEach(() => rmSync(tmp, { recursive: true, force: true }))
+
+async function started(
+  config: Config = defaultConfig,
+  more: { pinPath?: string } = {},
+): Promise<{ exporter: Exporter; tracer: FakeTracer; opened: TracerOptions[]; lines: LogLine[] }> {
+  const tracer = new FakeTracer()
+  const opened: TracerOptions[] = []
+  const kernel: Kernel = {
+    binding: { layout: L, constants: C, mmapThreshold: () => true },
+    openTracer: (opts) => {
+      tracer.calls.push('open')
+      opened.push(opts)
+      return tracer
+    },
+  }
+  const { lines, log } = sink()
+  const exporter = await Exporter.start({ config, log, kernel, procRoot, ...more })
+  return { exporter, tracer, opened, lines }
+}
+
+/** The families in the Prometheus text format. */
+function text(families: MetricFamily[]): string {
+  return [...renderChunks(families, 'prometheus')].map((c) => c.toString()).join('')
+}
+
+/** The value of the sample of `name` whose labels include `label` (`comm="curl"`), if there is one. */
+function sample(body: string, name: string, label = ''): number | undefined {
+  const line = body
+    .split('\n')
+    .find((l) => (l.startsWith(`${name}{`) || l.startsWith(`${name} `)) && l.split(' ')[0]!.includes(label))
+  return line === undefined ? undefined : Number(line.split(' ').at(-1))
+}
+
+describe('Exporter.start', () => {
+  test('opens, configures, attaches, then seeds, in that order, and is ready', async () => {
+    const { exporter, tracer, opened, lines } = await started(parseConfig('labels: [comm, pid]\n', 'c.yml'))
+    assert.deepEqual(tracer.calls, [
+      'open',
+      'createOverflowEntries',
+      'setLabelMask',
+      'setFilters',
+      'attach',
+      'seedListeners',
+      'seedConnections',
+    ])
+    assert.equal(opened.length, 1)
+    assert.equal(opened[0]?.aggregate, true)
+    assert.equal(opened[0]?.ringBufferBytes, 4096)
+    assert.equal(opened[0]?.pinMapsDir, undefined)
+    assert.deepEqual(tracer.labelMask, { pid: true, cgroup: false, port: false })
+    assert.equal(exporter.kernelState.origin, 'unpinned')
+    assert.deepEqual(exporter.hooks[1], {
+      hook: 'accept',
+      mode: 'kprobe',
+      rejected: [{ mode: 'fexit', error: 'no BTF' }],
+    })
+    assert.ok(lines.some((l) => l.msg === 'seeded sockets that were open before start'))
+    assert.equal(exporter.notReadyReason(), undefined)
+    exporter.close()
+  })
+
+  test('a pin path that is not in bpffs: unpinned, with the reason, and a warning', async () => {
+    const { exporter, opened, lines } = await started(defaultConfig, { pinPath: path.join(tmp, 'pins') })
+    assert.equal(exporter.kernelState.origin, 'unpinned')
+    assert.notEqual(exporter.kernelState.reason, undefined)
+    assert.equal(opened[0]?.pinMapsDir, undefined)
+    assert.ok(lines.some((l) => l.level === 'warn' && l.msg.startsWith('kernel state not pinned')))
+    exporter.close()
+  })
+
+  test('an attach failure is thrown as it is, and the tracer is closed: nothing stays attached', async () => {
+    const tracer = new FakeTracer()
+    tracer.attachError = Object.assign(new Error('program handle_set_state: permission denied'), {
+      name: 'BpfError',
+    })
+    const kernel: Kernel = {
+      binding: { layout: L, constants: C, mmapThreshold: () => false },
+      openTracer: () => tracer,
+    }
+    await assert.rejects(
+      Exporter.start({ config: defaultConfig, log: sink().log, kernel, procRoot }),
+      /program handle_set_state: permission denied/,
+    )
+    assert.equal(tracer.closed, true)
+    assert.deepEqual(tracer.programs, [])
+    assert.equal(tracer.calls.at(-1), 'close')
+  })
+
+  test('a tracer that cannot be opened: its error, and nothing to close', async () => {
+    const kernel: Kernel = {
+      binding: { layout: L, constants: C, mmapThreshold: () => true },
+      openTracer: () => {
+        throw new Error('accept_mode fexit: cannot load')
+      },
+    }
+    await assert.rejects(
+      Exporter.start({ config: defaultConfig, log: sink().log, kernel, procRoot }),
+      /accept_mode fexit: cannot load/,
+    )
+  })
+})
+
+describe('Exporter.collect', () => {
+  test('sweeps, then reads the map (growing the Buffers) into the connection and self families', async () => {
+    const { exporter, tracer } = await started()
+    tracer.add('curl', 3n)
+    tracer.calls.length = 0
+    const families = await exporter.collect()
+    assert.equal(tracer.calls[0], 'sweep')
+    assert.ok(tracer.calls.filter((c) => c.startsWith('read')).length >= 2, tracer.calls.join())
+    const body = text(families)
+    assert.equal(sample(body, 'tcptracer_connects_total', 'comm="curl"'), 3)
+    assert.equal(sample(body, 'tcptracer_config_reloads_total', 'result="success"'), 0)
+    // the reads alternate between two pairs of Buffers: the third reuses the first's, grown, in one read
+    await exporter.collect()
+    tracer.calls.length = 0
+    tracer.add('curl', 5n)
+    const third = await exporter.collect()
+    assert.equal(tracer.calls.filter((c) => c.startsWith('read')).length, 1)
+    assert.equal(sample(text(third), 'tcptracer_connects_total', 'comm="curl"'), 5)
+    exporter.close()
+  })
+
+  test('idle label sets expire, and their kernel entries are deleted', async () => {
+    const { exporter, tracer } = await started(parseConfig('limits: {idle_expiry: 1s}\n', 'c.yml'))
+    tracer.add('old', 1n, 1n, 1n)
+    await exporter.collect()
+    await exporter.collect()
+    assert.ok(tracer.calls.includes('deleteAggregate'))
+    assert.equal(tracer.aggs.size, 0)
+    exporter.close()
+  })
+
+  test('a map of other sizes than the layout: the collection fails and /readyz says why', async () => {
+    const { exporter, tracer } = await started()
+    tracer.keySize = L.aggKey.size + 8
+    await assert.rejects(exporter.collect(), /from different builds/)
+    assert.match(exporter.notReadyReason() ?? '', /the aggregation map cannot be read/)
+    exporter.close()
+  })
+})
+
+describe('Exporter.reload', () => {
+  test('applies what can change at once and refuses what needs a restart', async () => {
+    const { exporter, tracer } = await started()
+    const next = parseConfig(
+      'labels: [comm, port]\nfilters: {ports: [443]}\nlimits: {max_connections: 131072}\n',
+      'c.yml',
+    )
+    const { needRestart } = exporter.reload(next)
+    assert.deepEqual(needRestart, ['limits.max_connections'])
+    assert.deepEqual(tracer.labelMask, { pid: false, cgroup: false, port: true })
+    assert.deepEqual(tracer.filters, [[], [443]])
+    assert.deepEqual(exporter.currentConfig.labels, ['comm', 'port'])
+    assert.equal(exporter.currentConfig.limits.max_connections, defaultConfig.limits.max_connections)
+    exporter.close()
+  })
+})
+
+describe('Exporter.close', () => {
+  test('closes the tracer and is no longer ready', async () => {
+    const { exporter, tracer } = await started()
+    exporter.close()
+    assert.equal(tracer.closed, true)
+    assert.equal(exporter.notReadyReason(), 'shutting down')
+  })
+})
