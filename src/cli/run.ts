@@ -11,14 +11,15 @@ import {
   KEEP_FLAG,
   type KeepSpec,
 } from '../host/capabilities.js'
-import { ConfigError, describeChanges, loadConfig, type Config } from '../config/config.js'
+import { ConfigError, loadConfig, type Config } from '../config/config.js'
 import { Exporter } from '../exporter/exporter.js'
+import { reloadAll, reloadables } from '../exporter/reload.js'
 import { loadBinding } from '../kernel/binding.js'
 import { version } from '../kernel/paths.js'
 import { build, DEFAULT_MAX_REQUESTS, HttpState } from '../http/server.js'
 import { DEFAULT_PIN_PATH, hasPinnedState, onExit } from '../kernel/pinned-state.js'
 import { createNotifier, startWatchdog, watchdogIntervalMs } from '../host/systemd.js'
-import { describeWebChanges, loadWebConfig, type WebConfig } from '../config/webconfig.js'
+import { loadWebConfig, type WebConfig } from '../config/webconfig.js'
 
 export const DEFAULT_LISTEN_ADDRESS = ':19427'
 
@@ -221,7 +222,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
     )
   }
 
-  const http = new HttpState(web, { maxRequests: args.maxRequests })
+  const http = new HttpState(web, { maxRequests: args.maxRequests }, exporter.reloads.web)
   const app = build({
     source: exporter,
     telemetryPath: args.telemetryPath,
@@ -232,50 +233,11 @@ export async function runDaemon(argv: string[]): Promise<number> {
   // signal handlers first: a SIGHUP or SIGTERM right after READY must find them
   let reloading = Promise.resolve()
   let stopWatchdog = (): void => {}
+  const files = reloadables(exporter, http, { config: args.configFile, web: args.webConfigFile })
   const reload = async (): Promise<void> => {
     notify.reloading()
-    try {
-      const next = await loadConfig(args.configFile)
-      const changes = describeChanges(exporter.currentConfig, next)
-      const { needRestart } = exporter.reload(next)
-      exporter.recordReload(true)
-      log.info({ changes }, changes.length ? 'config reloaded' : 'config reloaded: no changes')
-      if (needRestart.length) {
-        log.warn({ settings: needRestart }, 'these settings take effect only after a restart')
-      }
-    } catch (e) {
-      exporter.recordReload(false)
-      if (e instanceof ConfigError) {
-        log.error(
-          { file: e.file, problems: e.problems },
-          `config reload failed, keeping the running config:\n${e.message}`,
-        )
-      } else {
-        log.error({ err: e }, 'config reload failed, keeping the running config')
-      }
-    }
-    if (args.webConfigFile !== undefined) await reloadWeb(args.webConfigFile)
+    await reloadAll(files, log)
     notify.ready('serving metrics')
-  }
-  const reloadWeb = async (file: string): Promise<void> => {
-    try {
-      const next = await loadWebConfig(file)
-      const changes = describeWebChanges(http.web, next)
-      const { restartNeeded } = http.reload(next)
-      http.recordReload(true)
-      log.info({ file, changes }, changes.length ? 'web config reloaded' : 'web config reloaded: no changes')
-      for (const r of restartNeeded) log.warn({ file }, r)
-    } catch (e) {
-      http.recordReload(false)
-      if (e instanceof ConfigError) {
-        log.error(
-          { file: e.file, problems: e.problems },
-          `web config reload failed, keeping the running web config:\n${e.message}`,
-        )
-      } else {
-        log.error({ err: e, file }, 'web config reload failed, keeping the running web config')
-      }
-    }
   }
   const onHup = (): void => {
     reloading = reloading.then(reload)

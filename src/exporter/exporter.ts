@@ -1,10 +1,10 @@
 // The exporter's core: the tracer in aggregation mode, the label-set bookkeeping,
 // and the metric families computed from both at scrape time. The steps of its start
-// are in startup.ts.
+// are in startup.ts, the reload of the config files on SIGHUP in reload.ts.
 import { AggregateDump, Aggregator } from '../metrics/aggregator.js'
 import { ConnectionExposition } from '../metrics/connection-families.js'
 import type { MetricFamily } from '../metrics/exposition.js'
-import { capabilityFamily, selfFamilies } from '../metrics/self-metrics.js'
+import { capabilityFamily, ReloadCounter, selfFamilies } from '../metrics/self-metrics.js'
 import type { CapabilityStatus } from '../host/capabilities.js'
 import { CgroupResolver } from '../host/cgroups.js'
 import { netnsNames } from '../host/netns.js'
@@ -79,7 +79,8 @@ export class Exporter {
   private netnsNamesAt = 0
   private cgroupsAt = 0
   private readonly startedAt = Date.now()
-  private reloads = { success: 0, failure: 0, lastSuccess: true, lastSuccessTime: Date.now() / 1000 }
+  /** the reloads of the config file and of the web config file, counted once, here */
+  readonly reloads = { config: new ReloadCounter(), web: new ReloadCounter() }
   private closed = false
   readonly programs: ProgramStatus[]
   readonly hooks: HookStatus[]
@@ -174,16 +175,6 @@ export class Exporter {
     this.aggregator.filterSeeded((o) => countable(effective, o))
     this.config = effective
     return { needRestart }
-  }
-
-  recordReload(ok: boolean): void {
-    if (ok) {
-      this.reloads.success++
-      this.reloads.lastSuccessTime = Date.now() / 1000
-    } else {
-      this.reloads.failure++
-    }
-    this.reloads.lastSuccess = ok
   }
 
   get currentConfig(): Config {
@@ -310,7 +301,7 @@ export class Exporter {
         recursionMisses: this.tracer.recursionMisses(),
         hooks: this.hooks,
         kernelState: this.kernelState,
-        reloads: this.reloads,
+        reloads: this.reloads.config,
         startedAt: this.startedAt,
         netnsNames: this.netnsNames,
       }),

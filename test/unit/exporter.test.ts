@@ -1,13 +1,16 @@
 // The Exporter without a kernel: a fake tracer stands in for the addon's, so the start's steps and
 // their failures, a collection, a config reload and the stop can be checked unprivileged.
 import assert from 'node:assert/strict'
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, test } from 'node:test'
 import { defaultConfig, parseConfig, type Config } from '../../src/config/config.js'
 import { Exporter } from '../../src/exporter/exporter.js'
-import type { ExporterTracer, Kernel, StartLog } from '../../src/exporter/startup.js'
+import { configFile, reloadFile, webConfigFile, type ReloadLog } from '../../src/exporter/reload.js'
+import { HttpState } from '../../src/http/server.js'
+import { EMPTY_WEB_CONFIG } from '../../src/config/webconfig.js'
+import type { ExporterTracer, Kernel } from '../../src/exporter/startup.js'
 import { loadBinding, type ProgramStatus } from '../../src/kernel/binding.js'
 import {
   ACCEPT_PROGRAMS,
@@ -198,14 +201,14 @@ interface LogLine {
   msg: string
 }
 
-function sink(): { lines: LogLine[]; log: StartLog } {
+function sink(): { lines: LogLine[]; log: ReloadLog & { debug(o: object, msg: string): void } } {
   const lines: LogLine[] = []
   const at =
     (level: string) =>
     (o: object, msg: string): void => {
       lines.push({ level, o, msg })
     }
-  return { lines, log: { debug: at('debug'), info: at('info'), warn: at('warn') } }
+  return { lines, log: { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') } }
 }
 
 let tmp: string
@@ -372,6 +375,53 @@ describe('Exporter.reload', () => {
     assert.deepEqual(tracer.filters, [[], [443]])
     assert.deepEqual(exporter.currentConfig.labels, ['comm', 'port'])
     assert.equal(exporter.currentConfig.limits.max_connections, defaultConfig.limits.max_connections)
+    exporter.close()
+  })
+
+  test('the reload helper counts and logs a good file and keeps the running config on a bad one', async () => {
+    const { exporter } = await started()
+    const file = path.join(tmp, 'config.yml')
+    const { lines, log } = sink()
+    writeFileSync(file, 'labels: [comm, pid]\n')
+    await reloadFile(configFile(exporter, file), log)
+    assert.deepEqual(exporter.currentConfig.labels, ['comm', 'pid'])
+    assert.equal(exporter.reloads.config.success, 1)
+    assert.equal(lines.at(-1)?.msg, 'config reloaded')
+
+    writeFileSync(file, 'labels: [nope]\n')
+    await reloadFile(configFile(exporter, file), log)
+    assert.deepEqual(exporter.currentConfig.labels, ['comm', 'pid'])
+    assert.equal(exporter.reloads.config.failure, 1)
+    assert.equal(exporter.reloads.config.lastSuccess, false)
+    assert.match(lines.at(-1)?.msg ?? '', /^config reload failed, keeping the running config:\n/)
+    const body = text(await exporter.collect())
+    assert.equal(sample(body, 'tcptracer_config_reloads_total', 'result="success"'), 1)
+    assert.equal(sample(body, 'tcptracer_config_reloads_total', 'result="failure"'), 1)
+    assert.equal(sample(body, 'tcptracer_config_last_reload_successful'), 0)
+    exporter.close()
+  })
+})
+
+describe('web config reloads', () => {
+  test('counted once, in the Exporter, and shown by the HTTP side that shares the counter', async () => {
+    const { exporter } = await started()
+    const http = new HttpState(EMPTY_WEB_CONFIG, {}, exporter.reloads.web)
+    const file = path.join(tmp, 'web.yml')
+    const { lines, log } = sink()
+    writeFileSync(file, 'basic_auth_users: {alice: not-a-bcrypt-hash}\n')
+    await reloadFile(webConfigFile(exporter, http, file), log)
+    assert.equal(exporter.reloads.web.failure, 1)
+    assert.match(lines.at(-1)?.msg ?? '', /^web config reload failed, keeping the running web config/)
+    writeFileSync(file, 'http_server_config: {headers: {X-Frame-Options: deny}}\n')
+    await reloadFile(webConfigFile(exporter, http, file), log)
+    assert.equal(exporter.reloads.web.success, 1)
+    assert.equal(lines.at(-1)?.msg, 'web config reloaded')
+    assert.equal((lines.at(-1)?.o as { file?: string }).file, file)
+    const body = text(http.families())
+    assert.equal(sample(body, 'tcptracer_web_config_reloads_total', 'result="success"'), 1)
+    assert.equal(sample(body, 'tcptracer_web_config_reloads_total', 'result="failure"'), 1)
+    assert.equal(sample(body, 'tcptracer_web_config_last_reload_successful'), 1)
+    await http.close()
     exporter.close()
   })
 })
