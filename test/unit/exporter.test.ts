@@ -1,10 +1,11 @@
 // The Exporter without a kernel: a fake tracer stands in for the addon's, so the start's steps and
-// their failures, a collection, a config reload and the stop can be checked unprivileged.
+// their failures, a collection, a config reload, the signals and the stop can be checked unprivileged.
 import assert from 'node:assert/strict'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, test } from 'node:test'
+import { onSignals } from '../../src/cli/signals.js'
 import { defaultConfig, parseConfig, type Config } from '../../src/config/config.js'
 import { Exporter } from '../../src/exporter/exporter.js'
 import { configFile, reloadFile, webConfigFile, type ReloadLog } from '../../src/exporter/reload.js'
@@ -432,5 +433,27 @@ describe('Exporter.close', () => {
     exporter.close()
     assert.equal(tracer.closed, true)
     assert.equal(exporter.notReadyReason(), 'shutting down')
+  })
+})
+
+describe('onSignals', () => {
+  test('installs SIGHUP, SIGTERM and SIGINT handlers, and one disposer removes all three', () => {
+    const signals = ['SIGHUP', 'SIGTERM', 'SIGINT'] as const
+    const before = signals.map((s) => process.listenerCount(s))
+    const seen: string[] = []
+    const dispose = onSignals({ reload: () => seen.push('reload'), stop: (s) => seen.push(s) })
+    assert.deepEqual(
+      signals.map((s) => process.listenerCount(s)),
+      before.map((n) => n + 1),
+    )
+    process.emit('SIGHUP', 'SIGHUP')
+    process.emit('SIGTERM', 'SIGTERM')
+    process.emit('SIGINT', 'SIGINT')
+    assert.deepEqual(seen, ['reload', 'SIGTERM', 'SIGINT'])
+    dispose()
+    assert.deepEqual(
+      signals.map((s) => process.listenerCount(s)),
+      before,
+    )
   })
 })
