@@ -1,7 +1,8 @@
 // The Exporter without a kernel: a fake tracer stands in for the addon's, so the start's steps and
-// their failures, a collection, a config reload, the signals and the stop can be checked unprivileged.
+// their failures, the takeover of pinned state, a collection, a config reload, the signals and the stop
+// can be checked unprivileged.
 import assert from 'node:assert/strict'
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, test } from 'node:test'
@@ -11,8 +12,9 @@ import { Exporter } from '../../src/exporter/exporter.js'
 import { configFile, reloadFile, webConfigFile, type ReloadLog } from '../../src/exporter/reload.js'
 import { HttpState } from '../../src/http/server.js'
 import { EMPTY_WEB_CONFIG } from '../../src/config/webconfig.js'
-import type { ExporterTracer, Kernel } from '../../src/exporter/startup.js'
+import { takeOver, type ExporterTracer, type Kernel } from '../../src/exporter/startup.js'
 import { loadBinding, type ProgramStatus } from '../../src/kernel/binding.js'
+import { linksDir, type PinPlan } from '../../src/kernel/pinned-state.js'
 import {
   ACCEPT_PROGRAMS,
   type HookProbe,
@@ -40,6 +42,9 @@ class FakeTracer implements ExporterTracer {
   /** the aggregation map: key (hex) -> entry */
   readonly aggs = new Map<string, { key: Buffer; value: Buffer }>()
   attachError: Error | undefined
+  seedError: Error | undefined
+  /** the generation the state's control map holds */
+  active = 0n
   /** the key size the map reports (the layout's unless a test changes it) */
   keySize = L.aggKey.size
   labelMask: { pid: boolean; cgroup: boolean; port: boolean } | undefined
@@ -54,7 +59,7 @@ class FakeTracer implements ExporterTracer {
   }
 
   activeGeneration(): bigint {
-    return 0n
+    return this.active
   }
 
   activate(): void {
@@ -95,6 +100,7 @@ class FakeTracer implements ExporterTracer {
 
   seedListeners(owners: readonly unknown[]): number {
     this.calls.push('seedListeners')
+    if (this.seedError) throw this.seedError
     return owners.length
   }
 
@@ -309,6 +315,20 @@ describe('Exporter.start', () => {
     assert.equal(tracer.calls.at(-1), 'close')
   })
 
+  test('a failure once attached (seeding) closes the tracer too: its programs detach', async () => {
+    const tracer = new FakeTracer()
+    tracer.seedError = new Error('listeners map full')
+    const kernel: Kernel = {
+      binding: { layout: L, constants: C, mmapThreshold: () => true },
+      openTracer: () => tracer,
+    }
+    await assert.rejects(
+      Exporter.start({ config: defaultConfig, log: sink().log, kernel, procRoot }),
+      /listeners map full/,
+    )
+    assert.deepEqual(tracer.calls.slice(-3), ['attach', 'seedListeners', 'close'])
+  })
+
   test('a tracer that cannot be opened: its error, and nothing to close', async () => {
     const kernel: Kernel = {
       binding: { layout: L, constants: C, mmapThreshold: () => true },
@@ -320,6 +340,57 @@ describe('Exporter.start', () => {
       Exporter.start({ config: defaultConfig, log: sink().log, kernel, procRoot }),
       /accept_mode fexit: cannot load/,
     )
+  })
+})
+
+describe('takeOver', () => {
+  function plan(): PinPlan {
+    const dir = path.join(tmp, 'v1-0123456789abcdef')
+    mkdirSync(path.join(dir, 'maps'), { recursive: true })
+    return { root: tmp, dir, mapsDir: path.join(dir, 'maps'), generation: 7n, adopting: true, stale: [] }
+  }
+
+  test('the pinned state whose programs kept counting is taken over', () => {
+    const p = plan()
+    const tracer = new FakeTracer()
+    tracer.active = 5n
+    mkdirSync(linksDir(p, 5n), { recursive: true })
+    writeFileSync(path.join(linksDir(p, 5n), 'handle_set_state'), '')
+    const { lines, log } = sink()
+    const r = takeOver(p, () => tracer, log)
+    assert.equal(r.tracer, tracer)
+    assert.equal(r.plan.adopting, true)
+    assert.equal(tracer.closed, false)
+    assert.deepEqual(lines, [])
+  })
+
+  test('a state whose programs were detached is discarded and started afresh', () => {
+    const p = plan()
+    writeFileSync(path.join(p.mapsDir, 'aggs'), '')
+    const tracer = new FakeTracer()
+    tracer.active = 5n
+    const { lines, log } = sink()
+    const r = takeOver(p, () => tracer, log)
+    assert.equal(r.tracer, undefined)
+    assert.equal(r.plan.adopting, false)
+    assert.equal(tracer.closed, true)
+    assert.deepEqual(readdirSync(p.mapsDir), [])
+    assert.equal(lines[0]?.msg, 'cannot take over the pinned kernel state: starting afresh')
+    assert.match((lines[0]?.o as { reason: string }).reason, /no longer attached/)
+  })
+
+  test('a state that cannot be opened is discarded too, with the error as the reason', () => {
+    const p = plan()
+    const { lines, log } = sink()
+    const r = takeOver(
+      p,
+      () => {
+        throw new Error('map aggs: incompatible pinned map')
+      },
+      log,
+    )
+    assert.equal(r.plan.adopting, false)
+    assert.deepEqual(lines[0]?.o, { path: p.dir, reason: 'map aggs: incompatible pinned map' })
   })
 })
 
