@@ -9,16 +9,19 @@ import {
   dropCapabilities,
   heldCapabilities,
   KEEP_FLAG,
+  type CapabilityStatus,
   type KeepSpec,
 } from '../host/capabilities.js'
-import { ConfigError, describeChanges, loadConfig, type Config } from '../config/config.js'
+import { ConfigError, loadConfig, type Config } from '../config/config.js'
 import { Exporter } from '../exporter/exporter.js'
-import { loadBinding } from '../kernel/binding.js'
+import { reloadAll, reloadables } from '../exporter/reload.js'
+import { loadBinding, type Binding } from '../kernel/binding.js'
 import { version } from '../kernel/paths.js'
 import { build, DEFAULT_MAX_REQUESTS, HttpState } from '../http/server.js'
 import { DEFAULT_PIN_PATH, hasPinnedState, onExit } from '../kernel/pinned-state.js'
 import { createNotifier, startWatchdog, watchdogIntervalMs } from '../host/systemd.js'
-import { describeWebChanges, loadWebConfig, type WebConfig } from '../config/webconfig.js'
+import { loadWebConfig, type WebConfig } from '../config/webconfig.js'
+import { onSignals } from './signals.js'
 
 export const DEFAULT_LISTEN_ADDRESS = ':19427'
 
@@ -156,6 +159,8 @@ export function parseRunArgs(argv: string[]): RunArgs {
   }
 }
 
+type Log = ReturnType<typeof createLogger>
+
 /** Run the exporter until SIGTERM/SIGINT; resolves with the exit code. */
 export async function runDaemon(argv: string[]): Promise<number> {
   const args = parseRunArgs(argv)
@@ -164,19 +169,9 @@ export async function runDaemon(argv: string[]): Promise<number> {
     return 0
   }
   const log = createLogger(args.logLevel, args.logFormat)
-  let config: Config
-  let web: WebConfig
-  try {
-    config = await loadConfig(args.configFile)
-    web = await loadWebConfig(args.webConfigFile)
-  } catch (e) {
-    if (e instanceof ConfigError) {
-      const what = e.file === args.webConfigFile ? 'web config' : 'config'
-      log.fatal({ file: e.file, problems: e.problems }, `invalid ${what}:\n${e.message}`)
-      return 2
-    }
-    throw e
-  }
+  const loaded = await loadConfigs(args, log)
+  if (loaded === undefined) return 2
+  const { config, web } = loaded
   const notify = createNotifier(undefined, process.env, {
     onError: (err: unknown, state: string) => log.warn({ err, state }, 'sd_notify failed'),
   })
@@ -193,6 +188,100 @@ export async function runDaemon(argv: string[]): Promise<number> {
     log: log.child({ component: 'exporter' }),
     ...(args.pinPath === undefined ? {} : { pinPath: args.pinPath }),
   })
+  logStarted(exporter, args, log, t0)
+
+  const http = new HttpState(web, { maxRequests: args.maxRequests }, exporter.reloads.web)
+  const app = build({
+    source: exporter,
+    telemetryPath: args.telemetryPath,
+    version,
+    logger: log.child({ component: 'http' }),
+    http,
+  })
+  // signal handlers first: a SIGHUP or SIGTERM right after READY must find them
+  const files = reloadables(exporter, http, { config: args.configFile, web: args.webConfigFile })
+  let reloading = Promise.resolve()
+  let stopWatchdog = (): void => {}
+  let resolveExit: (code: number) => void = () => {}
+  const exited = new Promise<number>((resolve) => {
+    resolveExit = resolve
+  })
+  const disposeSignals = onSignals({
+    reload: () => {
+      reloading = reloading.then(async () => {
+        notify.reloading()
+        await reloadAll(files, log)
+        notify.ready('serving metrics')
+      })
+    },
+    stop: (signal) => {
+      disposeSignals()
+      const t = Date.now()
+      log.info({ signal }, 'shutting down')
+      notify.stopping()
+      stopWatchdog()
+      // stop accepting, let in-flight scrapes finish, then detach
+      reloading
+        .then(() => app.close())
+        .catch((err: unknown) => log.error({ err }, 'closing the HTTP server failed'))
+        .finally(() => {
+          exporter.close()
+          logExit(exporter, log, t)
+          resolveExit(0)
+        })
+    },
+  })
+
+  try {
+    await app.listen({ host: args.host, port: args.port })
+  } catch (e) {
+    disposeSignals()
+    exporter.close()
+    const err = e as NodeJS.ErrnoException
+    log.fatal({ err, address: args.listenAddress }, `cannot listen on ${args.listenAddress}: ${err.message}`)
+    return 1
+  }
+  // Least privilege: from here on the daemon reads the maps it holds, /proc and /run/netns, and nothing
+  // needs more than what auto keeps (docs/reliability.md). After listen, so that a privileged port works.
+  try {
+    exporter.capabilities = dropPrivileges(binding, args, log)
+  } catch (e) {
+    disposeSignals()
+    await app.close().catch(() => {})
+    exporter.close()
+    const err = e as Error
+    log.fatal(
+      { err },
+      `cannot drop capabilities: ${err.message}. The daemon does not run with capabilities it was to give up; ` +
+        `${KEEP_FLAG}=all skips the drop`,
+    )
+    return 1
+  }
+  await warnUnreadable(args, log)
+  const bound = app.server.address()
+  logServing(args, web, typeof bound === 'object' && bound ? bound.port : args.port, log)
+  notify.ready(`serving metrics on ${args.listenAddress}${args.telemetryPath}`)
+  const wd = watchdogIntervalMs(process.env, process.pid)
+  if (wd) stopWatchdog = startWatchdog(notify, wd, () => exporter.notReadyReason() === undefined)
+  return await exited
+}
+
+/** The config and the web config at start; undefined (logged) when one is invalid. */
+async function loadConfigs(args: RunArgs, log: Log): Promise<{ config: Config; web: WebConfig } | undefined> {
+  try {
+    return { config: await loadConfig(args.configFile), web: await loadWebConfig(args.webConfigFile) }
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      const what = e.file === args.webConfigFile ? 'web config' : 'config'
+      log.fatal({ file: e.file, problems: e.problems }, `invalid ${what}:\n${e.message}`)
+      return undefined
+    }
+    throw e
+  }
+}
+
+/** What the start attached, chose and will leave behind at exit. */
+function logStarted(exporter: Exporter, args: RunArgs, log: Log, t0: number): void {
   for (const p of exporter.programs) {
     if (p.attached) log.info({ program: p.name, hook: p.section }, 'program attached')
     else if (p.error === 'disabled by configuration') {
@@ -206,7 +295,11 @@ export async function runDaemon(argv: string[]): Promise<number> {
     log.info({ hook: h.hook, mode: h.mode }, 'hook mode chosen')
   }
   log.info(
-    { ms: Date.now() - t0, accept_mode: config.accept_mode, kernel_state: exporter.kernelState },
+    {
+      ms: Date.now() - t0,
+      accept_mode: exporter.currentConfig.accept_mode,
+      kernel_state: exporter.kernelState,
+    },
     'tracer ready',
   )
   log.info({ kernel_state: exporter.kernelState }, `on exit: ${onExit(exporter.kernelState)}`)
@@ -220,150 +313,35 @@ export async function runDaemon(argv: string[]): Promise<number> {
       'a pinned exporter state is in the default pin path (the service\'s, running or stopped): its programs count beside this run\'s; stop here and use that exporter, or run "tcptracer-exporter unpin" once it is stopped for good',
     )
   }
+}
 
-  const http = new HttpState(web, { maxRequests: args.maxRequests })
-  const app = build({
-    source: exporter,
-    telemetryPath: args.telemetryPath,
-    version,
-    logger: log.child({ component: 'http' }),
-    http,
-  })
-  // signal handlers first: a SIGHUP or SIGTERM right after READY must find them
-  let reloading = Promise.resolve()
-  let stopWatchdog = (): void => {}
-  const reload = async (): Promise<void> => {
-    notify.reloading()
-    try {
-      const next = await loadConfig(args.configFile)
-      const changes = describeChanges(exporter.currentConfig, next)
-      const { needRestart } = exporter.reload(next)
-      exporter.recordReload(true)
-      log.info({ changes }, changes.length ? 'config reloaded' : 'config reloaded: no changes')
-      if (needRestart.length) {
-        log.warn({ settings: needRestart }, 'these settings take effect only after a restart')
-      }
-    } catch (e) {
-      exporter.recordReload(false)
-      if (e instanceof ConfigError) {
-        log.error(
-          { file: e.file, problems: e.problems },
-          `config reload failed, keeping the running config:\n${e.message}`,
-        )
-      } else {
-        log.error({ err: e }, 'config reload failed, keeping the running config')
-      }
-    }
-    if (args.webConfigFile !== undefined) await reloadWeb(args.webConfigFile)
-    notify.ready('serving metrics')
-  }
-  const reloadWeb = async (file: string): Promise<void> => {
-    try {
-      const next = await loadWebConfig(file)
-      const changes = describeWebChanges(http.web, next)
-      const { restartNeeded } = http.reload(next)
-      http.recordReload(true)
-      log.info({ file, changes }, changes.length ? 'web config reloaded' : 'web config reloaded: no changes')
-      for (const r of restartNeeded) log.warn({ file }, r)
-    } catch (e) {
-      http.recordReload(false)
-      if (e instanceof ConfigError) {
-        log.error(
-          { file: e.file, problems: e.problems },
-          `web config reload failed, keeping the running web config:\n${e.message}`,
-        )
-      } else {
-        log.error({ err: e, file }, 'web config reload failed, keeping the running web config')
-      }
-    }
-  }
-  const onHup = (): void => {
-    reloading = reloading.then(reload)
-  }
-  let resolveExit: (code: number) => void = () => {}
-  const exited = new Promise<number>((resolve) => {
-    resolveExit = resolve
-  })
-  const stop = (signal: string): void => {
-    process.off('SIGTERM', onTerm)
-    process.off('SIGINT', onInt)
-    process.off('SIGHUP', onHup)
-    const t = Date.now()
-    log.info({ signal }, 'shutting down')
-    notify.stopping()
-    stopWatchdog()
-    // stop accepting, let in-flight scrapes finish, then detach
-    reloading
-      .then(() => app.close())
-      .catch((err: unknown) => log.error({ err }, 'closing the HTTP server failed'))
-      .finally(() => {
-        exporter.close()
-        if (exporter.kernelState.origin === 'unpinned') log.info({ ms: Date.now() - t }, 'detached, exiting')
-        else {
-          log.info(
-            { ms: Date.now() - t, path: exporter.kernelState.path },
-            'exiting; the pinned programs keep counting for the next start (tcptracer-exporter unpin removes them)',
-          )
-        }
-        resolveExit(0)
-      })
-  }
-  const onTerm = (): void => stop('SIGTERM')
-  const onInt = (): void => stop('SIGINT')
-  process.on('SIGHUP', onHup)
-  process.on('SIGTERM', onTerm)
-  process.on('SIGINT', onInt)
-
-  try {
-    await app.listen({ host: args.host, port: args.port })
-  } catch (e) {
-    process.off('SIGTERM', onTerm)
-    process.off('SIGINT', onInt)
-    process.off('SIGHUP', onHup)
-    exporter.close()
-    const err = e as NodeJS.ErrnoException
-    log.fatal({ err, address: args.listenAddress }, `cannot listen on ${args.listenAddress}: ${err.message}`)
-    return 1
-  }
-  // Least privilege: from here on the daemon reads the maps it holds, /proc and /run/netns, and nothing
-  // needs more than what auto keeps (docs/reliability.md). After listen, so that a privileged port works.
-  try {
-    const { status, reasons, threads } = dropCapabilities(binding, args.capabilitiesKeep, heldCapabilities())
-    exporter.capabilities = status
-    if (!status.dropped) {
-      log.warn(
-        { keep: status.keep, kept: status.kept },
-        `capabilities not dropped (${KEEP_FLAG}=all): the daemon keeps every capability it started with`,
-      )
-    } else {
-      log.info(
-        {
-          keep: status.keep,
-          kept: reasons,
-          dropped: status.removed,
-          threads,
-          boundingSetReduced: status.boundingSetReduced,
-        },
-        `capabilities dropped: kept ${status.kept.join(', ') || 'none'}`,
-      )
-    }
-  } catch (e) {
-    process.off('SIGTERM', onTerm)
-    process.off('SIGINT', onInt)
-    process.off('SIGHUP', onHup)
-    await app.close().catch(() => {})
-    exporter.close()
-    const err = e as Error
-    log.fatal(
-      { err },
-      `cannot drop capabilities: ${err.message}. The daemon does not run with capabilities it was to give up; ` +
-        `${KEEP_FLAG}=all skips the drop`,
+/** Drop the capabilities --capabilities.keep does not keep, and log what is left. Throws if it cannot. */
+function dropPrivileges(binding: Binding, args: RunArgs, log: Log): CapabilityStatus {
+  const { status, reasons, threads } = dropCapabilities(binding, args.capabilitiesKeep, heldCapabilities())
+  if (!status.dropped) {
+    log.warn(
+      { keep: status.keep, kept: status.kept },
+      `capabilities not dropped (${KEEP_FLAG}=all): the daemon keeps every capability it started with`,
     )
-    return 1
+  } else {
+    log.info(
+      {
+        keep: status.keep,
+        kept: reasons,
+        dropped: status.removed,
+        threads,
+        boundingSetReduced: status.boundingSetReduced,
+      },
+      `capabilities dropped: kept ${status.kept.join(', ') || 'none'}`,
+    )
   }
+  return status
+}
+
+/** A file readable only thanks to CAP_DAC_READ_SEARCH or CAP_DAC_OVERRIDE could be read at start, not at reload. */
+async function warnUnreadable(args: RunArgs, log: Log): Promise<void> {
   for (const file of [args.configFile, args.webConfigFile]) {
     if (file === undefined) continue
-    // a file readable only thanks to CAP_DAC_READ_SEARCH or CAP_DAC_OVERRIDE could be read at start, not at reload
     await readFile(file).catch((err: unknown) =>
       log.warn(
         { err, file, uid: process.getuid?.() },
@@ -371,8 +349,9 @@ export async function runDaemon(argv: string[]): Promise<number> {
       ),
     )
   }
-  const bound = app.server.address()
-  const port = typeof bound === 'object' && bound ? bound.port : args.port
+}
+
+function logServing(args: RunArgs, web: WebConfig, port: number, log: Log): void {
   const scheme = web.tls ? 'https' : 'http'
   log.info(
     {
@@ -387,8 +366,14 @@ export async function runDaemon(argv: string[]): Promise<number> {
     },
     'serving metrics',
   )
-  notify.ready(`serving metrics on ${args.listenAddress}${args.telemetryPath}`)
-  const wd = watchdogIntervalMs(process.env, process.pid)
-  if (wd) stopWatchdog = startWatchdog(notify, wd, () => exporter.notReadyReason() === undefined)
-  return await exited
+}
+
+function logExit(exporter: Exporter, log: Log, t: number): void {
+  if (exporter.kernelState.origin === 'unpinned') log.info({ ms: Date.now() - t }, 'detached, exiting')
+  else {
+    log.info(
+      { ms: Date.now() - t, path: exporter.kernelState.path },
+      'exiting; the pinned programs keep counting for the next start (tcptracer-exporter unpin removes them)',
+    )
+  }
 }

@@ -1,31 +1,30 @@
 // The exporter's core: the tracer in aggregation mode, the label-set bookkeeping,
-// and the metric families computed from both at scrape time.
-import { mkdirSync } from 'node:fs'
+// and the metric families computed from both at scrape time. The steps of its start
+// are in startup.ts, the reload of the config files on SIGHUP in reload.ts.
 import { Aggregator } from '../metrics/aggregator.js'
 import { ConnectionExposition } from '../metrics/connection-families.js'
 import type { MetricFamily } from '../metrics/exposition.js'
-import { capabilityFamily, selfFamilies } from '../metrics/self-metrics.js'
+import { capabilityFamily, ReloadCounter, selfFamilies } from '../metrics/self-metrics.js'
 import type { CapabilityStatus } from '../host/capabilities.js'
 import { CgroupResolver } from '../host/cgroups.js'
 import { netnsNames } from '../host/netns.js'
-import { discoverSockets, type ConnectionOwner } from '../host/procfs.js'
+import type { DiscoveredSockets } from '../host/procfs.js'
 import type { Config } from '../config/config.js'
-import { AF_INET, AggregateDump, isV4Mapped, type Owner, type SeedConnection } from '../kernel/abi.js'
-import { loadBinding, type ProgramStatus } from '../kernel/binding.js'
+import { AggregateDump } from '../kernel/abi.js'
+import type { ProgramStatus } from '../kernel/binding.js'
+import { commitPinnedState, type KernelState } from '../kernel/pinned-state.js'
+import { ACCEPT_PROGRAMS, type HookStatus } from '../kernel/tracer.js'
 import {
-  commitPinnedState,
-  discardState,
-  linksPinned,
-  NOT_ASKED_TO_PIN,
-  planPinnedState,
-  stateId,
-  type KernelState,
-  type PinPlan,
-} from '../kernel/pinned-state.js'
-import { ACCEPT_PROGRAMS, TcpTracer, type HookStatus, type TracerOptions } from '../kernel/tracer.js'
-
-/** Blocks at least this large are mapped on their own, and unmapped when freed (glibc's default start). */
-const MMAP_THRESHOLD = 128 * 1024
+  countable,
+  fixMmapThreshold,
+  openTracer,
+  realKernel,
+  seededInKernel,
+  seedFromProc,
+  type ExporterTracer,
+  type Kernel,
+  type StartOptions,
+} from './startup.js'
 
 /** Settings that only take effect when the daemon starts: the kernel objects are sized and built with them. */
 export function restartOnlyChanges(old: Config, next: Config): string[] {
@@ -43,45 +42,9 @@ export function restartOnlyChanges(old: Config, next: Config): string[] {
 }
 
 /** The tracer's hooks, with the accept candidates `auto` rejected before its choice. */
-export function hookStatus(tracer: Pick<TcpTracer, 'hooks' | 'hookProbes'>): HookStatus[] {
+export function hookStatus(tracer: Pick<ExporterTracer, 'hooks' | 'hookProbes'>): HookStatus[] {
   const rejected = tracer.hookProbes.filter((p) => !p.ok).map((p) => ({ mode: p.mode, error: p.error ?? '' }))
   return tracer.hooks().map((h) => (h.hook === 'accept' && rejected.length > 0 ? { ...h, rejected } : h))
-}
-
-export function seedOf(c: ConnectionOwner): SeedConnection {
-  return {
-    netns: c.netns,
-    family: c.family,
-    saddr: c.saddr,
-    daddr: c.daddr,
-    sport: c.sport,
-    dport: c.dport,
-    pid: c.pid,
-    comm: c.comm.slice(0, 15),
-    cgroupId: c.cgroupId,
-    port: c.direction === 'inbound' ? c.sport : c.dport,
-    direction: c.direction,
-  }
-}
-
-function ownerOfSeed(s: SeedConnection): Owner {
-  return {
-    comm: s.comm,
-    netns: s.netns,
-    pid: s.pid,
-    cgroupId: s.cgroupId,
-    port: s.port,
-    ip: s.family === AF_INET || isV4Mapped(s.daddr) ? 4 : 6,
-    direction: s.direction,
-  }
-}
-
-/** Whether the config's kernel-side filters let a connection be counted. */
-export function countable(c: Config, s: { netns: number; port: number }): boolean {
-  return (
-    (c.filters.netns.length === 0 || c.filters.netns.includes(s.netns)) &&
-    (c.filters.ports.length === 0 || c.filters.ports.includes(s.port))
-  )
 }
 
 export interface ReloadResult {
@@ -89,29 +52,9 @@ export interface ReloadResult {
   needRestart: string[]
 }
 
-/** Owners counted by label-relevant identity, as the aggregator's seeded list wants them. */
-function countOwners(owners: readonly Owner[]): Array<[Owner, number]> {
-  const counts = new Map<string, [Owner, number]>()
-  for (const o of owners) {
-    const id = [o.comm, o.netns, o.pid, o.cgroupId, o.port, o.ip, o.direction].join('\0')
-    const c = counts.get(id)
-    if (c) c[1]++
-    else counts.set(id, [o, 1])
-  }
-  return [...counts.values()]
-}
-
-export interface ExporterOptions {
-  config: Config
-  /** keep the kernel state pinned under this bpffs directory across restarts; undefined: don't */
-  pinPath?: string
-  log: {
-    info(o: object, msg: string): void
-    warn(o: object, msg: string): void
-    debug(o: object, msg: string): void
-  }
-  objectPath?: string
-  procRoot?: string
+export interface ExporterOptions extends StartOptions {
+  /** the addon and how to open the tracer with it (default: the built addon, TcpTracer.open) */
+  kernel?: Kernel
 }
 
 export class Exporter {
@@ -135,7 +78,8 @@ export class Exporter {
   private netnsNamesAt = 0
   private cgroupsAt = 0
   private readonly startedAt = Date.now()
-  private reloads = { success: 0, failure: 0, lastSuccess: true, lastSuccessTime: Date.now() / 1000 }
+  /** the reloads of the config file and of the web config file, counted once, here */
+  readonly reloads = { config: new ReloadCounter(), web: new ReloadCounter() }
   private closed = false
   readonly programs: ProgramStatus[]
   readonly hooks: HookStatus[]
@@ -145,7 +89,7 @@ export class Exporter {
   capabilities: CapabilityStatus | undefined
 
   private constructor(
-    private readonly tracer: TcpTracer,
+    private readonly tracer: ExporterTracer,
     opts: ExporterOptions,
     readonly kernelState: KernelState,
   ) {
@@ -159,106 +103,19 @@ export class Exporter {
    * Load and attach the programs. With a pin path, take over the kernel state a previous run
    * pinned there (counters, open connections, listeners), or start it. Without state to take
    * over, find the sockets that predate us in /proc and seed them: listener owners, and the
-   * open connections for the active gauge.
+   * open connections for the active gauge. Whatever fails, nothing is left attached.
    */
   static async start(opts: ExporterOptions): Promise<Exporter> {
-    const { config, log } = opts
-    // The scrape path's large Buffers (the exposition's lines, the map reads) are kept and reused, but
-    // some are freed: with glibc's moving threshold their later siblings would come from the heap, where
-    // freed memory stays resident (measured: about 25 MB more RSS at 100k samples).
-    const mapped = loadBinding().mmapThreshold(MMAP_THRESHOLD)
-    log.debug({ bytes: MMAP_THRESHOLD, set: mapped }, 'malloc mmap threshold')
-    const discoverOpts = opts.procRoot ? { procRoot: opts.procRoot } : {}
-    const tracerOpts: TracerOptions = {
-      aggregate: true,
-      acceptMode: config.accept_mode,
-      ...(config.btf_path === null ? {} : { btfPath: config.btf_path }),
-      bucketsSeconds: config.histogram.buckets_seconds,
-      maxConnections: config.limits.max_connections,
-      maxKernelLabelSets: config.limits.max_kernel_label_sets,
-      // the ring buffer is never read in metrics mode: keep it one page
-      ringBufferBytes: 4096,
-      log: (level, message) => {
-        if (level === 'warn') log.warn({ libbpf: true }, message.trim())
-        else log.debug({ libbpf: true }, message.trim())
-      },
-      ...(opts.objectPath ? { objectPath: opts.objectPath } : {}),
-    }
-
-    let plan: PinPlan | undefined
-    let state: KernelState = { origin: 'unpinned', path: '', reason: NOT_ASKED_TO_PIN }
-    if (opts.pinPath) {
-      const id = stateId(loadBinding(), {
-        maxConnections: config.limits.max_connections,
-        maxKernelLabelSets: config.limits.max_kernel_label_sets,
-        bucketsSeconds: config.histogram.buckets_seconds,
-      })
-      const p = planPinnedState(opts.pinPath, id)
-      if ('unavailable' in p) {
-        log.warn(
-          { reason: p.unavailable },
-          'kernel state not pinned: a restart of the daemon will reset the counters and miss the connections open meanwhile',
-        )
-        state = { origin: 'unpinned', path: '', reason: p.unavailable }
-      } else {
-        plan = p
-      }
-    }
-    const open = (p: PinPlan | undefined): TcpTracer =>
-      TcpTracer.open({
-        ...tracerOpts,
-        ...(p ? { pinMapsDir: p.mapsDir, generation: p.generation } : {}),
-      })
-
-    let tracer: TcpTracer | undefined
-    if (plan?.adopting) {
-      const adopting = plan
-      let why: string | undefined
-      try {
-        tracer = open(adopting)
-        if (!linksPinned(adopting, tracer.activeGeneration())) {
-          why = 'its programs were no longer attached, so it missed events'
-        }
-      } catch (e) {
-        why = (e as Error).message
-      }
-      if (why !== undefined) {
-        tracer?.close()
-        tracer = undefined
-        log.warn(
-          { path: adopting.dir, reason: why },
-          'cannot take over the pinned kernel state: starting afresh',
-        )
-        discardState(adopting.dir)
-        mkdirSync(adopting.mapsDir, { recursive: true, mode: 0o700 })
-        plan = { ...adopting, adopting: false }
-      }
-    }
-    const before = plan?.adopting ? undefined : await discoverSockets(discoverOpts)
-    tracer ??= open(plan)
-    if (plan) state = { origin: plan.adopting ? 'restored' : 'new', path: plan.dir }
-
-    let exporter: Exporter | undefined
+    const kernel = opts.kernel ?? realKernel()
+    fixMmapThreshold(kernel, opts.log)
+    const { tracer, plan, state, before } = await openTracer(kernel, opts)
     try {
       tracer.createOverflowEntries()
-      exporter = new Exporter(tracer, opts, state)
-      exporter.applyKernelSettings(config)
+      const exporter = new Exporter(tracer, opts, state)
+      exporter.applyKernelSettings(opts.config)
       tracer.attach()
       if (plan) commitPinnedState(plan, tracer)
-      if (before) {
-        await exporter.seed(before, discoverOpts, log)
-      } else {
-        // the seeded connections still open, and those that closed (the kernel counted their
-        // closes in seeded_closed, which active subtracts)
-        const dump = exporter.readAggregates()
-        const closed: Array<[Owner, number]> = []
-        for (let i = 0; i < dump.length; i++) {
-          const n = dump.seededClosed(i)
-          if (n > 0) closed.push([dump.owner(i), n])
-        }
-        exporter.aggregator.setSeeded([...countOwners(tracer.seededOwners()), ...closed])
-        log.info({ path: state.path }, 'took over the kernel state pinned by the previous run')
-      }
+      await exporter.seed(before, opts)
       await exporter.refreshNames()
       return exporter
     } catch (e) {
@@ -267,40 +124,14 @@ export class Exporter {
     }
   }
 
-  /** Seed what /proc showed before the programs were attached: listener owners and open connections. */
-  private async seed(
-    before: Awaited<ReturnType<typeof discoverSockets>>,
-    discoverOpts: { procRoot?: string },
-    log: ExporterOptions['log'],
-  ): Promise<void> {
-    const tracer = this.tracer
-    const listeners = tracer.seedListeners(before.listeners)
-    // open connections: seed by 4-tuple, then drop those that closed before the kernel could see them
-    // only what the kernel will count: the netns and port filters apply to seeds too
-    const seeds = before.connections.map(seedOf).filter((c) => countable(this.config, c))
-    const added = new Set(tracer.seedConnections(seeds).map((k) => k.toString('hex')))
-    const still = new Set(
-      (await discoverSockets(discoverOpts)).connections.map((c) =>
-        tracer.seedEntry(seedOf(c)).key.toString('hex'),
-      ),
-    )
-    const owners: Owner[] = []
-    let gone = 0
-    for (const s of seeds) {
-      const { key } = tracer.seedEntry(s)
-      const hex = key.toString('hex')
-      if (!added.has(hex)) continue
-      if (!still.has(hex) && tracer.unseed(key)) {
-        gone++
-        continue
-      }
-      owners.push(ownerOfSeed(s))
+  /** The connections open at start, for the active gauge: from /proc, or from the state taken over. */
+  private async seed(before: DiscoveredSockets | undefined, opts: StartOptions): Promise<void> {
+    if (before) {
+      this.aggregator.setSeeded(await seedFromProc(this.tracer, before, opts))
+    } else {
+      this.aggregator.setSeeded(seededInKernel(this.tracer, this.readAggregates()))
+      opts.log.info({ path: this.kernelState.path }, 'took over the kernel state pinned by the previous run')
     }
-    this.aggregator.setSeeded(countOwners(owners))
-    log.info(
-      { listeners, connections: added.size - gone, closedMeanwhile: gone },
-      'seeded sockets that were open before start',
-    )
   }
 
   private aggregatorOptions(c: Config): ConstructorParameters<typeof Aggregator>[0] {
@@ -343,16 +174,6 @@ export class Exporter {
     this.aggregator.filterSeeded((o) => countable(effective, o))
     this.config = effective
     return { needRestart }
-  }
-
-  recordReload(ok: boolean): void {
-    if (ok) {
-      this.reloads.success++
-      this.reloads.lastSuccessTime = Date.now() / 1000
-    } else {
-      this.reloads.failure++
-    }
-    this.reloads.lastSuccess = ok
   }
 
   get currentConfig(): Config {
@@ -468,7 +289,7 @@ export class Exporter {
         recursionMisses: this.tracer.recursionMisses(),
         hooks: this.hooks,
         kernelState: this.kernelState,
-        reloads: this.reloads,
+        reloads: this.reloads.config,
         startedAt: this.startedAt,
         netnsNames: this.netnsNames,
       }),

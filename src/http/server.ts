@@ -15,6 +15,7 @@ import {
   type Format,
   type MetricFamily,
 } from '../metrics/exposition.js'
+import { ReloadCounter } from '../metrics/self-metrics.js'
 import type { CapabilityStatus } from '../host/capabilities.js'
 import type { ProgramStatus } from '../kernel/binding.js'
 import type { HookStatus } from '../kernel/tracer.js'
@@ -123,9 +124,15 @@ export class HttpState {
   }
   readonly scrapes = { own: 0, shared: 0 }
   connectionsDropped = 0
-  readonly reloads = { success: 0, failure: 0, lastSuccess: true }
+  /** the web config's reloads: the daemon passes the Exporter's counter, the one it records in */
+  readonly reloads: ReloadCounter
 
-  constructor(web: WebConfig = EMPTY_WEB_CONFIG, limits: Partial<HttpLimits> = {}) {
+  constructor(
+    web: WebConfig = EMPTY_WEB_CONFIG,
+    limits: Partial<HttpLimits> = {},
+    reloads: ReloadCounter = new ReloadCounter(),
+  ) {
+    this.reloads = reloads
     this.web = web
     this.limits = { ...DEFAULT_LIMITS, ...limits }
     this.applyUsers(web)
@@ -224,9 +231,7 @@ export class HttpState {
   }
 
   recordReload(ok: boolean): void {
-    if (ok) this.reloads.success++
-    else this.reloads.failure++
-    this.reloads.lastSuccess = ok
+    this.reloads.record(ok)
   }
 
   /** The HTTP side's self-metrics. */

@@ -9,6 +9,25 @@ import type { KernelState } from '../kernel/pinned-state.js'
 import type { HookStatus, KernelStats } from '../kernel/tracer.js'
 import type { MetricFamily, Sample } from './exposition.js'
 
+/** The reloads of one config file (SIGHUP), behind its reloads_total and last_reload_* metrics. */
+export class ReloadCounter {
+  success = 0
+  failure = 0
+  lastSuccess = true
+  /** seconds since the epoch: the last success, or the start */
+  lastSuccessTime = Date.now() / 1000
+
+  record(ok: boolean): void {
+    if (ok) {
+      this.success++
+      this.lastSuccessTime = Date.now() / 1000
+    } else {
+      this.failure++
+    }
+    this.lastSuccess = ok
+  }
+}
+
 /** What the self-metrics are computed from, read at one scrape. */
 export interface SelfState {
   /** the kernel's counters, summed over CPUs */
