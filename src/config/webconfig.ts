@@ -1,20 +1,30 @@
 // The web config file (--web.config.file): TLS, basic auth, extra response headers and a request rate
 // limit, in the Prometheus exporter-toolkit format (docs/web-configuration.md in prometheus/exporter-toolkit).
 //
-// Like src/config/config.ts, a zod schema is the source of truth and every object is strict: a key we do not know is
-// an error, and so is a key of the toolkit's format that we do not implement (never silently ignored). After
-// the schema, the referenced files are read and checked (the certificate must match its key, a CA file must
-// hold certificates), so a file that loads is one the server can use.
+// Like src/config/config.ts, it is read and parsed by ./yaml.ts (with the same safety checks and errors), a
+// zod schema is the source of truth and every object is strict: a key we do not know is an error, and so
+// is a key of the toolkit's format that we do not implement (never silently ignored). After the schema,
+// the referenced files are read and checked (the certificate must match its key, a CA file must hold
+// certificates), so a file that loads is one the server can use.
 
 import { X509Certificate } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { createSecureContext, type SecureContextOptions, type SecureVersion } from 'node:tls'
 
-import { parseDocument } from 'yaml'
 import { z } from 'zod'
 
-import { ConfigError, describeValue, formatPath, type ConfigProblem } from './config.js'
+import {
+  capped,
+  ConfigError,
+  describeValue,
+  expected,
+  formatPath,
+  parseYaml,
+  readConfigText,
+  validate,
+  type ConfigProblem,
+} from './yaml.js'
 
 // ---------------------------------------------------------------------------------------------------------
 // Vocabulary of the format
@@ -90,12 +100,6 @@ const UNSUPPORTED: Record<string, string> = {
 
 // ---------------------------------------------------------------------------------------------------------
 // Schema
-
-type ErrorFn = (iss: { input?: unknown }) => string
-const expected =
-  (what: string): ErrorFn =>
-  (iss) =>
-    `expected ${what}, got ${describeValue(iss.input)}`
 
 function strict<T extends z.core.$ZodLooseShape>(shape: T) {
   return z.strictObject(shape, {
@@ -259,18 +263,9 @@ export const EMPTY_WEB_CONFIG: WebConfig = {
 // ---------------------------------------------------------------------------------------------------------
 // Parsing and loading
 
-function toProblems(issues: readonly z.core.$ZodIssue[]): ConfigProblem[] {
-  return issues.flatMap((iss) => {
-    if (iss.code !== 'unrecognized_keys') return [{ path: formatPath(iss.path), message: iss.message }]
-    return iss.keys.map((k) => {
-      const p = formatPath([...iss.path, k])
-      const known = knownKeys(iss.path)
-      return {
-        path: p,
-        message: UNSUPPORTED[p] ?? `unknown key; known keys are ${known.join(', ')}`,
-      }
-    })
-  })
+/** An unknown key's message: why, for a key of the toolkit's format we do not implement; else the known keys. */
+function unknownKeyMessage(at: readonly PropertyKey[], key: string): string {
+  return UNSUPPORTED[formatPath([...at, key])] ?? `unknown key; known keys are ${knownKeys(at).join(', ')}`
 }
 
 function knownKeys(at: readonly PropertyKey[]): string[] {
@@ -284,34 +279,10 @@ function knownKeys(at: readonly PropertyKey[]): string[] {
   )
 }
 
-function parseYaml(text: string, file: string): unknown {
-  let doc: ReturnType<typeof parseDocument>
-  try {
-    doc = parseDocument(text, { uniqueKeys: true, strict: true, prettyErrors: true, logLevel: 'error' })
-  } catch (err) {
-    throw new ConfigError(file, [{ path: '(yaml)', message: (err as Error).message }])
-  }
-  const problems = [...doc.errors, ...doc.warnings].map((e) => {
-    const pos = e.linePos?.[0]
-    const where = pos === undefined ? '' : `line ${pos.line}, column ${pos.col}: `
-    return { path: '(yaml)', message: `${where}${e.message.split('\n')[0] ?? e.message}` }
-  })
-  if (problems.length > 0) throw new ConfigError(file, problems)
-  try {
-    return doc.toJS({ maxAliasCount: 100 }) ?? {}
-  } catch (err) {
-    throw new ConfigError(file, [{ path: '(yaml)', message: (err as Error).message }])
-  }
-}
-
 /** Validate web config text against the schema only (no files read). Throws ConfigError. */
 export function parseWebConfigText(text: string, file: string): RawWebConfig {
-  const result = webConfigSchema.safeParse(parseYaml(text, file), {
-    error: (iss) => `${iss.message ?? 'invalid value'}, got ${describeValue(iss.input)}`,
-  })
-  if (!result.success) throw new ConfigError(file, toProblems(result.error.issues))
+  const raw = validate(webConfigSchema, parseYaml(text, file), file, unknownKeyMessage)
   const problems: ConfigProblem[] = []
-  const raw = result.data
   if (raw.http_server_config?.http2 === true) {
     problems.push({ path: 'http_server_config.http2', message: UNSUPPORTED['http_server_config.http2']! })
   }
@@ -398,7 +369,7 @@ export function parseWebConfigText(text: string, file: string): RawWebConfig {
       })
     }
   }
-  if (problems.length > 0) throw new ConfigError(file, problems)
+  if (problems.length > 0) throw new ConfigError(file, capped(problems))
   return raw
 }
 
@@ -515,7 +486,7 @@ export async function parseWebConfig(text: string, file: string): Promise<WebCon
       certSource: t.cert_file ? path.resolve(path.dirname(file), t.cert_file) : '(inline cert)',
     }
   }
-  if (problems.length > 0) throw new ConfigError(file, problems)
+  if (problems.length > 0) throw new ConfigError(file, capped(problems))
   const interval = raw.rate_limit?.interval ?? 0
   return {
     file,
@@ -529,13 +500,7 @@ export async function parseWebConfig(text: string, file: string): Promise<WebCon
 /** Read, parse and check a web config file; no file means no TLS and no auth. Throws ConfigError only. */
 export async function loadWebConfig(file: string | undefined): Promise<WebConfig> {
   if (file === undefined) return EMPTY_WEB_CONFIG
-  let text: string
-  try {
-    text = await readFile(file, 'utf8')
-  } catch (err) {
-    throw new ConfigError(file, [{ path: '(file)', message: (err as Error).message }])
-  }
-  return await parseWebConfig(text, file)
+  return await parseWebConfig(await readConfigText(file), file)
 }
 
 /** One line per difference that matters to an operator; secrets are not printed. */
