@@ -13,14 +13,11 @@
 // fresh network namespace, so TIME_WAIT sockets of earlier runs do not drift the cost. Samples wait
 // for a quiet machine and are measured again if another process attaches tracing programs meanwhile
 // (bpftool), since those would tax the setups unevenly.
-import { execFile, execFileSync } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { parseArgs, promisify } from 'node:util'
-
-import * as prettier from 'prettier'
+import { parseArgs } from 'node:util'
 
 import { packageRoot } from '../src/kernel/paths.js'
 import {
@@ -29,6 +26,9 @@ import {
   NESTED_BACKBONE_PROGRAM,
   TcpTracer,
 } from '../src/kernel/tracer.js'
+import { attachmentsIfAny, type Attachments, waitForNoForeign, watchForeign } from './lib/bpftool.js'
+import { median, waitForQuiet, writeJson } from './lib/common.js'
+import { runSysloop, runTcpload, SYSLOOP, TCPLOAD } from './lib/workload.js'
 
 const SETUPS = ['none', 'listener', 'syscall'] as const
 type Setup = (typeof SETUPS)[number]
@@ -43,10 +43,7 @@ const SETTLE_MS = 300
 const SAMPLE_RETRIES = 5
 const WATCH_MS = 250
 const QUIET_PCT = 10
-const QUIET_WINDOW_MS = 500
 const QUIET_WAIT_MS = 30_000
-
-const run = promisify(execFile)
 
 interface Options {
   rounds: number
@@ -104,179 +101,7 @@ function parseOptions(): Options {
   }
 }
 
-// ---- system-wide CPU from /proc/stat -------------------------------------------------------------
-
-interface CpuStat {
-  busy: number
-  steal: number
-}
-
-const TICK_US = 1e6 / 100 // /proc/stat counts USER_HZ (100) ticks
-
-function readCpuStat(): CpuStat {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? ''
-  const f = line.trim().split(/\s+/).slice(1).map(Number)
-  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = f
-  return { busy: (user + nice + system + irq + softirq) * TICK_US, steal: steal * TICK_US }
-}
-
-// ---- foreign tracing programs (bpftool) ----------------------------------------------------------
-
-interface PerfEntry {
-  pid: number
-  prog_id: number
-  fd_type?: string
-  tracepoint?: string
-  func?: string
-}
-interface LinkEntry {
-  id: number
-  type: string
-  prog_id: number
-  tp_name?: string
-}
-
-const TRACING_LINK_TYPES = new Set([
-  'raw_tracepoint',
-  'tracing',
-  'perf_event',
-  'kprobe_multi',
-  'uprobe_multi',
-])
-let haveBpftool = true
-
-function bpftool<T>(args: string[]): T[] {
-  return JSON.parse(execFileSync('bpftool', [...args, '-j'], { encoding: 'utf8' }) || '[]') as T[]
-}
-
-interface Attachments {
-  /** names of the tracepoints this process holds, sorted */
-  ours: string[]
-  /** ids of the programs this process has attached */
-  ownProgs: Set<number>
-  /** descriptions of tracing attachments held by anyone else */
-  foreign: string[]
-}
-
-/** What is attached, or null when bpftool is missing. */
-function attachments(): Attachments | null {
-  if (!haveBpftool) return null
-  let perf: PerfEntry[]
-  let links: LinkEntry[]
-  try {
-    perf = bpftool<PerfEntry>(['perf', 'list'])
-    links = bpftool<LinkEntry>(['link', 'list'])
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
-    haveBpftool = false
-    console.error('bpftool not found: cannot check for foreign tracing programs; results may be skewed')
-    return null
-  }
-  // A child holds our fds for a moment between fork and exec: whose program it is decides, not the pid.
-  const ownProgs = new Set(perf.filter((p) => p.pid === process.pid).map((p) => p.prog_id))
-  const ours = perf.filter((p) => p.pid === process.pid).map((p) => p.tracepoint ?? p.func ?? '?')
-  const foreign = perf
-    .filter((p) => !ownProgs.has(p.prog_id))
-    .map(
-      (p) =>
-        `pid ${p.pid} ${commOf(p.pid)}: ${p.fd_type ?? '?'} ${p.tracepoint ?? p.func ?? '?'} (prog ${p.prog_id})`,
-    )
-  const held = new Set(perf.map((p) => p.prog_id))
-  for (const l of links) {
-    if (!TRACING_LINK_TYPES.has(l.type) || held.has(l.prog_id)) continue
-    foreign.push(`link ${l.id}: ${l.type} ${l.tp_name ?? ''} (prog ${l.prog_id}, no holder found)`)
-  }
-  return { ours: ours.sort(), ownProgs, foreign }
-}
-
-function commOf(pid: number): string {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').trim().slice(0, 120)
-  } catch {
-    return '?'
-  }
-}
-
-/** Wait until no other process has tracing programs attached; throws after `maxMs`. */
-async function waitForNoForeign(maxMs: number): Promise<void> {
-  const deadline = Date.now() + maxMs
-  let told = false
-  for (;;) {
-    const a = attachments()
-    if (!a || a.foreign.length === 0) return
-    if (Date.now() > deadline) {
-      throw new Error(
-        `other tracing programs stay attached, refusing to measure:\n  ${a.foreign.join('\n  ')}`,
-      )
-    }
-    if (!told) {
-      console.error(`waiting for foreign tracing programs to go away:\n  ${a.foreign.join('\n  ')}`)
-      told = true
-    }
-    await sleep(1000)
-  }
-}
-
-/**
- * Poll `bpftool perf list` while a sample runs: another process's tracing program, attached even
- * briefly (other engineers' tests do that), spoils the sample. Returns a stop function that
- * resolves to what was seen.
- */
-function watchForeign(ownProgs: ReadonlySet<number>): () => Promise<string[]> {
-  const seen = new Set<string>()
-  const state = { stopped: false }
-  const poll = async (): Promise<void> => {
-    while (!state.stopped) {
-      try {
-        const { stdout } = await run('bpftool', ['perf', 'list', '-j'])
-        for (const p of JSON.parse(stdout || '[]') as PerfEntry[]) {
-          if (ownProgs.has(p.prog_id)) continue
-          seen.add(`pid ${p.pid} ${commOf(p.pid)}: ${p.tracepoint ?? p.func ?? '?'}`)
-        }
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return // the checks around the sample say so
-      }
-      await sleep(WATCH_MS)
-    }
-  }
-  const polling = poll()
-  return async () => {
-    state.stopped = true
-    await polling
-    return [...seen]
-  }
-}
-
-/** Busy share of all CPUs over `ms`, in %. This process sleeps meanwhile, so it is everyone else. */
-async function busyPct(ms: number): Promise<number> {
-  const a = readCpuStat()
-  await sleep(ms)
-  const b = readCpuStat()
-  return (100 * (b.busy - a.busy)) / (ms * 1000 * os.availableParallelism())
-}
-
-/**
- * Wait until the machine is quiet (other engineers' tests share it): under QUIET_PCT busy over a
- * QUIET_WINDOW_MS window. Gives up after QUIET_WAIT_MS and measures anyway; returns the last busy %.
- */
-async function waitForQuiet(): Promise<{ busyPct: number; waitedMs: number }> {
-  const t0 = Date.now()
-  let told = false
-  for (;;) {
-    const pct = await busyPct(QUIET_WINDOW_MS)
-    const waitedMs = Date.now() - t0
-    if (pct < QUIET_PCT || waitedMs > QUIET_WAIT_MS) return { busyPct: pct, waitedMs }
-    if (!told) {
-      console.error(`machine busy (${pct.toFixed(0)} % of all CPUs), waiting for it to quieten`)
-      told = true
-    }
-  }
-}
-
 // ---- the children ----------------------------------------------------------------------------------
-
-const tcpload = path.join(packageRoot, 'test', 'helpers', 'bin', 'tcpload')
-const sysloop = path.join(packageRoot, 'test', 'helpers', 'bin', 'sysloop')
 
 interface GeneratorResult {
   cpuUs: number
@@ -286,43 +111,17 @@ interface GeneratorResult {
   stealUs: number
 }
 
+type SysloopResult = Awaited<ReturnType<typeof runSysloop>>
+
 async function runGenerator(opts: Options): Promise<GeneratorResult> {
   const args = ['pair', '--count', String(opts.connections), '--threads', String(opts.threads)]
-  const [file, argv] = opts.netns
-    ? // a fresh network namespace per run: no TIME_WAIT sockets left over from earlier runs
-      ['unshare', ['--net', '--', 'sh', '-c', 'ip link set lo up && exec "$0" "$@"', tcpload, ...args]]
-    : [tcpload, args]
-  const before = readCpuStat()
-  const { stdout } = await run(file, argv as string[], { maxBuffer: 1 << 20 })
-  const after = readCpuStat()
-  const done = stdout
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Record<string, number | string>)
-    .find((e) => e['event'] === 'done')
-  if (!done) throw new Error(`tcpload printed no done line:\n${stdout}`)
-  const { accepted, connected, failed } = done
-  if (accepted !== opts.connections || connected !== opts.connections || failed !== 0) {
-    throw new Error(`tcpload did not complete every connection: ${JSON.stringify(done)}`)
+  // a fresh network namespace per run: no TIME_WAIT sockets left over from earlier runs
+  const g = await runTcpload(args, opts.netns ? { fresh: true, widePorts: false } : 'here')
+  const n = opts.connections
+  if (g.accepted !== n || g.connected !== n || g.failed !== 0) {
+    throw new Error(`tcpload did not complete every connection: ${JSON.stringify(g.done)}`)
   }
-  return {
-    cpuUs: Number(done['cpu_user_us']) + Number(done['cpu_sys_us']),
-    wallUs: Number(done['wall_us']),
-    systemBusyUs: after.busy - before.busy,
-    stealUs: after.steal - before.steal,
-  }
-}
-
-interface SysloopResult {
-  cpuUs: number
-  wallNs: number
-}
-
-async function runSysloop(calls: number): Promise<SysloopResult> {
-  const { stdout } = await run(sysloop, [String(calls)])
-  const r = JSON.parse(stdout) as { calls: number; cpu_user_us: number; cpu_sys_us: number; wall_ns: number }
-  if (r.calls !== calls) throw new Error(`sysloop made ${r.calls} calls, not ${calls}`)
-  return { cpuUs: r.cpu_user_us + r.cpu_sys_us, wallNs: r.wall_ns }
+  return { cpuUs: g.cpuUs, wallUs: g.wallUs, systemBusyUs: g.systemBusyUs, stealUs: g.stealUs }
 }
 
 // ---- one sample: attach, measure, detach -------------------------------------------------------------
@@ -368,26 +167,32 @@ function attach(setup: Setup): TcpTracer | null {
   return tracer
 }
 
+/** What this process holds, sorted, or null when bpftool is missing. */
+function held(a: Attachments | null): string[] | null {
+  return a && (a.ours.get(process.pid) ?? [])
+}
+
 function checkOurs(setup: Setup, a: Attachments | null): void {
-  if (!a) return
+  const ours = held(a)
+  if (!ours) return
   const want = EXPECTED_ATTACHMENTS[setup]
-  if (a.ours.join() !== want.join()) {
-    throw new Error(
-      `setup ${setup}: this process holds [${a.ours.join(', ')}], expected [${want.join(', ')}]`,
-    )
+  if (ours.join() !== want.join()) {
+    throw new Error(`setup ${setup}: this process holds [${ours.join(', ')}], expected [${want.join(', ')}]`)
   }
 }
+
+const look = (): Attachments | null => attachmentsIfAny(new Set([process.pid]))
 
 async function sample(opts: Options, round: number, position: number, setup: Setup): Promise<Sample> {
   for (let attempt = 1; ; attempt++) {
     await waitForNoForeign(opts.waitForeignMs)
-    const quiet = await waitForQuiet()
+    const quiet = await waitForQuiet(QUIET_PCT, QUIET_WAIT_MS)
     const tracer = attach(setup)
     try {
       await sleep(SETTLE_MS)
-      const pre = attachments()
+      const pre = look()
       checkOurs(setup, pre)
-      const stopWatch = watchForeign(pre?.ownProgs ?? new Set())
+      const stopWatch = watchForeign(pre?.ownProgs ?? new Set(), WATCH_MS)
       let gen: GeneratorResult
       let loop: SysloopResult
       let seen: string[]
@@ -398,7 +203,7 @@ async function sample(opts: Options, round: number, position: number, setup: Set
       } finally {
         seen = await stopWatch()
       }
-      const post = attachments()
+      const post = look()
       checkOurs(setup, post)
       const foreign = [...new Set([...seen, ...(post?.foreign ?? [])])]
       if (foreign.length) {
@@ -422,7 +227,7 @@ async function sample(opts: Options, round: number, position: number, setup: Set
         callWallNs: loop.wallNs / opts.calls,
         busyBeforePct: quiet.busyPct,
         waitedForQuietMs: quiet.waitedMs,
-        attached: pre?.ours ?? null,
+        attached: held(pre),
       }
     } finally {
       tracer?.close()
@@ -432,12 +237,6 @@ async function sample(opts: Options, round: number, position: number, setup: Set
 }
 
 // ---- statistics and report -------------------------------------------------------------------------------
-
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b)
-  const m = s.length >> 1
-  return s.length % 2 ? (s[m] ?? NaN) : ((s[m - 1] ?? NaN) + (s[m] ?? NaN)) / 2
-}
 
 interface Stat {
   median: number
@@ -497,8 +296,8 @@ async function main(): Promise<void> {
   const opts = parseOptions()
   if (process.getuid?.() !== 0) throw new Error('run as root: attaching BPF programs needs it')
   for (const [bin, hint] of [
-    [tcpload, 'npm run build:helpers'],
-    [sysloop, 'cc -O2 -std=c11 -Wall -Wextra -Werror -o test/helpers/bin/sysloop test/helpers/sysloop.c'],
+    [TCPLOAD, 'npm run build:helpers'],
+    [SYSLOOP, 'cc -O2 -std=c11 -Wall -Wextra -Werror -o test/helpers/bin/sysloop test/helpers/sysloop.c'],
   ] as const) {
     if (!existsSync(bin)) throw new Error(`${bin} is missing: ${hint}`)
   }
@@ -575,12 +374,7 @@ async function main(): Promise<void> {
     summary,
     samples,
   }
-  mkdirSync(path.dirname(opts.out), { recursive: true })
-  const text = await prettier.format(JSON.stringify(json), {
-    ...(await prettier.resolveConfig(opts.out)),
-    filepath: opts.out,
-  })
-  writeFileSync(opts.out, text)
+  await writeJson(opts.out, json)
   console.error(`wrote ${path.relative(process.cwd(), opts.out)}`)
 }
 

@@ -39,6 +39,7 @@ import { parseArgs, promisify } from 'node:util'
 
 import { defaultConfig } from '../src/config/config.js'
 import { packageRoot } from '../src/kernel/paths.js'
+import { parseExposition, type ScrapedSample as Series } from '../test/exposition-parser.js'
 import {
   cpuMs,
   createNetns,
@@ -237,23 +238,12 @@ async function scrape(url: string, accept?: string): Promise<Scrape> {
 
 const textOf = (s: Scrape): string => s.body.toString('utf8')
 
-function sampleLines(text: string): string[] {
-  return text.split('\n').filter((l) => l !== '' && !l.startsWith('#'))
-}
+/** The samples of a scrape, read by the tests' exposition parser. */
+const samplesOf = (s: Scrape): Series[] => parseExposition(textOf(s))
 
-/** The value of each sample line of `metric` (exact name), with its label text. */
-function samplesOf(lines: readonly string[], metric: string): Array<{ labels: string; value: number }> {
-  const out: Array<{ labels: string; value: number }> = []
-  for (const l of lines) {
-    if (!l.startsWith(metric + '{') && !l.startsWith(metric + ' ')) continue
-    const sp = l.lastIndexOf(' ')
-    const brace = l.indexOf('{')
-    out.push({
-      labels: brace > 0 && brace < sp ? l.slice(brace + 1, l.lastIndexOf('}')) : '',
-      value: Number(l.slice(sp + 1)),
-    })
-  }
-  return out
+/** The sum of the samples of `metric` (exact name). */
+function total(samples: readonly Series[], metric: string): number {
+  return samples.filter((x) => x.name === metric).reduce((a, x) => a + x.value, 0)
 }
 
 interface ScrapeStats {
@@ -371,7 +361,7 @@ async function startLoaded(
   try {
     ex = await startExporter({ config: exporterConfig(ns.inode), nodeArgs, env })
     const rssStart = statusKb(ex.pid, 'VmRSS')
-    const base = sampleLines(textOf(await scrape(ex.url))).length
+    const base = samplesOf(await scrape(ex.url)).length
     const ports = Math.max(1, Math.ceil((target - base) / PER_PORT))
     if (FIRST_PORT + ports - 1 > LAST_PORT) {
       throw new RangeError(`size ${target} needs ${ports} ports, more than ${LAST_PORT - FIRST_PORT + 1}`)
@@ -389,38 +379,41 @@ async function startLoaded(
     }
     // the kernel counts at close; the last closes may still be in flight for a moment
     let first: Scrape | undefined
-    let lines: string[] = []
+    let samples: Series[] = []
     let connects = 0
     let accepts = 0
     for (let i = 0; i < 50; i++) {
       const s = await scrape(ex.url)
       first ??= s
-      lines = sampleLines(textOf(s))
-      connects = samplesOf(lines, 'tcptracer_connects_total').reduce((a, x) => a + x.value, 0)
-      accepts = samplesOf(lines, 'tcptracer_accepts_total').reduce((a, x) => a + x.value, 0)
-      const closes = samplesOf(lines, 'tcptracer_closes_total').reduce((a, x) => a + x.value, 0)
+      samples = samplesOf(s)
+      connects = total(samples, 'tcptracer_connects_total')
+      accepts = total(samples, 'tcptracer_accepts_total')
+      const closes = total(samples, 'tcptracer_closes_total')
       if (connects >= ports && accepts >= ports && closes >= 2 * ports) break
       await sleep(100)
     }
     const portsSeen = new Set(
-      samplesOf(lines, 'tcptracer_closes_total').map((x) => /(?:^|,)port="(\d+)"/.exec(x.labels)?.[1]),
+      samples.filter((x) => x.name === 'tcptracer_closes_total').map((x) => x.labels['port']),
     ).size
-    const gauge = (metric: string, label: string): number =>
-      samplesOf(lines, metric).find((x) => x.labels === label)?.value ?? NaN
+    /** The sample of `metric` whose only label is `label`="`value`". */
+    const only = (metric: string, label: string, value: string): number =>
+      samples.find(
+        (x) => x.name === metric && Object.keys(x.labels).length === 1 && x.labels[label] === value,
+      )?.value ?? NaN
     const loaded: Loaded = {
       ex,
       ports,
       baseSamples: base,
-      samples: lines.length,
+      samples: samples.length,
       firstScrapeMs: round(first?.ms ?? NaN, 1),
       verified: {
         connections: ports,
         connectsCounted: connects,
         acceptsCounted: accepts,
         portsSeen,
-        labelSetsAdmitted: gauge('tcptracer_label_sets', 'state="admitted"'),
-        labelSetsFolded: gauge('tcptracer_label_sets', 'state="folded"'),
-        aggregatesMapFull: gauge('tcptracer_kernel_map_update_failures_total', 'map="aggregates"'),
+        labelSetsAdmitted: only('tcptracer_label_sets', 'state', 'admitted'),
+        labelSetsFolded: only('tcptracer_label_sets', 'state', 'folded'),
+        aggregatesMapFull: only('tcptracer_kernel_map_update_failures_total', 'map', 'aggregates'),
       },
       generation: { wallMs: Math.round(wallMs), exporterCpuMs: Math.round(exporterCpuMs) },
       rssKb: { start: rssStart, loaded: rssLoaded },
@@ -512,8 +505,7 @@ async function measureChanged(
     const s = await scrape(l.ex.url)
     cpu += cpuMs(l.ex.pid) - cpu0
     times.push(s.ms)
-    const lines = sampleLines(textOf(s))
-    const connects = samplesOf(lines, 'tcptracer_connects_total').reduce((a, x) => a + x.value, 0)
+    const connects = total(samplesOf(s), 'tcptracer_connects_total')
     if (connects !== l.ports * (1 + i)) {
       throw new Error(
         `after ${i + 1} connections to each of ${l.ports} ports the scrape shows ${connects} connects`,

@@ -18,8 +18,9 @@ export function percentile(xs: readonly number[], p: number): number {
   return s[rank - 1] ?? NaN
 }
 
+/** The median of the values that are not NaN (a round that lacks a setup is NaN); NaN if none are left. */
 export function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b)
+  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b)
   const m = s.length >> 1
   if (s.length === 0) return NaN
   return s.length % 2 ? (s[m] ?? NaN) : ((s[m - 1] ?? NaN) + (s[m] ?? NaN)) / 2
@@ -63,16 +64,31 @@ export function cpuMs(pid: number): number {
 }
 
 interface CpuTimes {
+  /** user, nice, system, irq and softirq */
+  work: number
+  steal: number
   busy: number
   total: number
 }
 
+/** The whole machine's CPU times since boot (the `cpu` line of /proc/stat), in clock ticks. */
 function machineCpu(): CpuTimes {
   const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? ''
   const f = line.trim().split(/\s+/).slice(1, 9).map(Number)
   const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = f
-  const busy = user + nice + system + irq + softirq + steal
-  return { busy, total: busy + idle + iowait }
+  const work = user + nice + system + irq + softirq
+  const busy = work + steal
+  return { work, steal, busy, total: busy + idle + iowait }
+}
+
+/**
+ * The whole machine's CPU time since boot, in µs: `workUs` is what every process, irq and softirq ran
+ * (user, nice, system, irq, softirq), `stealUs` what the hypervisor gave to others. Take two readings
+ * around a run for its share.
+ */
+export function machineCpuUs(): { workUs: number; stealUs: number } {
+  const t = machineCpu()
+  return { workUs: (t.work * 1e6) / CLK_TCK, stealUs: (t.steal * 1e6) / CLK_TCK }
 }
 
 /**

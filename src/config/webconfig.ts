@@ -1,71 +1,40 @@
 // The web config file (--web.config.file): TLS, basic auth, extra response headers and a request rate
 // limit, in the Prometheus exporter-toolkit format (docs/web-configuration.md in prometheus/exporter-toolkit).
 //
-// Like src/config/config.ts, a zod schema is the source of truth and every object is strict: a key we do not know is
-// an error, and so is a key of the toolkit's format that we do not implement (never silently ignored). After
-// the schema, the referenced files are read and checked (the certificate must match its key, a CA file must
-// hold certificates), so a file that loads is one the server can use.
+// Like src/config/config.ts, it is read and parsed by ./yaml.ts (with the same safety checks and errors), a
+// zod schema is the source of truth and every object is strict: a key we do not know is an error, and so
+// is a key of the toolkit's format that we do not implement (never silently ignored). After the schema,
+// the referenced files are read and checked by ./web-tls.ts (the certificate must match its key, a CA file
+// must hold certificates), so a file that loads is one the server can use.
 
-import { X509Certificate } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
-import path from 'node:path'
-import { createSecureContext, type SecureContextOptions, type SecureVersion } from 'node:tls'
-
-import { parseDocument } from 'yaml'
 import { z } from 'zod'
 
-import { ConfigError, describeValue, formatPath, type ConfigProblem } from './config.js'
+import {
+  CIPHER_SUITES,
+  CLIENT_AUTH_TYPES,
+  CURVES,
+  loadTls,
+  TLS_VERSIONS,
+  tlsProblems,
+  type TlsSettings,
+} from './web-tls.js'
+
+import {
+  capped,
+  ConfigError,
+  describeValue,
+  expected,
+  formatPath,
+  parseYaml,
+  readConfigText,
+  validate,
+  type ConfigProblem,
+} from './yaml.js'
+
+export { CLIENT_AUTH_TYPES, type ClientAuthType, type TlsSettings } from './web-tls.js'
 
 // ---------------------------------------------------------------------------------------------------------
-// Vocabulary of the format
-
-/** The toolkit's client_auth_type values (Go's tls.ClientAuthType names); RequireClientCert is its old alias. */
-export const CLIENT_AUTH_TYPES = [
-  'NoClientCert',
-  'RequestClientCert',
-  'RequireAnyClientCert',
-  'VerifyClientCertIfGiven',
-  'RequireAndVerifyClientCert',
-] as const
-export type ClientAuthType = (typeof CLIENT_AUTH_TYPES)[number]
-
-const TLS_VERSIONS: Record<string, SecureVersion> = {
-  TLS10: 'TLSv1',
-  TLS11: 'TLSv1.1',
-  TLS12: 'TLSv1.2',
-  TLS13: 'TLSv1.3',
-}
-const VERSION_ORDER: readonly SecureVersion[] = ['TLSv1', 'TLSv1.1', 'TLSv1.2', 'TLSv1.3']
-
-/**
- * Go's cipher suite names (crypto/tls) and OpenSSL's names for the same suites. Go configures only the
- * suites of TLS 1.2 and older; the TLS 1.3 names are accepted as Go accepts them, and TLS 1.3 keeps its
- * default suites either way.
- */
-const CIPHER_SUITES: Record<string, string | null> = {
-  TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: 'ECDHE-ECDSA-AES128-GCM-SHA256',
-  TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256: 'ECDHE-RSA-AES128-GCM-SHA256',
-  TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384: 'ECDHE-ECDSA-AES256-GCM-SHA384',
-  TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384: 'ECDHE-RSA-AES256-GCM-SHA384',
-  TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256: 'ECDHE-ECDSA-CHACHA20-POLY1305',
-  TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256: 'ECDHE-RSA-CHACHA20-POLY1305',
-  TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA: 'ECDHE-ECDSA-AES128-SHA',
-  TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA: 'ECDHE-RSA-AES128-SHA',
-  TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA: 'ECDHE-ECDSA-AES256-SHA',
-  TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA: 'ECDHE-RSA-AES256-SHA',
-  TLS_AES_128_GCM_SHA256: null,
-  TLS_AES_256_GCM_SHA384: null,
-  TLS_CHACHA20_POLY1305_SHA256: null,
-}
-const TLS13_SUITES = 'TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256'
-
-/** Go's curve names and OpenSSL's. */
-const CURVES: Record<string, string> = {
-  CurveP256: 'P-256',
-  CurveP384: 'P-384',
-  CurveP521: 'P-521',
-  X25519: 'X25519',
-}
+// Vocabulary of the format (the TLS part is in ./web-tls.ts)
 
 /** The response headers the toolkit lets a config set, with the only values allowed (empty: any). */
 const HEADERS: Record<string, readonly string[]> = {
@@ -90,12 +59,6 @@ const UNSUPPORTED: Record<string, string> = {
 
 // ---------------------------------------------------------------------------------------------------------
 // Schema
-
-type ErrorFn = (iss: { input?: unknown }) => string
-const expected =
-  (what: string): ErrorFn =>
-  (iss) =>
-    `expected ${what}, got ${describeValue(iss.input)}`
 
 function strict<T extends z.core.$ZodLooseShape>(shape: T) {
   return z.strictObject(shape, {
@@ -225,17 +188,6 @@ type RawWebConfig = z.output<typeof webConfigSchema>
 // ---------------------------------------------------------------------------------------------------------
 // The loaded config
 
-export interface TlsSettings {
-  /** Handed to tls.createServer / server.setSecureContext. */
-  context: SecureContextOptions
-  clientAuth: ClientAuthType
-  /** tls.Server options derived from clientAuth */
-  requestCert: boolean
-  rejectUnauthorized: boolean
-  /** where the certificate came from, for logs */
-  certSource: string
-}
-
 export interface WebConfig {
   /** the file it was read from; undefined for the built-in "no TLS, no auth" */
   file: string | undefined
@@ -259,18 +211,9 @@ export const EMPTY_WEB_CONFIG: WebConfig = {
 // ---------------------------------------------------------------------------------------------------------
 // Parsing and loading
 
-function toProblems(issues: readonly z.core.$ZodIssue[]): ConfigProblem[] {
-  return issues.flatMap((iss) => {
-    if (iss.code !== 'unrecognized_keys') return [{ path: formatPath(iss.path), message: iss.message }]
-    return iss.keys.map((k) => {
-      const p = formatPath([...iss.path, k])
-      const known = knownKeys(iss.path)
-      return {
-        path: p,
-        message: UNSUPPORTED[p] ?? `unknown key; known keys are ${known.join(', ')}`,
-      }
-    })
-  })
+/** An unknown key's message: why, for a key of the toolkit's format we do not implement; else the known keys. */
+function unknownKeyMessage(at: readonly PropertyKey[], key: string): string {
+  return UNSUPPORTED[formatPath([...at, key])] ?? `unknown key; known keys are ${knownKeys(at).join(', ')}`
 }
 
 function knownKeys(at: readonly PropertyKey[]): string[] {
@@ -284,34 +227,10 @@ function knownKeys(at: readonly PropertyKey[]): string[] {
   )
 }
 
-function parseYaml(text: string, file: string): unknown {
-  let doc: ReturnType<typeof parseDocument>
-  try {
-    doc = parseDocument(text, { uniqueKeys: true, strict: true, prettyErrors: true, logLevel: 'error' })
-  } catch (err) {
-    throw new ConfigError(file, [{ path: '(yaml)', message: (err as Error).message }])
-  }
-  const problems = [...doc.errors, ...doc.warnings].map((e) => {
-    const pos = e.linePos?.[0]
-    const where = pos === undefined ? '' : `line ${pos.line}, column ${pos.col}: `
-    return { path: '(yaml)', message: `${where}${e.message.split('\n')[0] ?? e.message}` }
-  })
-  if (problems.length > 0) throw new ConfigError(file, problems)
-  try {
-    return doc.toJS({ maxAliasCount: 100 }) ?? {}
-  } catch (err) {
-    throw new ConfigError(file, [{ path: '(yaml)', message: (err as Error).message }])
-  }
-}
-
 /** Validate web config text against the schema only (no files read). Throws ConfigError. */
 export function parseWebConfigText(text: string, file: string): RawWebConfig {
-  const result = webConfigSchema.safeParse(parseYaml(text, file), {
-    error: (iss) => `${iss.message ?? 'invalid value'}, got ${describeValue(iss.input)}`,
-  })
-  if (!result.success) throw new ConfigError(file, toProblems(result.error.issues))
+  const raw = validate(webConfigSchema, parseYaml(text, file), file, unknownKeyMessage)
   const problems: ConfigProblem[] = []
-  const raw = result.data
   if (raw.http_server_config?.http2 === true) {
     problems.push({ path: 'http_server_config.http2', message: UNSUPPORTED['http_server_config.http2']! })
   }
@@ -348,174 +267,18 @@ export function parseWebConfigText(text: string, file: string): RawWebConfig {
       message: 'must be at least 1 when rate_limit.interval is set (0 would refuse every request)',
     })
   }
-  const t = raw.tls_server_config
-  if (t) {
-    if (t.cert !== undefined && t.cert_file !== undefined) {
-      problems.push({ path: 'tls_server_config.cert', message: 'give cert or cert_file, not both' })
-    }
-    if (t.key !== undefined && t.key_file !== undefined) {
-      problems.push({ path: 'tls_server_config.key', message: 'give key or key_file, not both' })
-    }
-    if (t.client_ca !== undefined && t.client_ca_file !== undefined) {
-      problems.push({
-        path: 'tls_server_config.client_ca',
-        message: 'give client_ca or client_ca_file, not both',
-      })
-    }
-    if (t.cert === undefined && t.cert_file === undefined) {
-      problems.push({
-        path: 'tls_server_config.cert_file',
-        message: 'TLS is configured, so a certificate is needed: cert_file (or cert)',
-      })
-    }
-    if (t.key === undefined && t.key_file === undefined) {
-      problems.push({
-        path: 'tls_server_config.key_file',
-        message: 'TLS is configured, so a private key is needed: key_file (or key)',
-      })
-    }
-    const auth = clientAuth(t.client_auth_type)
-    const hasCa = t.client_ca !== undefined || t.client_ca_file !== undefined
-    if (hasCa && auth === 'NoClientCert') {
-      problems.push({
-        path: 'tls_server_config.client_auth_type',
-        message:
-          'a client CA is configured but client_auth_type is NoClientCert; set RequireAndVerifyClientCert (or remove the CA)',
-      })
-    }
-    if (!hasCa && (auth === 'VerifyClientCertIfGiven' || auth === 'RequireAndVerifyClientCert')) {
-      problems.push({
-        path: 'tls_server_config.client_ca_file',
-        message: `client_auth_type ${auth} verifies client certificates, so it needs the CA to verify them against: client_ca_file (or client_ca)`,
-      })
-    }
-    const min = TLS_VERSIONS[t.min_version ?? 'TLS12']!
-    const max = TLS_VERSIONS[t.max_version ?? 'TLS13']!
-    if (VERSION_ORDER.indexOf(min) > VERSION_ORDER.indexOf(max)) {
-      problems.push({
-        path: 'tls_server_config.min_version',
-        message: `${t.min_version ?? 'TLS12'} is above max_version ${t.max_version ?? 'TLS13'}`,
-      })
-    }
-  }
-  if (problems.length > 0) throw new ConfigError(file, problems)
+  if (raw.tls_server_config) problems.push(...tlsProblems(raw.tls_server_config))
+  if (problems.length > 0) throw new ConfigError(file, capped(problems))
   return raw
-}
-
-function clientAuth(v: string | undefined): ClientAuthType {
-  if (v === undefined) return 'NoClientCert'
-  return v === 'RequireClientCert' ? 'RequireAnyClientCert' : (v as ClientAuthType)
-}
-
-/**
- * Node's `ciphers` for the configured suites. OpenSSL 3 refuses TLS 1.0 and 1.1 at its default security
- * level, so min_version TLS10/TLS11 also lowers the level to 0: that is what those versions take.
- */
-function cipherString(ciphers: string[] | undefined, min: string | undefined): { ciphers?: string } {
-  let list = ciphers && ciphers.length > 0 ? `${TLS13_SUITES}:${ciphers.join(':')}` : undefined
-  if (min === 'TLS10' || min === 'TLS11') list = `${list ?? 'DEFAULT'}:@SECLEVEL=0`
-  return list === undefined ? {} : { ciphers: list }
-}
-
-/** Read a file named in the config, relative to the config file's directory as the toolkit does. */
-async function readNamed(
-  file: string,
-  key: string,
-  name: string,
-  problems: ConfigProblem[],
-): Promise<string | undefined> {
-  const full = path.resolve(path.dirname(file), name)
-  try {
-    return await readFile(full, 'utf8')
-  } catch (err) {
-    problems.push({
-      path: key,
-      message: `cannot read ${full}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
-    })
-    return undefined
-  }
-}
-
-/** The PEM certificates in text (CERTIFICATE blocks that parse), or an explanation. */
-function certificates(pem: string): X509Certificate[] | string {
-  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? []
-  if (blocks.length === 0) return 'holds no PEM certificate (-----BEGIN CERTIFICATE-----)'
-  try {
-    return blocks.map((b) => new X509Certificate(b))
-  } catch (err) {
-    return `holds a certificate that does not parse: ${(err as Error).message}`
-  }
 }
 
 /** Parse a web config and read and check the files it names. Throws ConfigError only. */
 export async function parseWebConfig(text: string, file: string): Promise<WebConfig> {
   const raw = parseWebConfigText(text, file)
   const problems: ConfigProblem[] = []
-  let tls: TlsSettings | undefined
-  const t = raw.tls_server_config
-  if (t) {
-    const cert = t.cert ?? (await readNamed(file, 'tls_server_config.cert_file', t.cert_file!, problems))
-    const key = t.key ?? (await readNamed(file, 'tls_server_config.key_file', t.key_file!, problems))
-    let ca: string | undefined
-    if (t.client_ca !== undefined || t.client_ca_file !== undefined) {
-      ca =
-        t.client_ca ??
-        (await readNamed(file, 'tls_server_config.client_ca_file', t.client_ca_file!, problems))
-      if (ca !== undefined) {
-        const certs = certificates(ca)
-        if (typeof certs === 'string') {
-          problems.push({
-            path: t.client_ca_file ? 'tls_server_config.client_ca_file' : 'tls_server_config.client_ca',
-            message: certs,
-          })
-        }
-      }
-    }
-    if (cert !== undefined) {
-      const certs = certificates(cert)
-      if (typeof certs === 'string') {
-        problems.push({
-          path: t.cert_file ? 'tls_server_config.cert_file' : 'tls_server_config.cert',
-          message: certs,
-        })
-      }
-    }
-    const auth = clientAuth(t.client_auth_type)
-    const ciphers = t.cipher_suites
-      ?.map((c) => CIPHER_SUITES[c])
-      .filter((c): c is string => typeof c === 'string')
-    const context: SecureContextOptions = {
-      ...(cert === undefined ? {} : { cert }),
-      ...(key === undefined ? {} : { key }),
-      ...(ca === undefined ? {} : { ca }),
-      minVersion: TLS_VERSIONS[t.min_version ?? 'TLS12']!,
-      maxVersion: TLS_VERSIONS[t.max_version ?? 'TLS13']!,
-      honorCipherOrder: t.prefer_server_cipher_suites ?? true,
-      ...cipherString(ciphers, t.min_version),
-      ...(t.curve_preferences && t.curve_preferences.length > 0
-        ? { ecdhCurve: t.curve_preferences.map((c) => CURVES[c]).join(':') }
-        : {}),
-    }
-    if (problems.length === 0) {
-      // the same check the server makes when it starts: the key must match the certificate
-      try {
-        createSecureContext(context)
-      } catch (err) {
-        problems.push({
-          path: t.cert_file || t.key_file ? 'tls_server_config.cert_file' : 'tls_server_config.cert',
-          message: `the certificate and key cannot be used: ${(err as Error).message}`,
-        })
-      }
-    }
-    tls = {
-      context,
-      clientAuth: auth,
-      requestCert: auth !== 'NoClientCert',
-      rejectUnauthorized: auth === 'RequireAndVerifyClientCert',
-      certSource: t.cert_file ? path.resolve(path.dirname(file), t.cert_file) : '(inline cert)',
-    }
-  }
-  if (problems.length > 0) throw new ConfigError(file, problems)
+  const tls =
+    raw.tls_server_config === undefined ? undefined : await loadTls(file, raw.tls_server_config, problems)
+  if (problems.length > 0) throw new ConfigError(file, capped(problems))
   const interval = raw.rate_limit?.interval ?? 0
   return {
     file,
@@ -529,13 +292,7 @@ export async function parseWebConfig(text: string, file: string): Promise<WebCon
 /** Read, parse and check a web config file; no file means no TLS and no auth. Throws ConfigError only. */
 export async function loadWebConfig(file: string | undefined): Promise<WebConfig> {
   if (file === undefined) return EMPTY_WEB_CONFIG
-  let text: string
-  try {
-    text = await readFile(file, 'utf8')
-  } catch (err) {
-    throw new ConfigError(file, [{ path: '(file)', message: (err as Error).message }])
-  }
-  return await parseWebConfig(text, file)
+  return await parseWebConfig(await readConfigText(file), file)
 }
 
 /** One line per difference that matters to an operator; secrets are not printed. */

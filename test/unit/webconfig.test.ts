@@ -263,6 +263,21 @@ describe('web config schema', () => {
     assertProblem('tls_server_config: yes\n', 'tls_server_config', /expected a mapping/)
     assertProblem('- 1\n', '(root)', /expected a mapping/)
   })
+
+  test("the config file's YAML checks: nesting depth, duplicate keys named, YAML 1.1 tags, a cap on problems", () => {
+    const deep = `basic_auth_users: ${'['.repeat(20_000)}${']'.repeat(20_000)}\n`
+    assertProblem(deep, '(yaml)', 'line 1, column 82: collections are nested more than 64 levels deep')
+    assertProblem(
+      'tls_server_config:\n  cert_file: a\n  cert_file: b\n',
+      '(yaml)',
+      'line 3, column 3: Map keys must be unique: cert_file appears more than once',
+    )
+    assertProblem('basic_auth_users: !!set {alice}\n', 'basic_auth_users', 'a set (!!set) is not supported')
+    const users = Array.from({ length: 30 }, (_, i) => `  u${i}: plain${i}`).join('\n')
+    const ps = problems(`basic_auth_users:\n${users}\n`)
+    assert.equal(ps.length, 20)
+    assert.deepEqual(ps.at(-1), { path: '(more)', message: '11 more problems not shown' })
+  })
 })
 
 describe('web config files', () => {

@@ -7,17 +7,7 @@
 // on a temporary mount point in place of the manifests' mount path (which the host does not have).
 import assert from 'node:assert/strict'
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process'
-import {
-  chmodSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  readdirSync,
-  rmSync,
-  statSync,
-  writeFileSync,
-} from 'node:fs'
-import { tmpdir } from 'node:os'
+import { chmodSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { DaemonSet } from 'kubernetes-models/apps/v1/DaemonSet'
@@ -28,7 +18,8 @@ import { DEFAULT_PIN_PATH } from '../../../src/kernel/pinned-state.js'
 import {
   CLI,
   exchange,
-  Netns,
+  fixture,
+  type Netns,
   privileged,
   scrape,
   startDaemon,
@@ -94,6 +85,7 @@ function asContainer(sc: ISecurityContext | undefined): string[] {
 
 describe("Kubernetes: the DaemonSet's pinned state, the kubelet's way", { skip }, () => {
   const hostPin = `/sys/fs/bpf/tt-k8s-${process.pid}`
+  const fx = fixture('tt-k8s-', { ns: `tt-k8s-${process.pid}` })
   let ns: Netns
   let dir: string
   let mountPoint: string
@@ -131,8 +123,8 @@ describe("Kubernetes: the DaemonSet's pinned state, the kubelet's way", { skip }
   before(() => {
     assert.ok(exporter && init && unpin && pinVolume, 'the manifests have what this test reads')
     assert.ok(mountPath.startsWith('/'), 'the exporter mounts the pin directory')
-    ns = new Netns(`tt-k8s-${process.pid}`)
-    dir = mkdtempSync(path.join(tmpdir(), 'tt-k8s-'))
+    ns = fx.ns
+    dir = fx.dir
     chmodSync(dir, 0o755) // the exporter's user reaches the mount point through it
     mountPoint = path.join(dir, 'pin')
     mkdirSync(mountPoint)
@@ -144,8 +136,6 @@ describe("Kubernetes: the DaemonSet's pinned state, the kubelet's way", { skip }
     for (const d of daemons) if (d.proc.child.exitCode === null) await d.stop('SIGKILL')
     spawnSync(process.execPath, [CLI, 'unpin', `--bpf.pin-path=${hostPin}`])
     rmSync(hostPin, { recursive: true, force: true })
-    ns?.delete()
-    if (dir) rmSync(dir, { recursive: true, force: true })
   })
 
   test("the init container makes the kubelet's directory the exporter's, with CAP_CHOWN only, every time", () => {

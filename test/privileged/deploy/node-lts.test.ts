@@ -8,14 +8,12 @@ import {
   chmodSync,
   existsSync,
   mkdirSync,
-  mkdtempSync,
   readdirSync,
   readFileSync,
   rmSync,
   statSync,
   writeFileSync,
 } from 'node:fs'
-import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { DEFAULT_LISTEN_ADDRESS } from '../../../src/cli/run.js'
@@ -38,10 +36,10 @@ import {
   type Exchange,
   exchange as runExchange,
   expectedEvents,
+  fixture,
   identity,
   inNetns,
   JsonProcess,
-  Netns,
   type Netns as NetnsT,
   privileged,
   scrape,
@@ -279,6 +277,7 @@ const CLI_COMM = 'tt-lts-cli'
 
 describe(`the project under the image's Node LTS`, { skip }, () => {
   const major = imageNodeMajor()
+  const fx = fixture('tt-lts-', { ns: `tt-lts-${process.pid}` })
   let node: string
   let ns: NetnsT
   let dir: string
@@ -287,18 +286,16 @@ describe(`the project under the image's Node LTS`, { skip }, () => {
   before(
     () => {
       node = fetchNode(major)
-      ns = new Netns(`tt-lts-${process.pid}`)
+      ns = fx.ns
       // readable by the unprivileged user of the last test
-      dir = mkdtempSync(path.join(tmpdir(), 'tt-lts-'))
+      dir = fx.dir
       chmodSync(dir, 0o755)
     },
     { timeout: 300_000 },
   )
   after(() => {
-    ns?.delete()
     // the pinned state, should the test have stopped before its own unpin
     spawnSync(process.execPath, [CLI, 'unpin', `--bpf.pin-path=${hostPin}`])
-    if (dir) rmSync(dir, { recursive: true, force: true })
   })
 
   function config(name: string): string {

@@ -4,24 +4,14 @@
 // directory made by the unit's own ExecStartPre command, which the next start takes over.
 import assert from 'node:assert/strict'
 import { execFileSync, spawnSync } from 'node:child_process'
-import {
-  chmodSync,
-  existsSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  statSync,
-  writeFileSync,
-} from 'node:fs'
-import { tmpdir } from 'node:os'
+import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { packageRoot } from '../../../src/kernel/paths.js'
 import { DEFAULT_PIN_PATH } from '../../../src/kernel/pinned-state.js'
 import {
   exchange,
-  Netns,
+  fixture,
   privileged,
   runClient,
   scrape,
@@ -55,6 +45,7 @@ const CAP_BITS: Record<string, number> = {
 }
 
 describe('systemd unit', { skip }, () => {
+  const fx = fixture('tt-install-', { ns: `tt-sd-${process.pid}` })
   let ns: NetnsT
   let stage: string
   const settings = unitSettings(readFileSync(UNIT, 'utf8'))
@@ -63,8 +54,8 @@ describe('systemd unit', { skip }, () => {
   const daemons: Daemon[] = []
 
   before(() => {
-    ns = new Netns(`tt-sd-${process.pid}`)
-    stage = mkdtempSync(path.join(tmpdir(), 'tt-install-'))
+    ns = fx.ns
+    stage = fx.dir
     chmodSync(stage, 0o755)
   })
   after(async () => {
@@ -74,8 +65,6 @@ describe('systemd unit', { skip }, () => {
       'unpin',
       `--bpf.pin-path=${pin}`,
     ])
-    ns.delete()
-    rmSync(stage, { recursive: true, force: true })
   })
 
   /** The unit's user (created if missing), and its capabilities as setpriv gives them. */

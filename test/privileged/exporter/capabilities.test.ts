@@ -8,8 +8,8 @@
 // vm-suite: kernel hooks
 import assert from 'node:assert/strict'
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import os, { tmpdir } from 'node:os'
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import {
@@ -25,6 +25,7 @@ import { packageRoot } from '../../../src/kernel/paths.js'
 import {
   assertCounted,
   exchange,
+  fixture,
   Netns,
   privileged,
   scrape,
@@ -127,25 +128,21 @@ function unitPrefix(user: string, names: string[]): string[] {
 
 describe('least privilege at runtime', { skip }, () => {
   const unit = unitSettings()
+  const fx = fixture('tt-caps-', { ns: `tt-caps-${process.pid}` })
   let ns: NetnsT
   let late: NetnsT | undefined
-  let dir: string
   let config: string
 
   before(() => {
     ensureUser(unit.user)
-    ns = new Netns(`tt-caps-${process.pid}`)
-    dir = mkdtempSync(path.join(tmpdir(), 'tt-caps-'))
-    chmodSync(dir, 0o755)
-    config = path.join(dir, 'config.yaml')
+    ns = fx.ns
+    // readable by the unit's user too
+    chmodSync(fx.dir, 0o755)
+    config = path.join(fx.dir, 'config.yaml')
     writeFileSync(config, `filters:\n  netns: [${ns.inode}]\n`)
     chmodSync(config, 0o644)
   })
-  after(() => {
-    ns.delete()
-    late?.delete()
-    rmSync(dir, { recursive: true, force: true })
-  })
+  after(() => late?.delete())
 
   test('the unit grants the four capabilities the start needs', () => {
     assert.deepEqual(unit.names, ['CAP_BPF', 'CAP_PERFMON', 'CAP_SYS_PTRACE', 'CAP_DAC_READ_SEARCH'])

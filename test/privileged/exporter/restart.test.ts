@@ -4,8 +4,7 @@
 // vm-suite: kernel hooks
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { formatLe } from '../../../src/metrics/exposition.js'
@@ -14,8 +13,9 @@ import {
   CLI,
   type Daemon,
   exchange,
+  fixture,
   inNetns,
-  Netns,
+  type Netns,
   privileged,
   reportedShortfall,
   scrape,
@@ -76,6 +76,7 @@ async function allFreed(ids: number[]): Promise<boolean> {
 }
 
 describe('restart without loss', { skip: gate.skip }, () => {
+  const fx = fixture('tt-restart-', { ns: `tt-rs-${process.pid}` })
   let ns: Netns
   let dir: string
   let pin: string
@@ -92,8 +93,8 @@ describe('restart without loss', { skip: gate.skip }, () => {
   const stateDirs = (): string[] => (existsSync(pin) ? readdirSync(pin) : [])
 
   before(() => {
-    ns = new Netns(`tt-rs-${process.pid}`)
-    dir = mkdtempSync(path.join(tmpdir(), 'tt-restart-'))
+    ns = fx.ns
+    dir = fx.dir
     pin = `/sys/fs/bpf/tt-rs-${process.pid}`
     config = path.join(dir, 'config.yml')
     writeFileSync(
@@ -105,8 +106,6 @@ describe('restart without loss', { skip: gate.skip }, () => {
     for (const d of daemons) if (d.proc.child.exitCode === null) await d.stop('SIGKILL')
     spawnSync(process.execPath, [CLI, 'unpin', `--bpf.pin-path=${pin}`])
     rmSync(pin, { recursive: true, force: true })
-    ns.delete()
-    rmSync(dir, { recursive: true, force: true })
   })
 
   test('a plain start pins nothing: its log and /readyz say so, and Ctrl-C detaches every program; --bpf.pin-path keeps them', async () => {
