@@ -15,7 +15,7 @@ import { ConfigError, describeChanges, loadConfig, type Config } from '../config
 import { Exporter } from '../exporter/exporter.js'
 import { loadBinding } from '../kernel/binding.js'
 import { version } from '../kernel/paths.js'
-import { build, DEFAULT_MAX_REQUESTS, HttpState } from '../http/server.js'
+import { build, DEFAULT_MAX_REQUESTS, HttpState } from '../http/app.js'
 import { DEFAULT_PIN_PATH, hasPinnedState, onExit } from '../kernel/pinned-state.js'
 import { createNotifier, startWatchdog, watchdogIntervalMs } from '../host/systemd.js'
 import { describeWebChanges, loadWebConfig, type WebConfig } from '../config/webconfig.js'

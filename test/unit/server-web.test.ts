@@ -9,7 +9,7 @@ import bcrypt from 'bcryptjs'
 import pino from 'pino'
 
 import type { MetricFamily } from '../../src/metrics/exposition.js'
-import { build, HttpState, type MetricsSource } from '../../src/http/server.js'
+import { build, HttpState, type MetricsSource } from '../../src/http/app.js'
 import { EMPTY_WEB_CONFIG, type WebConfig } from '../../src/config/webconfig.js'
 
 const basic = (user: string, password: string): string =>
