@@ -1,5 +1,5 @@
 // Basic auth (src/http/auth.ts): the plugin alone on a bare app, then in the whole app with its reloads
-// and its counts. The bcrypt checks themselves are in webauth.test.ts.
+// and its counts. The bcrypt checks themselves are in http-webauth.test.ts.
 import { after, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 

@@ -1,3 +1,5 @@
+// The whole app (src/http/app.ts) through inject(): the routes, both exposition formats, errors and limits
+// on the request size.
 import { afterEach, beforeEach, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { Writable } from 'node:stream'
