@@ -1,7 +1,7 @@
 // SIGHUP: reload the config file, then the web config file, with one helper. A file that cannot be
 // read or is invalid keeps the running one; each file's reloads are counted in the Exporter.
 import type { ReloadCounter } from '../metrics/self-metrics.js'
-import type { HttpState } from '../http/server.js'
+import type { HttpState } from '../http/state.js'
 import { ConfigError, describeChanges, loadConfig } from '../config/config.js'
 import { describeWebChanges, loadWebConfig } from '../config/webconfig.js'
 import type { Exporter } from './exporter.js'

@@ -10,7 +10,7 @@ import { onSignals } from '../../src/cli/signals.js'
 import { defaultConfig, parseConfig, type Config } from '../../src/config/config.js'
 import { Exporter } from '../../src/exporter/exporter.js'
 import { configFile, reloadFile, webConfigFile, type ReloadLog } from '../../src/exporter/reload.js'
-import { HttpState } from '../../src/http/server.js'
+import { HttpState } from '../../src/http/state.js'
 import { EMPTY_WEB_CONFIG } from '../../src/config/webconfig.js'
 import { takeOver, type ExporterTracer, type Kernel } from '../../src/exporter/startup.js'
 import { loadBinding, type ProgramStatus } from '../../src/kernel/binding.js'
@@ -460,7 +460,7 @@ describe('web config reloads', () => {
     assert.equal(sample(body, 'tcptracer_web_config_reloads_total', 'result="success"'), 1)
     assert.equal(sample(body, 'tcptracer_web_config_reloads_total', 'result="failure"'), 1)
     assert.equal(sample(body, 'tcptracer_web_config_last_reload_successful'), 1)
-    await http.close()
+    await http.auth.close()
     exporter.close()
   })
 })

@@ -11,7 +11,7 @@ import type { FastifyInstance } from 'fastify'
 import pino from 'pino'
 
 import type { MetricFamily } from '../../src/metrics/exposition.js'
-import { build, HttpState, type HttpLimits, type MetricsSource } from '../../src/http/server.js'
+import { build, HttpState, type HttpLimits, type MetricsSource } from '../../src/http/app.js'
 
 const LOAD_CLIENT = new URL('./load-client.mjs', import.meta.url).pathname
 

@@ -17,6 +17,11 @@ function get(path, timeoutMs = 10_000) {
       res.setEncoding('utf8')
       res.on('data', (d) => (body += d))
       res.on('end', () => resolve({ status: res.statusCode, body, ms: performance.now() - t0 }))
+      // a response cut off by the server (its response deadline) ends in 'close' without 'end', and the
+      // request sees no error: report it instead of waiting for the hard stop
+      res.on('close', () => {
+        if (!res.complete) resolve({ error: `cut after ${body.length} bytes`, ms: performance.now() - t0 })
+      })
     })
     req.setTimeout(timeoutMs, () => req.destroy(new Error('client timeout')))
     req.on('error', (err) => resolve({ error: err.code ?? err.message, ms: performance.now() - t0 }))

@@ -13,7 +13,7 @@ import type { FastifyInstance } from 'fastify'
 import pino from 'pino'
 
 import type { MetricFamily } from '../../src/metrics/exposition.js'
-import { build, HttpState, type MetricsSource } from '../../src/http/server.js'
+import { build, HttpState, type MetricsSource } from '../../src/http/app.js'
 import { parseWebConfig, type WebConfig } from '../../src/config/webconfig.js'
 import { makePki, type Pki } from './certs.js'
 

@@ -1,3 +1,5 @@
+// The whole app (src/http/app.ts) through inject(): the routes, both exposition formats, errors and limits
+// on the request size.
 import { afterEach, beforeEach, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { Writable } from 'node:stream'
@@ -8,9 +10,9 @@ import pino from 'pino'
 import type { CapabilityStatus } from '../../src/host/capabilities.js'
 import type { MetricFamily } from '../../src/metrics/exposition.js'
 import type { ProgramStatus } from '../../src/kernel/binding.js'
-import { build } from '../../src/http/server.js'
+import { build } from '../../src/http/app.js'
 import type { HookStatus } from '../../src/kernel/tracer.js'
-import type { MetricsSource, ServerOptions } from '../../src/http/server.js'
+import type { MetricsSource, ServerOptions } from '../../src/http/app.js'
 import { NOT_ASKED_TO_PIN, type KernelState } from '../../src/kernel/pinned-state.js'
 import { parseExposition } from '../exposition-parser.js'
 
