@@ -3,7 +3,7 @@
 // metrics.
 import { EMPTY_WEB_CONFIG, type TlsSettings, type WebConfig } from '../config/webconfig.js'
 import type { MetricFamily } from '../metrics/exposition.js'
-import { ReloadCounter } from '../metrics/self-metrics.js'
+import { ReloadCounter, reloadFamilies } from '../metrics/self-metrics.js'
 import { AuthGuard } from './auth.js'
 import { DEFAULT_LIMITS, type HttpLimits } from './limits.js'
 import { RequestSlots } from './max-requests.js'
@@ -104,21 +104,7 @@ export class HttpState {
           { labels: [['collection', 'shared']], value: this.scrapes.shared },
         ],
       },
-      {
-        name: 'tcptracer_web_config_reloads_total',
-        help: 'Web config reloads (SIGHUP), by result.',
-        type: 'counter',
-        samples: [
-          { labels: [['result', 'success']], value: this.reloads.success },
-          { labels: [['result', 'failure']], value: this.reloads.failure },
-        ],
-      },
-      {
-        name: 'tcptracer_web_config_last_reload_successful',
-        help: 'Whether the last web config reload succeeded (1) or failed (0).',
-        type: 'gauge',
-        samples: [{ labels: [], value: this.reloads.lastSuccess ? 1 : 0 }],
-      },
+      ...reloadFamilies('tcptracer_web_config', 'Web config', this.reloads),
     ]
   }
 }

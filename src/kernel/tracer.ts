@@ -398,23 +398,21 @@ export class TcpTracer {
       }
       if (keys.length > 0) this.native.setGlobal(on, 1)
     }
+    // the filter maps' keys: a netns inode (u32) and a port (u16), little-endian as the kernel stores them
+    const le = (bytes: 2 | 4, v: number): Buffer => {
+      const b = Buffer.alloc(bytes)
+      b.writeUIntLE(v, 0, bytes)
+      return b
+    }
     sync(
       'netns_filter',
       'netns_filter_on',
-      netns.map((n) => {
-        const b = Buffer.alloc(4)
-        b.writeUInt32LE(n)
-        return b
-      }),
+      netns.map((n) => le(4, n)),
     )
     sync(
       'port_filter',
       'port_filter_on',
-      ports.map((p) => {
-        const b = Buffer.alloc(2)
-        b.writeUInt16LE(p)
-        return b
-      }),
+      ports.map((p) => le(2, p)),
     )
   }
 

@@ -28,6 +28,31 @@ export class ReloadCounter {
   }
 }
 
+/** A reloaded file's `<prefix>_reloads_total` and `<prefix>_last_reload_successful`. */
+export function reloadFamilies(
+  prefix: string,
+  what: string,
+  r: Pick<ReloadCounter, 'success' | 'failure' | 'lastSuccess'>,
+): MetricFamily[] {
+  return [
+    {
+      name: `${prefix}_reloads_total`,
+      help: `${what} reloads (SIGHUP), by result.`,
+      type: 'counter',
+      samples: [
+        { labels: [['result', 'success']], value: r.success },
+        { labels: [['result', 'failure']], value: r.failure },
+      ],
+    },
+    {
+      name: `${prefix}_last_reload_successful`,
+      help: `Whether the last ${what.toLowerCase()} reload succeeded (1) or failed (0).`,
+      type: 'gauge',
+      samples: [{ labels: [], value: r.lastSuccess ? 1 : 0 }],
+    },
+  ]
+}
+
 /** What the self-metrics are computed from, read at one scrape. */
 export interface SelfState {
   /** the kernel's counters, summed over CPUs */
@@ -193,21 +218,7 @@ export function selfFamilies(s: SelfState): MetricFamily[] {
         { labels: [['state', 'folded']], value: s.folded },
       ],
     },
-    {
-      name: 'tcptracer_config_reloads_total',
-      help: 'Config reloads (SIGHUP), by result.',
-      type: 'counter',
-      samples: [
-        { labels: [['result', 'success']], value: s.reloads.success },
-        { labels: [['result', 'failure']], value: s.reloads.failure },
-      ],
-    },
-    {
-      name: 'tcptracer_config_last_reload_successful',
-      help: 'Whether the last config reload succeeded (1) or failed (0).',
-      type: 'gauge',
-      samples: [{ labels: [], value: s.reloads.lastSuccess ? 1 : 0 }],
-    },
+    ...reloadFamilies('tcptracer_config', 'Config', s.reloads),
     {
       name: 'tcptracer_config_last_reload_success_timestamp_seconds',
       help: 'Time of the last successful config load, in seconds since the epoch.',
