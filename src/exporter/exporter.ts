@@ -2,7 +2,7 @@
 // and the metric families computed from both at scrape time. The steps of its start
 // are in startup.ts, the reload of the config files on SIGHUP in reload.ts.
 import { Aggregator } from '../metrics/aggregator.js'
-import { ConnectionExposition } from '../metrics/connection-families.js'
+import { ConnectionExposition } from '../metrics/connection-exposition.js'
 import type { MetricFamily } from '../metrics/exposition.js'
 import { capabilityFamily, ReloadCounter, selfFamilies } from '../metrics/self-metrics.js'
 import type { CapabilityStatus } from '../host/capabilities.js'

@@ -63,7 +63,7 @@ export interface MetricFamily {
 }
 
 /**
- * A family's sample lines, rendered ahead of time by the producer of the family (src/metrics/connection-families.ts
+ * A family's sample lines, rendered ahead of time by the producer of the family (src/metrics/connection-exposition.ts
  * keeps them between scrapes). They must be exactly what render() would print for the family's samples.
  */
 export interface SampleLines {
