@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process'
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { after, before, describe, test } from 'node:test'
+import { describe, test } from 'node:test'
 import { jsonLine } from '../../../src/cli/trace-format.js'
 import { isBpfError, loadBinding } from '../../../src/kernel/binding.js'
 import { packageRoot } from '../../../src/kernel/paths.js'
@@ -15,9 +15,9 @@ import {
   assertTraced,
   exchange as runExchange,
   expectedEvents,
+  fixture,
   gatedServer,
   identity,
-  Netns,
   privileged,
   runClient,
   sorted,
@@ -27,7 +27,7 @@ import {
   TIME_SCALE,
   type Exchange,
   type Json,
-  type Netns as NetnsT,
+  type Netns,
 } from '../harness.js'
 
 const N = 25
@@ -37,33 +37,23 @@ const CLI = 'tt-cli'
 const UNFILTERED = ['--ringbuf-bytes', String(16 << 20)]
 
 /** One server and one client in `ns`: N connections, `sent` bytes each, both sides close. */
-async function exchange(ns: NetnsT, bind: string, addr: string, sent: number): Promise<Exchange> {
+async function exchange(ns: Netns, bind: string, addr: string, sent: number): Promise<Exchange> {
   return await runExchange(ns, { n: N, send: sent, bind, addr, serverComm: SRV, clientComm: CLI })
 }
 
-function inNs(events: Json[], ...ns: NetnsT[]): Json[] {
+function inNs(events: Json[], ...ns: Netns[]): Json[] {
   return events.filter((e) => ns.some((n) => n.inode === e['netns']))
 }
 
 const { skip } = privileged()
 
 describe('trace on the real kernel', { skip }, () => {
-  let a: NetnsT
-  let b: NetnsT
-
-  before(() => {
-    a = new Netns(`tt-a-${process.pid}`)
-    b = new Netns(`tt-b-${process.pid}`)
-  })
-  after(() => {
-    a.delete()
-    b.delete()
-  })
+  const fx = fixture('tt-trace-', { a: `tt-a-${process.pid}`, b: `tt-b-${process.pid}` })
 
   test('IPv4, IPv6 and dual-stack loopback in two namespaces: the exact events', async () => {
     const trace = await startTrace(UNFILTERED)
     const xs: Exchange[] = []
-    for (const ns of [a, b]) {
+    for (const ns of [fx.a, fx.b]) {
       xs.push(await exchange(ns, '127.0.0.1', '127.0.0.1', 100))
       xs.push(await exchange(ns, '::1', '::1', 2000))
       xs.push(await exchange(ns, '::', '127.0.0.1', 7))
@@ -72,16 +62,16 @@ describe('trace on the real kernel', { skip }, () => {
     assert.equal(want.length, 2 * 3 * N * 4)
     // a timeout is not the failure: the comparison says which events are missing
     await trace
-      .until(() => inNs(trace.lines, a, b).length >= want.length, 10000, `${want.length} events`)
+      .until(() => inNs(trace.lines, fx.a, fx.b).length >= want.length, 10000, `${want.length} events`)
       .catch(() => {})
-    const got = sorted(inNs(await stopTrace(trace), a, b).map(identity))
+    const got = sorted(inNs(await stopTrace(trace), fx.a, fx.b).map(identity))
     assertTraced(got, want, trace.stderr)
   })
 
   test('a refused connect is a failed connect with a reason, never a connect', async () => {
-    const trace = await startTrace(['-N', String(a.inode)])
-    const v4 = await runClient(a, ['--comm', CLI, '--addr', '127.0.0.1', '--port', '1', '--count', '3'])
-    const v6 = await runClient(a, ['--comm', CLI, '--addr', '::1', '--port', '1', '--count', '2'])
+    const trace = await startTrace(['-N', String(fx.a.inode)])
+    const v4 = await runClient(fx.a, ['--comm', CLI, '--addr', '127.0.0.1', '--port', '1', '--count', '3'])
+    const v6 = await runClient(fx.a, ['--comm', CLI, '--addr', '::1', '--port', '1', '--count', '2'])
     const pid4 = v4.find((l) => l['event'] === 'done')!['pid']
     const pid6 = v6.find((l) => l['event'] === 'done')!['pid']
     assert.equal(v4.filter((l) => l['event'] === 'failed' && l['errno'] === 111).length, 3)
@@ -91,17 +81,17 @@ describe('trace on the real kernel', { skip }, () => {
     assert.deepEqual(
       mine.map((e) => [e['type'], e['reason'], e['comm'], e['ip'], e['dport'], e['netns']]),
       [
-        ...Array.from({ length: 3 }, () => ['connect_failed', 'refused', CLI, 4, 1, a.inode]),
-        ...Array.from({ length: 2 }, () => ['connect_failed', 'refused', CLI, 6, 1, a.inode]),
+        ...Array.from({ length: 3 }, () => ['connect_failed', 'refused', CLI, 4, 1, fx.a.inode]),
+        ...Array.from({ length: 2 }, () => ['connect_failed', 'refused', CLI, 6, 1, fx.a.inode]),
       ],
     )
     assert.equal(events.length, 5, 'nothing else happened in the namespace')
   })
 
   test('-N traces exactly one namespace', async () => {
-    const trace = await startTrace(['-N', String(b.inode)])
-    const xa = await exchange(a, '127.0.0.1', '127.0.0.1', 10)
-    const xb = await exchange(b, '::1', '::1', 10)
+    const trace = await startTrace(['-N', String(fx.b.inode)])
+    const xa = await exchange(fx.a, '127.0.0.1', '127.0.0.1', 10)
+    const xb = await exchange(fx.b, '::1', '::1', 10)
     const want = sorted(expectedEvents(xb))
     await trace.until(() => trace.lines.length >= want.length, 10000, `${want.length} events`).catch(() => {})
     // namespace a's traffic came first: had it leaked through, it would be here by now
@@ -113,11 +103,11 @@ describe('trace on the real kernel', { skip }, () => {
   test('-p traces exactly one process', async () => {
     // the server runs only once the trace is attached: an accept() already blocked when a kernel accept
     // hook (fexit, kprobe) attaches is never attributed (docs/tracer.md), and that is not what this tests
-    const gated = gatedServer(a, ['--comm', SRV, '--count', String(N)])
+    const gated = gatedServer(fx.a, ['--comm', SRV, '--count', String(N)])
     const trace = await startTrace(['-p', String(gated.pid)])
     const server = await gated.release()
     assert.equal(server.pid, gated.pid)
-    const clientLines = await runClient(a, [
+    const clientLines = await runClient(fx.a, [
       '--comm',
       CLI,
       '--addr',
@@ -131,7 +121,7 @@ describe('trace on the real kernel', { skip }, () => {
     ])
     assert.equal(await server.proc.exited, 0)
     const all = expectedEvents({
-      ns: a,
+      ns: fx.a,
       server,
       serverAddr: '127.0.0.1',
       serverComm: SRV,
@@ -147,15 +137,15 @@ describe('trace on the real kernel', { skip }, () => {
   })
 
   test('a listener created before the tracer started has its accepts attributed (listener mode)', async () => {
-    const v4 = await startServer(a, ['--comm', SRV, '--count', String(N)])
-    const v6 = await startServer(b, ['--comm', SRV, '--bind', '::1', '--count', String(N)])
+    const v4 = await startServer(fx.a, ['--comm', SRV, '--count', String(N)])
+    const v6 = await startServer(fx.b, ['--comm', SRV, '--bind', '::1', '--count', String(N)])
     // the listener seeding from /proc is what listener mode needs; in the kernel modes an accept()
     // already blocked at attach is a documented gap, tested per mode in kernel/accept-hooks
     const trace = await startTrace([...UNFILTERED, '--accept-mode', 'listener'])
     const xs: Exchange[] = []
     for (const [ns, server, addr] of [
-      [a, v4, '127.0.0.1'],
-      [b, v6, '::1'],
+      [fx.a, v4, '127.0.0.1'],
+      [fx.b, v6, '::1'],
     ] as const) {
       const clientLines = await runClient(ns, [
         '--comm',
@@ -172,9 +162,9 @@ describe('trace on the real kernel', { skip }, () => {
     }
     const want = sorted(xs.flatMap(expectedEvents))
     await trace
-      .until(() => inNs(trace.lines, a, b).length >= want.length, 10000, `${want.length} events`)
+      .until(() => inNs(trace.lines, fx.a, fx.b).length >= want.length, 10000, `${want.length} events`)
       .catch(() => {})
-    const got = inNs(await stopTrace(trace), a, b)
+    const got = inNs(await stopTrace(trace), fx.a, fx.b)
     assertTraced(sorted(got.map(identity)), want, trace.stderr)
     assert.equal(
       got.filter((e) => e['type'] === 'accept' && e['pid'] === 0).length,
@@ -185,9 +175,9 @@ describe('trace on the real kernel', { skip }, () => {
 
   test('a connection held open reports its lifetime', async () => {
     const holdMs = 600
-    const trace = await startTrace(['-N', String(a.inode)])
-    const server = await startServer(a, ['--comm', SRV, '--count', '1'])
-    await runClient(a, [
+    const trace = await startTrace(['-N', String(fx.a.inode)])
+    const server = await startServer(fx.a, ['--comm', SRV, '--count', '1'])
+    await runClient(fx.a, [
       '--comm',
       CLI,
       '--addr',
@@ -210,8 +200,8 @@ describe('trace on the real kernel', { skip }, () => {
   })
 
   test('--accept-mode syscall charges accepts to the accept() caller, exactly', async () => {
-    const trace = await startTrace(['--accept-mode', 'syscall', '-N', String(a.inode)])
-    const xs = [await exchange(a, '127.0.0.1', '127.0.0.1', 3), await exchange(a, '::1', '::1', 3)]
+    const trace = await startTrace(['--accept-mode', 'syscall', '-N', String(fx.a.inode)])
+    const xs = [await exchange(fx.a, '127.0.0.1', '127.0.0.1', 3), await exchange(fx.a, '::1', '::1', 3)]
     const want = sorted(xs.flatMap(expectedEvents))
     await trace.until(() => trace.lines.length >= want.length, 10000, `${want.length} events`).catch(() => {})
     const events = await stopTrace(trace)
@@ -220,19 +210,15 @@ describe('trace on the real kernel', { skip }, () => {
 })
 
 describe('trace under overload', { skip }, () => {
-  let a: NetnsT
-  before(() => {
-    a = new Netns(`tt-o-${process.pid}`)
-  })
-  after(() => a.delete())
+  const fx = fixture('tt-trace-overload-', { a: `tt-o-${process.pid}` })
 
   test('ring-buffer reservation failures are counted: printed + lost = produced, exactly', async () => {
     // a one-page ring buffer holds 36 records; a stopped reader lets it overflow
-    const trace = await startTrace(['--ringbuf-bytes', '4096', '-N', String(a.inode)])
+    const trace = await startTrace(['--ringbuf-bytes', '4096', '-N', String(fx.a.inode)])
     trace.child.kill('SIGSTOP')
     let x: Exchange
     try {
-      x = await exchange(a, '127.0.0.1', '127.0.0.1', 1)
+      x = await exchange(fx.a, '127.0.0.1', '127.0.0.1', 1)
     } finally {
       trace.child.kill('SIGCONT')
     }
@@ -249,7 +235,7 @@ describe('trace under overload', { skip }, () => {
   test('a JavaScript consumer that falls behind loses nothing while the ring buffer has room', async (t) => {
     // the queue to JavaScript holds one batch of one record, and every batch keeps the JavaScript thread
     // busy for 5 ms: the drain thread must wait for room, leaving the records in the ring buffer
-    const tracer = TcpTracer.open({ filterNetns: a.inode, acceptMode: 'listener' })
+    const tracer = TcpTracer.open({ filterNetns: fx.a.inode, acceptMode: 'listener' })
     t.after(() => tracer.close())
     tracer.attach()
     const got: string[] = []
@@ -265,7 +251,7 @@ describe('trace under overload', { skip }, () => {
       (e) => errors.push(e),
       { maxQueue: 1, maxBatch: 1 },
     )
-    const want = expectedEvents(await exchange(a, '127.0.0.1', '127.0.0.1', 1))
+    const want = expectedEvents(await exchange(fx.a, '127.0.0.1', '127.0.0.1', 1))
     const deadline = Date.now() + 30_000 * TIME_SCALE
     while (got.length < want.length && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 50))
