@@ -25,7 +25,7 @@ import { onSignals } from './signals.js'
 
 export const DEFAULT_LISTEN_ADDRESS = ':19427'
 
-export const RUN_HELP = `Usage: tcptracer-exporter [run] [flags]
+const RUN_HELP = `Usage: tcptracer-exporter [run] [flags]
 
 Serve Prometheus metrics for every TCP connect, accept and close on this host.
 
@@ -59,7 +59,7 @@ Examples:
   tcptracer-exporter check-config --config.file=/etc/tcptracer-exporter.yml --web.config.file=/etc/web.yml
 `
 
-export interface RunArgs {
+interface RunArgs {
   listenAddress: string
   host: string
   port: number

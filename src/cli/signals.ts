@@ -1,6 +1,6 @@
 // The daemon's signals, installed in one place: SIGHUP reloads, SIGTERM and SIGINT stop.
 
-export interface SignalHandlers {
+interface SignalHandlers {
   reload(): void
   stop(signal: 'SIGTERM' | 'SIGINT'): void
 }

@@ -12,7 +12,7 @@ function isAcceptMode(s: string | undefined): s is AcceptMode {
   return (ACCEPT_MODES as readonly string[]).includes(s ?? '')
 }
 
-export const TRACE_HELP = `Usage: tcptracer-exporter trace [options]
+const TRACE_HELP = `Usage: tcptracer-exporter trace [options]
 
 Trace TCP connections: connect (C), accept (A), close (X) and failed connects (F),
 with the owning process and network namespace.

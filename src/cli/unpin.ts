@@ -2,7 +2,7 @@
 import { parseFlags, UsageError } from './args.js'
 import { DEFAULT_PIN_PATH, unpinAll, type Unpinned } from '../kernel/pinned-state.js'
 
-export const UNPIN_HELP = `Usage: tcptracer-exporter unpin [--bpf.pin-path=DIR]
+const UNPIN_HELP = `Usage: tcptracer-exporter unpin [--bpf.pin-path=DIR]
 
 Remove the kernel state the exporter pinned in bpffs (default "${DEFAULT_PIN_PATH}"): its
 programs detach and its counters are freed once no running exporter holds them. Run it after

@@ -251,8 +251,6 @@ export const configSchema = section(
 
 /** The parsed config. `limits.idle_expiry` is in milliseconds; `filters.comm.*` are compiled RegExps. */
 export type Config = z.output<typeof configSchema>
-/** The config as written in YAML (every key optional). */
-export type ConfigInput = z.input<typeof configSchema>
 
 function deepFreeze<T>(v: T): T {
   if (typeof v === 'object' && v !== null && !(v instanceof RegExp)) {

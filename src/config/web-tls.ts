@@ -61,7 +61,7 @@ export const CURVES: Record<string, string> = {
 }
 
 /** tls_server_config as the schema in webconfig.ts gives it. */
-export interface TlsServerConfig {
+interface TlsServerConfig {
   cert?: string | undefined
   key?: string | undefined
   client_ca?: string | undefined

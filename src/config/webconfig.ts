@@ -138,7 +138,7 @@ const bcryptHash = z
     }
   })
 
-export const webConfigSchema = strict({
+const webConfigSchema = strict({
   tls_server_config: strict({
     cert: nonEmpty('a PEM certificate (a string)').optional(),
     key: nonEmpty('a PEM private key (a string)').optional(),

@@ -92,7 +92,7 @@ function yamlTypeName(v: unknown): string | undefined {
 }
 
 /** zod error-map callback shape: issues carry the offending input. */
-export type ErrorFn = (iss: { input?: unknown }) => string
+type ErrorFn = (iss: { input?: unknown }) => string
 
 /** An error map that always says `${expected}, got <value>`. */
 export const expected =

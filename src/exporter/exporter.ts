@@ -42,17 +42,17 @@ export function restartOnlyChanges(old: Config, next: Config): string[] {
 }
 
 /** The tracer's hooks, with the accept candidates `auto` rejected before its choice. */
-export function hookStatus(tracer: Pick<ExporterTracer, 'hooks' | 'hookProbes'>): HookStatus[] {
+function hookStatus(tracer: Pick<ExporterTracer, 'hooks' | 'hookProbes'>): HookStatus[] {
   const rejected = tracer.hookProbes.filter((p) => !p.ok).map((p) => ({ mode: p.mode, error: p.error ?? '' }))
   return tracer.hooks().map((h) => (h.hook === 'accept' && rejected.length > 0 ? { ...h, rejected } : h))
 }
 
-export interface ReloadResult {
+interface ReloadResult {
   /** changed settings that need a restart; the old values stay in force */
   needRestart: string[]
 }
 
-export interface ExporterOptions extends StartOptions {
+interface ExporterOptions extends StartOptions {
   /** the addon and how to open the tracer with it (default: the built addon, TcpTracer.open) */
   kernel?: Kernel
 }

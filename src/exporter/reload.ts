@@ -13,13 +13,13 @@ export interface ReloadLog {
 }
 
 /** What a reload put in force: the changes, and a warning for each change left for a restart. */
-export interface Applied {
+interface Applied {
   changes: string[]
   warnings: Array<[object, string]>
 }
 
 /** One file that SIGHUP reloads. */
-export interface Reloadable {
+interface Reloadable {
   /** "config" or "web config", as the log lines name it */
   what: string
   /** bindings of the log lines about it */

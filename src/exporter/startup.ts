@@ -64,7 +64,7 @@ export function realKernel(): Kernel {
   return { binding, openTracer: (opts) => TcpTracer.open(opts, binding) }
 }
 
-export interface StartLog {
+interface StartLog {
   info(o: object, msg: string): void
   warn(o: object, msg: string): void
   debug(o: object, msg: string): void
@@ -90,7 +90,7 @@ export function fixMmapThreshold(kernel: Kernel, log: StartLog): void {
 }
 
 /** The tracer's load-time options for aggregation, from the config. */
-export function tracerOptions(opts: StartOptions): TracerOptions {
+function tracerOptions(opts: StartOptions): TracerOptions {
   const { config, log } = opts
   return {
     aggregate: true,
@@ -110,10 +110,7 @@ export function tracerOptions(opts: StartOptions): TracerOptions {
 }
 
 /** Where the kernel state will be pinned, if it can be; the state is unpinned otherwise. */
-export function planPins(
-  kernel: Kernel,
-  opts: StartOptions,
-): { plan: PinPlan | undefined; state: KernelState } {
+function planPins(kernel: Kernel, opts: StartOptions): { plan: PinPlan | undefined; state: KernelState } {
   const unpinned: KernelState = { origin: 'unpinned', path: '', reason: NOT_ASKED_TO_PIN }
   if (!opts.pinPath) return { plan: undefined, state: unpinned }
   const { config, log } = opts
@@ -161,7 +158,7 @@ export function takeOver(
 }
 
 /** What opening gives: the tracer (loaded, not attached), its pin plan and the sockets to seed. */
-export interface Opened {
+interface Opened {
   tracer: ExporterTracer
   plan: PinPlan | undefined
   state: KernelState
@@ -189,11 +186,11 @@ export async function openTracer(kernel: Kernel, opts: StartOptions): Promise<Op
   return { tracer, plan, state, before }
 }
 
-export function discoverOptions(opts: StartOptions): { procRoot?: string } {
+function discoverOptions(opts: StartOptions): { procRoot?: string } {
   return opts.procRoot ? { procRoot: opts.procRoot } : {}
 }
 
-export function seedOf(c: ConnectionOwner): SeedConnection {
+function seedOf(c: ConnectionOwner): SeedConnection {
   return {
     netns: c.netns,
     family: c.family,

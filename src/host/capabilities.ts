@@ -95,7 +95,7 @@ export function formatKeep(spec: KeepSpec): string {
 }
 
 /** Why each capability is kept, for the log. */
-export interface KeepPlan {
+interface KeepPlan {
   /** the capabilities to keep (only those held are kept) */
   mask: bigint
   reasons: Record<string, string>
@@ -196,7 +196,7 @@ export interface CapabilityBinding {
   bpfNeedsCapability(): boolean
 }
 
-export interface DropResult {
+interface DropResult {
   status: CapabilityStatus
   /** why each kept capability is kept */
   reasons: Record<string, string>

@@ -60,7 +60,7 @@ export interface CgroupFs {
   stat(file: string, options: { bigint: true }): Promise<BigIntStats>
 }
 
-export interface CgroupResolverOptions {
+interface CgroupResolverOptions {
   /** mount point of the cgroup v2 hierarchy, default '/sys/fs/cgroup' */
   cgroupRoot?: string
   /** upper bound on the number of cgroups kept, default 65536 */

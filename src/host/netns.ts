@@ -9,7 +9,7 @@ import path from 'node:path'
 import { nameFromCgroupPath } from './cgroups.js'
 import { mapChunked, optional, parseNsLink } from './procfs.js'
 
-export interface NetnsNameOptions {
+interface NetnsNameOptions {
   /** directory of `ip netns` bind mounts, default '/run/netns' */
   runNetns?: string
   /** default '/proc' */

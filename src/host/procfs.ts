@@ -18,7 +18,7 @@ export interface DiscoverOptions {
   cgroupRoot?: string
 }
 
-export interface ProcNetTcpRow {
+interface ProcNetTcpRow {
   localPort: number
   state: number
   inode: number

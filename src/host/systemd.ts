@@ -4,7 +4,7 @@
 // reported, never thrown: it must not take the daemon down.
 import { loadBinding } from '../kernel/binding.js'
 
-export interface Notifier {
+interface Notifier {
   /** READY=1, with an optional STATUS=; also sent again when a reload has finished. */
   ready(status?: string): void
   status(text: string): void
@@ -15,7 +15,7 @@ export interface Notifier {
   readonly enabled: boolean
 }
 
-export interface NotifierOptions {
+interface NotifierOptions {
   /** Called with the error and the state that could not be sent; exceptions it throws are ignored. */
   onError?: (err: unknown, state: string) => void
 }

@@ -44,7 +44,7 @@ export class AuthGuard {
   }
 }
 
-export interface AuthOptions {
+interface AuthOptions {
   guard: AuthGuard
   rejected: Rejections
 }

@@ -3,7 +3,7 @@
 import type { FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 
-export interface HeadersOptions {
+interface HeadersOptions {
   /** the headers in force; read at each request, since a reload may change them */
   headers: () => Readonly<Record<string, string>>
 }

@@ -15,7 +15,7 @@ export class RequestSlots {
   ) {}
 }
 
-export interface MaxRequestsOptions {
+interface MaxRequestsOptions {
   slots: RequestSlots
   rejected: Rejections
   /** the route limited (the telemetry path) */

@@ -41,7 +41,7 @@ function processRegistries(): Record<Format, Registry<RegistryContentType>> {
   return { prometheus, openmetrics }
 }
 
-export interface MetricsRouteOptions {
+interface MetricsRouteOptions {
   path: string
   /** the HTTP side's own families, read at each scrape */
   selfFamilies: () => MetricFamily[]

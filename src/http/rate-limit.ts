@@ -43,7 +43,7 @@ export class TokenBucket {
   }
 }
 
-export interface RateLimitOptions {
+interface RateLimitOptions {
   bucket: TokenBucket
   rejected: Rejections
 }

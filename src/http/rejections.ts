@@ -5,7 +5,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 export const TEXT = 'text/plain; charset=utf-8'
 
 export const REJECT_REASONS = ['unauthorized', 'auth_overload', 'rate_limit', 'max_requests'] as const
-export type RejectReason = (typeof REJECT_REASONS)[number]
+type RejectReason = (typeof REJECT_REASONS)[number]
 
 /** Refusals by reason; each guard counts its own. */
 export type Rejections = Record<RejectReason, number>

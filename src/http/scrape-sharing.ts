@@ -78,7 +78,7 @@ export class ScrapeSharing {
   }
 }
 
-export interface ScrapeSharingOptions {
+interface ScrapeSharingOptions {
   sharing: ScrapeSharing
   source: MetricsSource
 }

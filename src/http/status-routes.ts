@@ -4,7 +4,7 @@ import { onExit } from '../kernel/pinned-state.js'
 import type { MetricsSource } from './source.js'
 import { TEXT } from './rejections.js'
 
-export interface StatusRoutesOptions {
+interface StatusRoutesOptions {
   source: MetricsSource
   telemetryPath: string
   version: string

@@ -114,7 +114,7 @@ export class Transport {
   }
 }
 
-export interface ShutdownOptions {
+interface ShutdownOptions {
   transport: Transport
 }
 

@@ -60,7 +60,7 @@ interface Slot {
   dead: boolean
 }
 
-export interface PasswordCheckerOptions {
+interface PasswordCheckerOptions {
   /** worker threads, i.e. checks running at once (default 1) */
   workers?: number
   /** checks waiting for a worker before new ones are refused (default 32) */

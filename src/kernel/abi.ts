@@ -7,7 +7,7 @@
 import type { Binding, NativeConstants } from './binding.js'
 
 /** What the codecs read of the addon: the records' layouts and the enums. */
-export type Abi = Pick<Binding, 'layout' | 'constants'>
+type Abi = Pick<Binding, 'layout' | 'constants'>
 
 /** Address families, as the kernel numbers them (struct tuple_key's family, /proc/net/tcp vs tcp6). */
 export const AF_INET = 2
@@ -46,7 +46,7 @@ const FAIL_REASON_MEMBERS = {
   unreachable: 'FAIL_REASON_UNREACHABLE',
   other: 'FAIL_REASON_OTHER',
 } as const satisfies Members
-export type FailReason = keyof typeof FAIL_REASON_MEMBERS
+type FailReason = keyof typeof FAIL_REASON_MEMBERS
 /** The failure reasons by their slot in struct agg_value's failed[]; checked against the enum's values. */
 export const FAIL_REASONS = Object.keys(FAIL_REASON_MEMBERS) as readonly FailReason[]
 

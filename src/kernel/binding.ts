@@ -97,7 +97,7 @@ export interface ProgramStatus {
   hint?: string
 }
 
-export interface MapInfo {
+interface MapInfo {
   type: number
   keySize: number
   valueSize: number
@@ -115,9 +115,9 @@ export interface DrainStats {
 }
 
 export type LibbpfLog = (level: 'warn' | 'info' | 'debug', message: string) => void
-export type BatchCallback = (err: BpfError | null, batch: Buffer | null, count: number) => void
+type BatchCallback = (err: BpfError | null, batch: Buffer | null, count: number) => void
 
-export interface NativeTracerOptions {
+interface NativeTracerOptions {
   /** scalars, or a Buffer of exactly the variable's size (arrays) */
   rodata?: Record<string, number | bigint | Buffer>
   maxEntries?: Record<string, number>
@@ -161,7 +161,7 @@ export declare class NativeTracer {
 }
 
 /** What dropCapabilities did: masks of capability bits (bit n = capability n). */
-export interface CapabilityDrop {
+interface CapabilityDrop {
   /** the calling thread's permitted set before */
   before: bigint
   /** every thread's effective and permitted set now */

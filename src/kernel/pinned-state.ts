@@ -55,7 +55,7 @@ export function hasPinnedState(dir: string): boolean {
 const BPFFS_MAGIC = 0xcafe4a11
 
 /** What the maps' layout and meaning depend on: two daemons share state only when these agree. */
-export interface StateShape {
+interface StateShape {
   maxConnections: number
   maxKernelLabelSets: number
   bucketsSeconds: readonly number[]

@@ -36,7 +36,7 @@ export const ACCEPT_PROGRAMS: Readonly<Record<AcceptHook, readonly string[]>> = 
   listener: [],
 }
 /** What `auto` tries, best first: exact attribution at no system-wide cost, then the fallback. */
-export const AUTO_ACCEPT_ORDER: readonly AcceptHook[] = ['fexit', 'kprobe', 'listener']
+const AUTO_ACCEPT_ORDER: readonly AcceptHook[] = ['fexit', 'kprobe', 'listener']
 
 const FEXIT_HINT =
   'this kernel does not load fexit programs (they need BTF, CONFIG_FUNCTION_TRACER and ' +
@@ -50,7 +50,7 @@ export interface HookProbe {
 }
 
 /** Where each part of the tracer is attached: the backbone and the accept attribution. */
-export interface HookMode {
+interface HookMode {
   hook: 'state' | 'accept'
   mode: string
 }
@@ -116,7 +116,7 @@ export const BACKBONE_PROGRAM = 'handle_set_state'
 /** The backbone's stand-in for the runs the kernel skips while it is interrupted mid-run. */
 export const NESTED_BACKBONE_PROGRAM = 'handle_set_state_nested'
 /** Run on demand, never attached: counts the closes the programs never saw (sweepUnseenCloses). */
-export const SWEEP_PROGRAM = 'sweep_conns'
+const SWEEP_PROGRAM = 'sweep_conns'
 /** walks of one sweep at most: another only after a walk that removed entries */
 const SWEEP_WALKS = 4
 

@@ -40,7 +40,7 @@ export interface Sample {
   value: number
 }
 
-export interface HistogramSample {
+interface HistogramSample {
   labels: ReadonlyArray<readonly [string, string]>
   /** upper bounds, increasing, finite; the +Inf bucket is implied */
   bounds: readonly number[]
@@ -83,7 +83,7 @@ export const CONTENT_TYPES: Record<Format, string> = {
   openmetrics: 'application/openmetrics-text; version=1.0.0; charset=utf-8',
 }
 
-export interface RenderOptions {
+interface RenderOptions {
   /** end an OpenMetrics exposition with `# EOF` (default true); ignored for the text format */
   eof?: boolean
   /** print the # HELP and # TYPE lines (default true); false continues a family begun by an earlier call */

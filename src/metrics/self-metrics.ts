@@ -54,7 +54,7 @@ export function reloadFamilies(
 }
 
 /** What the self-metrics are computed from, read at one scrape. */
-export interface SelfState {
+interface SelfState {
   /** the kernel's counters, summed over CPUs */
   stats: KernelStats
   /** label sets with their own series now, and folded into the overflow series */
