@@ -12,7 +12,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync, statfsSync } from 'node:fs'
 import path from 'node:path'
-import type { Binding } from './binding.js'
+import type { Binding, RecordLayout } from './binding.js'
 
 /**
  * Where the systemd unit pins the kernel state (`--bpf.pin-path`), and where `unpin` looks by default.
@@ -61,12 +61,84 @@ interface StateShape {
   bucketsSeconds: readonly number[]
 }
 
+/**
+ * The records a state is made of, in the form the state id has digested since pinned states were first
+ * written (the addon's layout object of then: struct event's offsets at the top, the other structs
+ * after), so that a build whose records are unchanged takes over the state of an earlier one however
+ * the addon happens to present them.
+ */
+function statedLayout(L: RecordLayout): unknown {
+  const e = L.event
+  const k = L.aggKey
+  const v = L.aggValue
+  const t = L.tupleKey
+  const s = L.seedValue
+  return {
+    size: e.size,
+    saddr: e.saddr,
+    daddr: e.daddr,
+    ts_ns: e.ts_ns,
+    duration_ns: e.duration_ns,
+    bytes_sent: e.bytes_sent,
+    bytes_received: e.bytes_received,
+    cgroup_id: e.cgroup_id,
+    pid: e.pid,
+    netns: e.netns,
+    sport: e.sport,
+    dport: e.dport,
+    type: e.type,
+    ip: e.ip,
+    reason: e.reason,
+    direction: e.direction,
+    comm: e.comm,
+    commLen: L.commLen,
+    listenerKeySize: L.listenerKey.size,
+    ownerSize: L.owner.size,
+    listenerValueSize: L.listenerValue.size,
+    aggKey: {
+      size: k.size,
+      cgroup_id: k.cgroup_id,
+      netns: k.netns,
+      pid: k.pid,
+      port: k.port,
+      ip: k.ip,
+      direction: k.direction,
+      flags: k.flags,
+      comm: k.comm,
+    },
+    aggValue: {
+      size: v.size,
+      opened: v.opened,
+      closed: v.closed,
+      failed: v.failed,
+      sent_bytes: v.sent_bytes,
+      received_bytes: v.received_bytes,
+      duration_sum_ns: v.duration_sum_ns,
+      seeded_closed: v.seeded_closed,
+      last_ns: v.last_ns,
+      buckets: v.buckets,
+      maxBuckets: v.maxBuckets,
+      failReasons: v.failReasons,
+    },
+    tupleKey: {
+      size: t.size,
+      saddr: t.saddr,
+      daddr: t.daddr,
+      netns: t.netns,
+      sport: t.sport,
+      dport: t.dport,
+      family: t.family,
+    },
+    seedValue: { size: s.size, owner: s.owner, port: s.port, direction: s.direction },
+  }
+}
+
 /** `v1-3f2a...`: the state version and a digest of the layout and the sizing settings. */
 export function stateId(binding: Pick<Binding, 'layout' | 'constants'>, shape: StateShape): string {
   const digest = createHash('sha256')
     .update(
       JSON.stringify({
-        layout: binding.layout,
+        layout: statedLayout(binding.layout),
         stats: binding.constants.STAT_MAX,
         maxConnections: shape.maxConnections,
         maxKernelLabelSets: shape.maxKernelLabelSets,

@@ -266,6 +266,11 @@ export class TcpTracer {
       } catch (e) {
         native?.close()
         const err = e as BpfError
+        // an object built from another header fails every hook alike: no other candidate is tried
+        if (err.op === 'check map sizes') {
+          release(true)
+          throw err
+        }
         if (hook === 'fexit' && err.op === 'load') {
           // the one program that differs from the other candidates is the fexit one
           err.message = `${err.message.replace(/; .*$/s, '')}; ${FEXIT_HINT}`

@@ -5,10 +5,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { describe, test } from 'node:test'
+import { loadBinding } from '../../src/kernel/binding.js'
 import { linksDir, newGeneration, planPinnedState, stateId, unpinAll } from '../../src/kernel/pinned-state.js'
 
+const real = loadBinding()
 const binding = {
-  layout: { aggKey: { size: 48 }, aggValue: { size: 360 } },
+  layout: real.layout,
   constants: { STATE_VERSION: 1, STAT_MAX: 5 },
 } as unknown as Parameters<typeof stateId>[0]
 const shape = { maxConnections: 65536, maxKernelLabelSets: 65536, bucketsSeconds: [0.1, 1, 10] }
@@ -27,7 +29,10 @@ describe('stateId', () => {
       stateId(binding, { ...shape, maxKernelLabelSets: 1024 }),
       stateId(binding, { ...shape, bucketsSeconds: [0.1, 1, 100] }),
       stateId(
-        { ...binding, layout: { ...binding.layout, aggValue: { size: 368 } } } as typeof binding,
+        {
+          ...binding,
+          layout: { ...binding.layout, aggValue: { ...binding.layout.aggValue, size: 368 } },
+        } as typeof binding,
         shape,
       ),
       stateId({ ...binding, constants: { ...binding.constants, STAT_MAX: 6 } } as typeof binding, shape),
@@ -38,6 +43,18 @@ describe('stateId', () => {
       shape,
     )
     assert.match(v2, /^v2-/)
+  })
+
+  test("this build's records have the id of the first pinned states: an upgrade takes over their state", () => {
+    // The id digests the records in one fixed form, whatever shape the addon's layout object has. A
+    // change of this id means a daemon cannot take over the state an earlier build pinned: make it
+    // only with a change of the records themselves (and STATE_VERSION where their meaning changes).
+    const defaults = {
+      maxConnections: 65536,
+      maxKernelLabelSets: 16384,
+      bucketsSeconds: [0.001, 0.01, 1, 10],
+    }
+    assert.equal(stateId(real, defaults), 'v2-6b7aa2b0a4f60687')
   })
 })
 
