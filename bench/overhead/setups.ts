@@ -13,7 +13,7 @@ import type { Attachments } from '../lib/bpftool.js'
 import { onExit, waitForQuiet } from '../lib/common.js'
 import { CLI, httpGet, startExporter } from '../lib/exporter.js'
 import { fmtExit, Proc, type StdoutMode } from '../lib/proc.js'
-import { runTcpload } from '../lib/workload.js'
+import { runTcpload, type TcploadRun } from '../lib/workload.js'
 
 export const SETUPS = ['none', 'metrics', 'metrics+trace', 'bpftrace'] as const
 export type Setup = (typeof SETUPS)[number]
@@ -46,18 +46,10 @@ export { CLI }
 
 // ---- the workloads ----------------------------------------------------------------------------------------------
 
-export interface GenRun {
+/** One generator run: tcpload's counts and CPU (TcploadRun, without its raw done line), and what ran. */
+export interface GenRun extends Omit<TcploadRun, 'done'> {
   family: Family
   connections: number
-  accepted: number
-  connected: number
-  failed: number
-  /** generator CPU, user + system, µs */
-  cpuUs: number
-  wallUs: number
-  /** busy CPU of the whole machine during the run (every process, irq and softirq), µs */
-  systemBusyUs: number
-  stealUs: number
 }
 
 function generatorArgs(family: Family, count: number, threads: number): string[] {
