@@ -7,6 +7,7 @@
         "src/bpf_error.cpp",
         "src/caps.cpp",
         "src/sd_notify.cpp",
+        "src/objects/event_format.cpp",
         "src/objects/tracer.cpp"
       ],
       "include_dirs": [

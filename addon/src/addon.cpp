@@ -12,6 +12,7 @@
 #include <cstdarg>
 #include <cstddef>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -298,6 +299,38 @@ Napi::Value MmapThreshold(const Napi::CallbackInfo &info)
 #endif
 }
 
+// formatEvents(records, { json, timestamp, verbose, netnsFiltered }) -> Buffer: the lines `trace`
+// prints for back-to-back struct event records, as the drain thread formats them in output mode.
+// For the tests, which hold it against src/cli/trace-format.ts.
+Napi::Value FormatEvents(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	if (!info[0].IsBuffer())
+		throw Napi::TypeError::New(
+		    env, "formatEvents(records, options): records must be a Buffer");
+	auto records = info[0].As<Napi::Buffer<uint8_t>>();
+	if (records.Length() % sizeof(struct event))
+		throw Napi::RangeError::New(
+		    env, "formatEvents: " + std::to_string(records.Length()) +
+			     " bytes are not a whole number of " +
+			     std::to_string(sizeof(struct event)) + "-byte records");
+	Napi::Object o = info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(env);
+	auto flag = [&](const char *k) { return o.Has(k) && o.Get(k).ToBoolean().Value(); };
+	FormatOptions fo;
+	fo.json = flag("json");
+	fo.timestamp = flag("timestamp");
+	fo.verbose = flag("verbose");
+	fo.netns_filtered = flag("netnsFiltered");
+	EventFormatter f(fo);
+	std::string out;
+	for (size_t off = 0; off < records.Length(); off += sizeof(struct event)) {
+		struct event e;
+		memcpy(&e, records.Data() + off, sizeof(e));
+		f.Append(out, e);
+	}
+	return Napi::Buffer<char>::Copy(env, out.data(), out.size());
+}
+
 } // namespace tcptracer
 
 Napi::Object InitModule(Napi::Env env, Napi::Object exports)
@@ -317,6 +350,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports)
 	exports.Set("bpfNeedsCapability",
 		    Napi::Function::New(env, BpfNeedsCapability, "bpfNeedsCapability"));
 	exports.Set("mmapThreshold", Napi::Function::New(env, MmapThreshold, "mmapThreshold"));
+	exports.Set("formatEvents", Napi::Function::New(env, FormatEvents, "formatEvents"));
 	return exports;
 }
 

@@ -61,7 +61,13 @@ const char *ErrnoName(int err)
 		return "ETIMEDOUT";
 	case ENOTRECOVERABLE:
 		return "ENOTRECOVERABLE";
+	case EPIPE:
+		return "EPIPE";
 	default:
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 32)
+		if (const char *name = strerrorname_np(err))
+			return name;
+#endif
 		return "";
 	}
 }

@@ -1,12 +1,11 @@
-// Output of the `trace` command: the columns BCC's tcptracer prints, or JSON lines.
+// Output of the `trace` command: the columns BCC's tcptracer prints, or JSON lines. The drain thread
+// prints the events themselves natively (addon/src/objects/event_format.cpp), byte for byte as these
+// functions do: they are its reference, held to it by test/unit/trace-native-format.test.ts.
 import type { EventType, TcpEvent } from '../kernel/abi.js'
+import type { TraceFormat } from '../kernel/binding.js'
 
-export interface TextOptions {
-  timestamp: boolean
-  verbose: boolean
-  /** a netns filter is set: the NETNS column is left out, as in tcptracer */
-  netnsFiltered: boolean
-}
+/** The text form's options; the drain thread formats the same way (TraceFormat, addon/src/objects/event_format.cpp). */
+export type TextOptions = Omit<TraceFormat, 'json'>
 
 const LETTER: Record<EventType, string> = { connect: 'C', accept: 'A', close: 'X', connect_failed: 'F' }
 const WORD: Record<EventType, string> = {

@@ -1,7 +1,6 @@
 // `tcptracer-exporter trace`: live events, printed the way BCC's tcptracer prints them.
 import { formatUsage, parseFlags, parseIntArg, UsageError } from './args.js'
-import type { TcpEvent } from '../kernel/abi.js'
-import { jsonLine, textHeader, textLine, type TextOptions } from './trace-format.js'
+import { textHeader, type TextOptions } from './trace-format.js'
 import { loadBinding } from '../kernel/binding.js'
 import { discoverListeners } from '../host/procfs.js'
 import { ACCEPT_MODES, type AcceptMode } from '../kernel/abi.js'
@@ -146,22 +145,15 @@ export async function runTrace(argv: string[]): Promise<number> {
     throw e
   }
 
-  const out = process.stdout
   const textOpts: TextOptions = {
     timestamp: args.timestamp,
     verbose: args.verbose,
     netnsFiltered: args.netns !== 0,
   }
-  let startNs: bigint | undefined
-  const render = (e: TcpEvent): string => {
-    if (args.json) return jsonLine(e)
-    // records from different CPUs can arrive slightly out of order: the zero is the earliest seen
-    if (startNs === undefined || e.tsNs < startNs) startNs = e.tsNs
-    return textLine(e, textOpts, startNs)
-  }
 
   return await new Promise<number>((resolve) => {
     let done = false
+    let readerGone = false
     const finish = (exitCode: number): void => {
       if (done) return
       done = true
@@ -178,12 +170,17 @@ export async function runTrace(argv: string[]): Promise<number> {
       } finally {
         tracer.close()
       }
+      process.off('SIGINT', onSignal)
+      process.off('SIGTERM', onSignal)
       if (!k || !d) {
         resolve(code)
         return
       }
       const lost = k.eventsLost + d.dropped
-      if (lost > 0n) err(`${lost} events lost: the consumer fell behind (try a larger --ringbuf-bytes)`)
+      // with the reader gone (trace | head), what was not printed was not wanted
+      if (lost > 0n && !readerGone) {
+        err(`${lost} events lost: the consumer fell behind (try a larger --ringbuf-bytes)`)
+      }
       if (k.mapUpdateFailed > 0n) {
         err(
           `${k.mapUpdateFailed} kernel map updates failed: those connections' events may be missing or their accepts unattributed (docs/kernels.md, What differs)`,
@@ -201,38 +198,17 @@ export async function runTrace(argv: string[]): Promise<number> {
             `${k.connectUnattributed} unattributed connects, ${k.closeUnseen} closes and ${k.connectUnseen} connects never seen`,
         )
       }
-      process.off('SIGINT', onSignal)
-      process.off('SIGTERM', onSignal)
-      // let queued stdout writes finish before resolving
-      out.write('', () => resolve(code))
+      resolve(code)
     }
     const onSignal = (): void => finish(0)
     process.on('SIGINT', onSignal)
     process.on('SIGTERM', onSignal)
-    out.on('error', (e: NodeJS.ErrnoException) => finish(e.code === 'EPIPE' ? 0 : 1))
     // a closed stderr (2>&1 | head) must not crash the tracer either
     process.stderr.on('error', () => {})
 
-    tracer.startEvents(
-      (events) => {
-        if (done) return
-        let chunk = ''
-        for (const e of events) chunk += render(e) + '\n'
-        try {
-          out.write(chunk)
-        } catch (e) {
-          // a file on a full disk throws synchronously
-          err(`error: writing events failed: ${(e as Error).message}`)
-          finish(1)
-        }
-      },
-      (e) => {
-        err(`error: ${e.message}`)
-        finish(1)
-      },
-    )
-    // attached, seeded and draining: from here on only the open maps and the ring buffer are used, which
-    // need no capability (but CAP_BPF on kernels before 5.19 with unprivileged BPF disabled)
+    // Attached and seeded: from here on only the open maps and the ring buffer are used, which need no
+    // capability (but CAP_BPF on kernels before 5.19 with unprivileged BPF disabled). The drain thread
+    // starts after the drop, with none.
     try {
       const { status } = dropCapabilities(binding, { kind: 'list', mask: 0n }, heldCapabilities())
       if (args.verbose) {
@@ -245,11 +221,28 @@ export async function runTrace(argv: string[]): Promise<number> {
       finish(1)
       return
     }
+    // The drain thread formats every event natively and writes it to stdout itself: no JavaScript per
+    // event, so the output keeps up at full rate. The banner says the trace is ready: for the columns
+    // the thread writes it, with the header, once events are enabled.
     const banner = 'Tracing TCP established connections. Ctrl-C to end.'
-    if (args.json) {
-      err(banner)
-    } else {
-      out.write(`${banner}\n${textHeader(textOpts)}\n`)
-    }
+    tracer.printEvents(
+      {
+        fd: 1,
+        json: args.json,
+        ...textOpts,
+        ...(args.json ? {} : { preamble: `${banner}\n${textHeader(textOpts)}\n` }),
+      },
+      (e) => {
+        // a reader that went away (trace | head) ends the trace quietly, as a pipe would
+        if (e.code === 'EPIPE') {
+          readerGone = true
+          finish(0)
+          return
+        }
+        err(`error: ${e.op === 'write' ? 'writing events failed' : 'reading events failed'}: ${e.message}`)
+        finish(1)
+      },
+    )
+    if (args.json) err(banner)
   })
 }

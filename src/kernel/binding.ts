@@ -114,6 +114,22 @@ export interface DrainStats {
   running: boolean
 }
 
+/** How `trace` prints: the columns of BCC's tcptracer, or JSON lines (src/cli/trace-format.ts). */
+export interface TraceFormat {
+  json: boolean
+  timestamp: boolean
+  verbose: boolean
+  /** a netns filter is set: the NETNS column is left out */
+  netnsFiltered: boolean
+}
+
+/** Where the drain thread writes the formatted lines. */
+export interface TraceOutput extends TraceFormat {
+  fd: number
+  /** written first, once events are enabled: nothing printed before it can miss an event */
+  preamble?: string
+}
+
 export type LibbpfLog = (level: 'warn' | 'info' | 'debug', message: string) => void
 type BatchCallback = (err: BpfError | null, batch: Buffer | null, count: number) => void
 
@@ -138,7 +154,15 @@ export declare class NativeTracer {
   probeAttach(name: string): ProgramStatus
   /** pin the link of every attached program at dir/PROGRAM: it outlives this process */
   pinLinks(dir: string): void
-  startEvents(callback: BatchCallback, options?: { maxQueue?: number; maxBatch?: number }): void
+  /**
+   * Drain the ring buffer on a native thread: batches of records to `callback`, or with `output`,
+   * each record formatted as `trace` prints it and written to `output.fd` by that thread (the
+   * callback then gets errors only).
+   */
+  startEvents(
+    callback: BatchCallback,
+    options?: { maxQueue?: number; maxBatch?: number; output?: TraceOutput },
+  ): void
   stopEvents(): void
   mapInfo(name: string): MapInfo
   mapEntries(name: string): Array<{ key: Buffer; value: Buffer }>
@@ -196,6 +220,11 @@ export interface Binding {
    * the C library is not glibc.
    */
   mmapThreshold(bytes: number): boolean
+  /**
+   * The lines `trace` prints for back-to-back struct event records, each ended by a newline, as the
+   * drain thread formats them (startEvents with `output`); records it cannot name are left out.
+   */
+  formatEvents(records: Buffer, format: TraceFormat): Buffer
 }
 
 /** Errors thrown by the addon: the failing step, the errno and, where known, the fix. */

@@ -26,6 +26,7 @@ import {
   type NativeTracer,
   type ProgramStatus,
   type RecordLayout,
+  type TraceOutput,
 } from './binding.js'
 
 /** The programs each accept hook loads; listener mode needs none beyond the backbone. */
@@ -457,6 +458,20 @@ export class TcpTracer {
       if (err) return onError(err)
       if (batch) onEvents(decodeBatch(batch, count, this.binding))
     }, opts)
+  }
+
+  /**
+   * Start printing events from the native drain thread: each record formatted as `trace` prints it
+   * and written to `output.fd`, with no JavaScript per event. `onError` gets a failed write (EPIPE
+   * included) or poll; the thread then stops.
+   */
+  printEvents(output: TraceOutput, onError: (err: BpfError) => void): void {
+    this.native.startEvents(
+      (err) => {
+        if (err) onError(err)
+      },
+      { output },
+    )
   }
 
   stopEvents(): void {

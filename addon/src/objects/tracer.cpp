@@ -4,7 +4,9 @@
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
+#include <poll.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -91,6 +93,9 @@ std::vector<uint8_t> BufferBytes(Napi::Value v, size_t want, const char *what)
 // checks a reused pinned map against the object, but nothing else checks the object against the
 // header the addon and the TypeScript decoders were built with: a map of another size would be
 // misread, record by record, without an error.
+// Output mode: formatted lines are written once this many bytes are pending, and after each poll.
+constexpr size_t kOutputChunk = 256 * 1024;
+
 struct MapShape {
 	const char *name;
 	size_t key;
@@ -148,7 +153,7 @@ void CallJsWithBatch(Napi::Env env, Napi::Function cb, std::nullptr_t *, Batch *
 	Napi::Value err = env.Null();
 	uint32_t count = batch->count;
 	if (batch->err) {
-		err = MakeBpfError(env, "ring_buffer__poll", batch->err).Value();
+		err = MakeBpfError(env, batch->op, batch->err).Value();
 		delete batch;
 	} else {
 		buf = Napi::Buffer<uint8_t>::New(
@@ -528,6 +533,33 @@ Napi::Value Tracer::JS_startEvents(const Napi::CallbackInfo &info)
 	if (max_queue == 0 || max_batch_ == 0)
 		throw Napi::RangeError::New(env, "maxQueue and maxBatch must be positive");
 
+	formatter_.reset();
+	out_fd_ = -1;
+	out_.clear();
+	out_count_ = 0;
+	out_failed_ = false;
+	if (opts.Has("output") && opts.Get("output").IsObject()) {
+		// output: { fd, json, timestamp, verbose, netnsFiltered, preamble }: the drain
+		// thread prints
+		Napi::Object o = opts.Get("output").As<Napi::Object>();
+		auto flag = [&](const char *k) { return o.Has(k) && o.Get(k).ToBoolean().Value(); };
+		if (!o.Get("fd").IsNumber() || o.Get("fd").As<Napi::Number>().Int32Value() < 0)
+			throw Napi::TypeError::New(
+			    env, "startEvents: output.fd must be a file descriptor");
+		FormatOptions fo;
+		fo.json = flag("json");
+		fo.timestamp = flag("timestamp");
+		fo.verbose = flag("verbose");
+		fo.netns_filtered = flag("netnsFiltered");
+		out_fd_ = o.Get("fd").As<Napi::Number>().Int32Value();
+		formatter_ = std::make_unique<EventFormatter>(fo);
+		out_.reserve(kOutputChunk + 4096);
+		// preamble: written first, once events are enabled (the banner and the column
+		// header)
+		if (o.Has("preamble") && o.Get("preamble").IsString())
+			out_ = o.Get("preamble").As<Napi::String>().Utf8Value();
+	}
+
 	if (!rb_) {
 		bpf_map *events = bpf_object__find_map_by_name(obj_, "events");
 		if (!events)
@@ -582,34 +614,119 @@ void Tracer::DrainLoop()
 {
 	pthread_setname_np(pthread_self(), "tcptracer-drain");
 	batch_ = new Batch();
+	if (formatter_ && !out_.empty() && !Flush()) // the preamble
+		running_ = false;
 	while (running_.load()) {
 		int n = ring_buffer__poll(rb_, 100);
 		if (n < 0 && n != -EINTR) {
-			Batch *e = new Batch();
-			e->err = -n;
-			Deliver(e);
-			running_ = false;
+			if (!out_failed_) // else the output's error is already queued
+				Fail("ring_buffer__poll", -n);
 			break;
 		}
-		if (batch_->count) {
+		if (formatter_) {
+			if (!Flush())
+				break;
+		} else if (batch_->count) {
 			Deliver(batch_);
 			batch_ = new Batch();
 		}
 	}
 	ring_buffer__consume(rb_); // what was submitted before events_enabled went to 0
-	if (batch_->count)
-		Deliver(batch_);
-	else
+	if (formatter_) {
+		if (!out_failed_)
+			Flush();
+		dropped_ +=
+		    out_count_; // the output failed, or did not take them in time at the stop
+		out_.clear();
+		out_count_ = 0;
 		delete batch_;
+	} else if (batch_->count) {
+		Deliver(batch_);
+	} else {
+		delete batch_;
+	}
 	batch_ = nullptr;
 }
 
-// Drain thread (inside ring_buffer__poll): append one record to the current batch.
+// Drain thread: a fatal error, for JS's error callback; the thread then ends.
+void Tracer::Fail(const char *op, int err)
+{
+	Batch *e = new Batch();
+	e->err = err;
+	e->op = op;
+	Deliver(e);
+	running_ = false;
+}
+
+// Drain thread, output mode: write what was formatted. While the output cannot take more (a pipe
+// whose reader is behind), wait: new records wait in the ring buffer meanwhile, as they do for a
+// slow JS consumer. At a stop, give up after 2 s without progress (the unwritten records are
+// counted as dropped). False when the output failed (EPIPE included), which ends the thread.
+bool Tracer::Flush()
+{
+	size_t off = 0;
+	int idle_ms = 0;
+	while (off < out_.size()) {
+		ssize_t w = write(out_fd_, out_.data() + off, out_.size() - off);
+		if (w > 0) {
+			off += static_cast<size_t>(w);
+			idle_ms = 0;
+			continue;
+		}
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && errno == EAGAIN) {
+			struct pollfd p = {out_fd_, POLLOUT, 0};
+			poll(&p, 1, 100);
+			idle_ms += 100;
+			if (stopping_.load() && idle_ms >= 2000)
+				break;
+			continue;
+		}
+		int err = w < 0 ? errno : EIO;
+		out_.erase(0, off);
+		out_failed_ = true;
+		if (!stopping_.load())
+			Fail("write", err);
+		return false;
+	}
+	if (off < out_.size()) { // stopping, and the output took nothing for 2 s
+		out_.erase(0, off);
+		return false;
+	}
+	delivered_ += out_count_;
+	if (out_count_)
+		batches_++;
+	out_.clear();
+	out_count_ = 0;
+	return true;
+}
+
+// Drain thread (inside ring_buffer__poll): append one record to the current batch, or in output
+// mode format it.
 int Tracer::OnRecord(void *ctx, void *data, size_t size)
 {
 	auto *self = static_cast<Tracer *>(ctx);
 	if (size != sizeof(struct event)) {
 		self->malformed_++;
+		return 0;
+	}
+	if (self->formatter_) {
+		if (self->out_failed_) {
+			self->dropped_++;
+			return 0;
+		}
+		struct event e;
+		memcpy(&e, data, sizeof(e));
+		if (!self->formatter_->Append(self->out_, e)) {
+			self->malformed_++;
+			return 0;
+		}
+		self->out_count_++;
+		// a full chunk is written at once; a failed output stops the poll (its error is
+		// queued)
+		if (self->out_.size() >= kOutputChunk && !self->Flush())
+			return -EPIPE;
 		return 0;
 	}
 	Batch *b = self->batch_;

@@ -6,7 +6,10 @@
 #include <cstdint>
 #include <string>
 #include <thread>
+#include <memory>
 #include <vector>
+
+#include "event_format.hpp"
 
 struct bpf_object;
 struct bpf_link;
@@ -22,7 +25,9 @@ namespace tcptracer
 struct Batch {
 	std::vector<uint8_t> data;
 	uint32_t count = 0;
-	int err = 0; // a fatal poll error, with no records
+	int err =
+	    0; // a fatal error, with no records: of ring_buffer__poll, or of writing the output
+	const char *op = "ring_buffer__poll";
 };
 
 void CallJsWithBatch(Napi::Env env, Napi::Function cb, std::nullptr_t *, Batch *batch);
@@ -71,6 +76,8 @@ class Tracer : public Napi::ObjectWrap<Tracer>
 	void DrainLoop();					 // runs on the drain thread
 	static int OnRecord(void *ctx, void *data, size_t size); // drain thread
 	void Deliver(Batch *b);					 // drain thread
+	void Fail(const char *op, int err);			 // drain thread
+	bool Flush();						 // drain thread
 
 	bpf_object *obj_ = nullptr;
 	std::vector<bpf_link *> links_;
@@ -80,7 +87,14 @@ class Tracer : public Napi::ObjectWrap<Tracer>
 	std::atomic<bool> running_{false};
 	std::atomic<bool> stopping_{false}; // StopEvents: JS takes no more batches
 	BatchTsfn tsfn_;
-	Batch *batch_ = nullptr;  // owned by the drain thread while running
+	Batch *batch_ = nullptr; // owned by the drain thread while running
+	// Output mode (startEvents with `output`): the drain thread formats each record and writes
+	// it to out_fd_ itself; JS gets only errors.
+	std::unique_ptr<EventFormatter> formatter_;
+	int out_fd_ = -1;
+	std::string out_;	  // formatted, not yet written
+	uint32_t out_count_ = 0;  // records in out_
+	bool out_failed_ = false; // writing failed: the rest is counted as dropped
 	size_t max_batch_ = 4096; // records per batch
 	std::atomic<uint64_t> delivered_{0};
 	std::atomic<uint64_t> dropped_{0};   // records dropped: JS was behind as events stopped
