@@ -1,5 +1,7 @@
 // `tcptracer-exporter trace`: live events, printed the way BCC's tcptracer prints them.
 import { formatUsage, parseFlags, parseIntArg, UsageError } from './args.js'
+import { constants as osConstants } from 'node:os'
+import { getSystemErrorName } from 'node:util'
 import { textHeader, type TextOptions } from './trace-format.js'
 import { loadBinding } from '../kernel/binding.js'
 import { discoverListeners } from '../host/procfs.js'
@@ -154,6 +156,7 @@ export async function runTrace(argv: string[]): Promise<number> {
   return await new Promise<number>((resolve) => {
     let done = false
     let readerGone = false
+    let writeFailed = false
     const finish = (exitCode: number): void => {
       if (done) return
       done = true
@@ -175,6 +178,14 @@ export async function runTrace(argv: string[]): Promise<number> {
       if (!k || !d) {
         resolve(code)
         return
+      }
+      // a write that failed as the trace stopped, which no callback reported
+      if (d.outputErrno !== 0 && !writeFailed) {
+        readerGone = d.outputErrno === osConstants.errno.EPIPE
+        if (!readerGone) {
+          err(`error: writing events failed: ${getSystemErrorName(-d.outputErrno)}`)
+          code = 1
+        }
       }
       const lost = k.eventsLost + d.dropped
       // with the reader gone (trace | head), what was not printed was not wanted
@@ -233,6 +244,7 @@ export async function runTrace(argv: string[]): Promise<number> {
         ...(args.json ? {} : { preamble: `${banner}\n${textHeader(textOpts)}\n` }),
       },
       (e) => {
+        writeFailed = e.op === 'write'
         // a reader that went away (trace | head) ends the trace quietly, as a pipe would
         if (e.code === 'EPIPE') {
           readerGone = true

@@ -112,6 +112,8 @@ export interface DrainStats {
   malformed: bigint
   batches: bigint
   running: boolean
+  /** printing (startEvents with `output`): the errno of a failed write, EPIPE when the reader went away; 0 if none */
+  outputErrno: number
 }
 
 /** How `trace` prints: the columns of BCC's tcptracer, or JSON lines (src/cli/trace-format.ts). */

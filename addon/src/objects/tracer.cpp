@@ -4,7 +4,10 @@
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
+#include <sys/stat.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -534,10 +537,10 @@ Napi::Value Tracer::JS_startEvents(const Napi::CallbackInfo &info)
 		throw Napi::RangeError::New(env, "maxQueue and maxBatch must be positive");
 
 	formatter_.reset();
-	out_fd_ = -1;
 	out_.clear();
 	out_count_ = 0;
 	out_failed_ = false;
+	out_errno_ = 0;
 	if (opts.Has("output") && opts.Get("output").IsObject()) {
 		// output: { fd, json, timestamp, verbose, netnsFiltered, preamble }: the drain
 		// thread prints
@@ -551,7 +554,7 @@ Napi::Value Tracer::JS_startEvents(const Napi::CallbackInfo &info)
 		fo.timestamp = flag("timestamp");
 		fo.verbose = flag("verbose");
 		fo.netns_filtered = flag("netnsFiltered");
-		out_fd_ = o.Get("fd").As<Napi::Number>().Int32Value();
+		OpenOutput(o.Get("fd").As<Napi::Number>().Int32Value());
 		formatter_ = std::make_unique<EventFormatter>(fo);
 		out_.reserve(kOutputChunk + 4096);
 		// preamble: written first, once events are enabled (the banner and the column
@@ -614,18 +617,16 @@ void Tracer::DrainLoop()
 {
 	pthread_setname_np(pthread_self(), "tcptracer-drain");
 	batch_ = new Batch();
-	if (formatter_ && !out_.empty() && !Flush()) // the preamble
-		running_ = false;
-	while (running_.load()) {
+	if (formatter_ && !out_.empty()) // the preamble
+		Flush();
+	while (running_.load() && !out_failed_) {
 		int n = ring_buffer__poll(rb_, 100);
 		if (n < 0 && n != -EINTR) {
-			if (!out_failed_) // else the output's error is already queued
-				Fail("ring_buffer__poll", -n);
+			Fail("ring_buffer__poll", -n);
 			break;
 		}
 		if (formatter_) {
-			if (!Flush())
-				break;
+			Flush();
 		} else if (batch_->count) {
 			Deliver(batch_);
 			batch_ = new Batch();
@@ -633,12 +634,7 @@ void Tracer::DrainLoop()
 	}
 	ring_buffer__consume(rb_); // what was submitted before events_enabled went to 0
 	if (formatter_) {
-		if (!out_failed_)
-			Flush();
-		dropped_ +=
-		    out_count_; // the output failed, or did not take them in time at the stop
-		out_.clear();
-		out_count_ = 0;
+		Flush();
 		delete batch_;
 	} else if (batch_->count) {
 		Deliver(batch_);
@@ -658,48 +654,96 @@ void Tracer::Fail(const char *op, int err)
 	running_ = false;
 }
 
-// Drain thread, output mode: write what was formatted. While the output cannot take more (a pipe
-// whose reader is behind), wait: new records wait in the ring buffer meanwhile, as they do for a
-// slow JS consumer. At a stop, give up after 2 s without progress (the unwritten records are
-// counted as dropped). False when the output failed (EPIPE included), which ends the thread.
-bool Tracer::Flush()
+// Output mode, at startEvents: a pipe or a terminal is reopened (/proc/self/fd/N) as a description
+// of its own with O_NONBLOCK, so that a reader that stops reading cannot block the drain thread
+// inside write(), and the shell's description stays as it was. A file or /dev/null takes writes
+// without waiting on a reader. A socket, or a pipe that cannot be reopened, is written at most
+// PIPE_BUF bytes at a time once poll() says it has room, which never blocks.
+void Tracer::OpenOutput(int fd)
+{
+	out_fd_ = fd;
+	out_owned_ = false;
+	out_small_writes_ = false;
+	struct stat st;
+	if (fstat(fd, &st) != 0)
+		return; // the first write reports it
+	bool pipe_like = S_ISFIFO(st.st_mode) || isatty(fd);
+	if (pipe_like) {
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		int own = open(path, O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+		if (own >= 0) {
+			out_fd_ = own;
+			out_owned_ = true;
+			return;
+		}
+	}
+	if (pipe_like || S_ISSOCK(st.st_mode))
+		out_small_writes_ = !(fcntl(fd, F_GETFL) & O_NONBLOCK);
+}
+
+// Drain thread, output mode: write what was formatted. While the output cannot take more (a reader
+// that is behind), wait: new records wait in the ring buffer meanwhile, as they do for a slow JS
+// consumer. At a stop, give up after 2 s without progress. On a failed write (EPIPE included) or
+// that give-up, the rest is counted as dropped (GiveUp) and the thread ends.
+void Tracer::Flush()
 {
 	size_t off = 0;
 	int idle_ms = 0;
-	while (off < out_.size()) {
-		ssize_t w = write(out_fd_, out_.data() + off, out_.size() - off);
+	while (off < out_.size() && !out_failed_) {
+		size_t n = out_.size() - off;
+		if (out_small_writes_) {
+			struct pollfd p = {out_fd_, POLLOUT, 0};
+			if (poll(&p, 1, 100) <= 0) {
+				idle_ms += 100;
+				if (stopping_.load() && idle_ms >= 2000)
+					GiveUp(off, 0);
+				continue;
+			}
+			n = std::min(n, static_cast<size_t>(PIPE_BUF));
+		}
+		ssize_t w = write(out_fd_, out_.data() + off, n);
 		if (w > 0) {
 			off += static_cast<size_t>(w);
 			idle_ms = 0;
+		} else if (w < 0 && errno == EINTR) {
 			continue;
-		}
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0 && errno == EAGAIN) {
+		} else if (w < 0 && errno == EAGAIN) {
 			struct pollfd p = {out_fd_, POLLOUT, 0};
 			poll(&p, 1, 100);
 			idle_ms += 100;
 			if (stopping_.load() && idle_ms >= 2000)
-				break;
-			continue;
+				GiveUp(off, 0);
+		} else {
+			GiveUp(off, w < 0 ? errno : EIO);
 		}
-		int err = w < 0 ? errno : EIO;
-		out_.erase(0, off);
-		out_failed_ = true;
-		if (!stopping_.load())
-			Fail("write", err);
-		return false;
 	}
-	if (off < out_.size()) { // stopping, and the output took nothing for 2 s
-		out_.erase(0, off);
-		return false;
-	}
+	if (out_failed_)
+		return;
 	delivered_ += out_count_;
 	if (out_count_)
 		batches_++;
 	out_.clear();
 	out_count_ = 0;
-	return true;
+}
+
+// Drain thread: the output failed (`err`) or, at a stop, took nothing for 2 s (`err` 0). The lines
+// written so far are delivered, the rest dropped, and so is every record after (OnRecord). A
+// failure while running goes to the error callback; drainStats() reports it either way
+// (outputErrno).
+void Tracer::GiveUp(size_t written, int err)
+{
+	auto lines = static_cast<uint64_t>(std::count(out_.begin(), out_.begin() + written, '\n'));
+	delivered_ += lines;
+	dropped_ += out_count_ - lines;
+	out_.clear();
+	out_count_ = 0;
+	out_failed_ = true;
+	if (err) {
+		out_errno_ = err;
+		if (!stopping_.load())
+			Fail("write", err);
+	}
 }
 
 // Drain thread (inside ring_buffer__poll): append one record to the current batch, or in output
@@ -723,10 +767,9 @@ int Tracer::OnRecord(void *ctx, void *data, size_t size)
 			return 0;
 		}
 		self->out_count_++;
-		// a full chunk is written at once; a failed output stops the poll (its error is
-		// queued)
-		if (self->out_.size() >= kOutputChunk && !self->Flush())
-			return -EPIPE;
+		if (self->out_.size() >= kOutputChunk)
+			self->Flush(); // a full chunk; should it fail, the records after it are
+				       // dropped
 		return 0;
 	}
 	Batch *b = self->batch_;
@@ -758,6 +801,10 @@ void Tracer::StopEvents()
 	if (drain_.joinable())
 		drain_.join();
 	tsfn_.Release();
+	if (out_owned_)
+		close(out_fd_);
+	out_owned_ = false;
+	out_fd_ = -1;
 }
 
 Napi::Value Tracer::JS_stopEvents(const Napi::CallbackInfo &info)
@@ -851,6 +898,8 @@ Napi::Value Tracer::JS_drainStats(const Napi::CallbackInfo &info)
 	o.Set("malformed", Napi::BigInt::New(env, malformed_.load()));
 	o.Set("batches", Napi::BigInt::New(env, batches_.load()));
 	o.Set("running", running_.load());
+	// output mode: the errno of a failed write (EPIPE: the reader went away), 0 if none
+	o.Set("outputErrno", Napi::Number::New(env, out_errno_.load()));
 	return o;
 }
 

@@ -77,7 +77,9 @@ class Tracer : public Napi::ObjectWrap<Tracer>
 	static int OnRecord(void *ctx, void *data, size_t size); // drain thread
 	void Deliver(Batch *b);					 // drain thread
 	void Fail(const char *op, int err);			 // drain thread
-	bool Flush();						 // drain thread
+	void OpenOutput(int fd);
+	void Flush();			      // drain thread
+	void GiveUp(size_t written, int err); // drain thread
 
 	bpf_object *obj_ = nullptr;
 	std::vector<bpf_link *> links_;
@@ -94,8 +96,11 @@ class Tracer : public Napi::ObjectWrap<Tracer>
 	int out_fd_ = -1;
 	std::string out_;	  // formatted, not yet written
 	uint32_t out_count_ = 0;  // records in out_
-	bool out_failed_ = false; // writing failed: the rest is counted as dropped
-	size_t max_batch_ = 4096; // records per batch
+	bool out_failed_ = false; // writing failed or was given up: the rest is counted as dropped
+	bool out_owned_ = false;  // out_fd_ is our non-blocking reopening of the fd given
+	bool out_small_writes_ = false; // a blocking pipe or socket: poll, then PIPE_BUF at a time
+	std::atomic<int> out_errno_{0}; // the failed write's errno
+	size_t max_batch_ = 4096;	// records per batch
 	std::atomic<uint64_t> delivered_{0};
 	std::atomic<uint64_t> dropped_{0};   // records dropped: JS was behind as events stopped
 	std::atomic<uint64_t> malformed_{0}; // records of an unexpected size
