@@ -414,18 +414,18 @@ static __always_inline void emit(struct sock *sk, __u16 family, __u32 netns, __u
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* An event for a socket whose owner is known: count it, and emit it if someone reads events. */
+/*
+ * An event for a socket whose owner is known: count it, and emit it if someone reads events. `now`
+ * is the event's one clock read; the label set's IP version and service port are the ones the
+ * connection was established with (identify), so nothing is read twice.
+ */
 static __always_inline void record(struct sock *sk, __u16 family, __u32 netns, __u8 type,
-				   const struct conn *c, __u8 reason)
+				   const struct conn *c, __u8 reason, __u64 now)
 {
-	struct facts f = {.now = bpf_ktime_get_ns()};
+	struct facts f = {.now = now, .ip = c->ip, .port = c->port};
 
 	if (filter_pid && c->owner.pid != filter_pid)
 		return;
-	f.ip = ip_version(sk, family);
-	f.port = c->direction == DIRECTION_INBOUND
-		     ? c->sport
-		     : bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (type == TCP_EVENT_TYPE_CLOSE) {
 		struct tcp_sock *tp = (struct tcp_sock *)sk;
 
@@ -570,7 +570,7 @@ static __always_inline void on_connected(struct sock *sk, __u16 family, __u32 ne
 	c->established_ns = bpf_ktime_get_ns();
 	c->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	c->reported = 1;
-	record(sk, family, netns, TCP_EVENT_TYPE_CONNECT, c, 0);
+	record(sk, family, netns, TCP_EVENT_TYPE_CONNECT, c, 0, c->established_ns);
 }
 
 static __always_inline void on_listen(struct sock *sk, __u16 family, __u32 netns)
@@ -658,7 +658,7 @@ static __always_inline void on_accepted(struct sock *sk, __u16 family, __u32 net
 		return;
 	}
 	if (c.reported)
-		record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, &c, 0);
+		record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, &c, 0, c.established_ns);
 }
 
 /*
@@ -668,7 +668,7 @@ static __always_inline void on_accepted(struct sock *sk, __u16 family, __u32 net
  * Charge it to the listener's owner now: its accept, then its close.
  */
 static __always_inline void on_orphan_closed(struct sock *sk, __u16 family, __u32 netns,
-					     struct conn *c)
+					     struct conn *c, __u64 now)
 {
 	struct listener_key k = {.netns = netns, .port = c->sport, .family = family};
 	struct listener_value *o = bpf_map_lookup_elem(&listeners, &k);
@@ -680,8 +680,8 @@ static __always_inline void on_orphan_closed(struct sock *sk, __u16 family, __u3
 	if (filter_pid && c->owner.pid != filter_pid)
 		return;
 	c->reported = 1;
-	record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, c, 0);
-	record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0);
+	record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, c, 0, now);
+	record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0, now);
 }
 
 /*
@@ -690,18 +690,18 @@ static __always_inline void on_orphan_closed(struct sock *sk, __u16 family, __u3
  * close, with its lifetime measured from connect().
  */
 static __always_inline void on_unseen_connect(struct sock *sk, __u16 family, __u32 netns,
-					      struct conn *c)
+					      struct conn *c, __u64 now)
 {
 	if (!aggregate || filters_pass(c->netns, c->port))
 		stat_inc(STAT_CONNECT_UNSEEN);
 	c->reported = 1;
-	record(sk, family, netns, TCP_EVENT_TYPE_CONNECT, c, 0);
-	record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0);
+	record(sk, family, netns, TCP_EVENT_TYPE_CONNECT, c, 0, now);
+	record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, c, 0, now);
 }
 
 static __always_inline void on_closed(struct sock *sk, __u16 family, __u32 netns, int oldstate)
 {
-	__u64 key = (__u64)sk;
+	__u64 key = (__u64)sk, now;
 	struct conn *v = bpf_map_lookup_elem(&conns, &key), c;
 
 	if (!v) {
@@ -713,19 +713,20 @@ static __always_inline void on_closed(struct sock *sk, __u16 family, __u32 netns
 	c = *v;
 	if (bpf_map_delete_elem(&conns, &key))
 		return;
+	now = bpf_ktime_get_ns();
 	if (oldstate == TCP_SYN_SENT)
-		record(sk, family, netns, TCP_EVENT_TYPE_CONNECT_FAILED, &c, fail_reason(sk));
+		record(sk, family, netns, TCP_EVENT_TYPE_CONNECT_FAILED, &c, fail_reason(sk), now);
 	else if (c.reported)
-		record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, &c, 0);
+		record(sk, family, netns, TCP_EVENT_TYPE_CLOSE, &c, 0, now);
 	else if (c.direction == DIRECTION_INBOUND && accept_mode == ACCEPT_MODE_LISTENER)
 		/* left waiting for an accept hook by a copy in another mode that handed over to us
 		 */
-		on_orphan_closed(sk, family, netns, &c);
+		on_orphan_closed(sk, family, netns, &c, now);
 	else if (c.direction == DIRECTION_INBOUND)
 		/* syscall or kernel mode: established, never returned by an accept */
 		stat_inc(STAT_ACCEPT_UNATTRIBUTED);
 	else if (oldstate != TCP_SYN_RECV) /* not a simultaneous open that failed */
-		on_unseen_connect(sk, family, netns, &c);
+		on_unseen_connect(sk, family, netns, &c, now);
 }
 
 /*
@@ -907,7 +908,7 @@ static __always_inline void report_accept(struct sock *sk, __u16 family, __u32 n
 		return;
 	}
 	c->reported = 1;
-	record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, c, 0);
+	record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, c, 0, bpf_ktime_get_ns());
 }
 
 static __always_inline int on_accept_return(struct sock *sk)
@@ -973,7 +974,7 @@ static __always_inline int on_accept_return(struct sock *sk)
 		stat_inc(STAT_MAP_UPDATE_FAILED);
 		return 0;
 	}
-	record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, &n, 0);
+	record(sk, family, netns, TCP_EVENT_TYPE_ACCEPT, &n, 0, n.established_ns);
 	return 0;
 }
 
