@@ -323,6 +323,7 @@ Napi::Value FormatEvents(const Napi::CallbackInfo &info)
 	fo.netns_filtered = flag("netnsFiltered");
 	EventFormatter f(fo);
 	std::string out;
+	out.reserve(records.Length() / sizeof(struct event) * 256);
 	for (size_t off = 0; off < records.Length(); off += sizeof(struct event)) {
 		struct event e;
 		memcpy(&e, records.Data() + off, sizeof(e));

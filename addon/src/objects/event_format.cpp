@@ -1,11 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "event_format.hpp"
 
-#include <cinttypes>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <vector>
 
 #include <linux/types.h>
 
@@ -80,11 +78,53 @@ const char *DirectionWord(uint8_t d)
 	}
 }
 
+// The decimal digits of v, appended: what printf's %PRIu64 writes, without its cost per call.
+void PutU64(std::string &out, uint64_t v)
+{
+	char buf[20];
+	int i = sizeof(buf);
+	do {
+		buf[--i] = static_cast<char>('0' + v % 10);
+		v /= 10;
+	} while (v);
+	out.append(buf + i, sizeof(buf) - i);
+}
+
+void PutHex(std::string &out, uint32_t v)
+{
+	static const char kDigits[] = "0123456789abcdef";
+	char buf[8];
+	int i = sizeof(buf);
+	do {
+		buf[--i] = kDigits[v & 0xf];
+		v >>= 4;
+	} while (v);
+	out.append(buf + i, sizeof(buf) - i);
+}
+
 // A comm decoded as Node's Buffer#toString('utf8') decodes it (the WHATWG UTF-8 decoder: each
 // maximal invalid subpart becomes one U+FFFD), up to the first NUL.
-std::vector<uint32_t> DecodeComm(const char *comm, size_t len)
+// A comm of 16 bytes decodes to at most 16 code points.
+struct CodePoints {
+	uint32_t cp[TASK_COMM_LEN];
+	size_t n = 0;
+	void push_back(uint32_t c)
+	{
+		cp[n++] = c;
+	}
+	const uint32_t *begin() const
+	{
+		return cp;
+	}
+	const uint32_t *end() const
+	{
+		return cp + n;
+	}
+};
+
+CodePoints DecodeComm(const char *comm, size_t len)
 {
-	std::vector<uint32_t> cps;
+	CodePoints cps;
 	size_t end = 0;
 	while (end < len && comm[end] != 0)
 		end++;
@@ -172,6 +212,8 @@ constexpr uint32_t kFormatChars[][2] = {
 
 bool NeedsEscape(uint32_t cp)
 {
+	if (cp >= 0x20 && cp < 0x7f) // printable ASCII, the usual case
+		return cp == '\\';
 	if (cp <= 0x1f || (cp >= 0x7f && cp <= 0x9f) || cp == '\\' || cp == 0x2028 || cp == 0x2029)
 		return true;
 	for (const auto &r : kFormatChars)
@@ -181,7 +223,7 @@ bool NeedsEscape(uint32_t cp)
 }
 
 // printable() of trace-format.ts, padded like String#padEnd(16): the width counts UTF-16 units.
-void PutPrintableComm(std::string &out, const std::vector<uint32_t> &cps, size_t width)
+void PutPrintableComm(std::string &out, const CodePoints &cps, size_t width)
 {
 	size_t units = 0;
 	char esc[16];
@@ -208,7 +250,7 @@ void PutPrintableComm(std::string &out, const std::vector<uint32_t> &cps, size_t
 }
 
 // JSON.stringify of the comm.
-void PutJsonComm(std::string &out, const std::vector<uint32_t> &cps)
+void PutJsonComm(std::string &out, const CodePoints &cps)
 {
 	out += '"';
 	for (uint32_t cp : cps) {
@@ -248,12 +290,15 @@ void PutJsonComm(std::string &out, const std::vector<uint32_t> &cps)
 }
 
 // formatIPv4 / formatIPv6 of abi.ts: RFC 5952, the longest run of two or more zero groups as "::".
-std::string Address(const uint8_t *a, uint8_t ip)
+void PutAddress(std::string &out, const uint8_t *a, uint8_t ip)
 {
-	char buf[48];
 	if (ip == 4) {
-		snprintf(buf, sizeof(buf), "%u.%u.%u.%u", a[0], a[1], a[2], a[3]);
-		return buf;
+		for (int i = 0; i < 4; i++) {
+			if (i)
+				out += '.';
+			PutU64(out, a[i]);
+		}
+		return;
 	}
 	unsigned g[8];
 	for (int i = 0; i < 8; i++)
@@ -273,21 +318,20 @@ std::string Address(const uint8_t *a, uint8_t ip)
 		}
 		i = j;
 	}
-	std::string s;
 	auto groups = [&](int from, int to) {
 		for (int i = from; i < to; i++) {
-			snprintf(buf, sizeof(buf), i == from ? "%x" : ":%x", g[i]);
-			s += buf;
+			if (i != from)
+				out += ':';
+			PutHex(out, g[i]);
 		}
 	};
 	if (best < 0) {
 		groups(0, 8);
 	} else {
 		groups(0, best);
-		s += "::";
+		out += "::";
 		groups(best + best_len, 8);
 	}
-	return s;
 }
 
 void PadTo(std::string &out, size_t start, size_t width)
@@ -297,7 +341,7 @@ void PadTo(std::string &out, size_t start, size_t width)
 		out.append(width - n, ' ');
 }
 
-void PutPadded(std::string &out, const std::string &s, size_t width)
+void PutPadded(std::string &out, const char *s, size_t width)
 {
 	size_t start = out.size();
 	out += s;
@@ -306,10 +350,20 @@ void PutPadded(std::string &out, const std::string &s, size_t width)
 
 void PutPadded(std::string &out, uint64_t v, size_t width)
 {
-	char buf[24];
-	int n = snprintf(buf, sizeof(buf), "%" PRIu64, v);
 	size_t start = out.size();
-	out.append(buf, n);
+	PutU64(out, v);
+	PadTo(out, start, width);
+}
+
+// The address column: IPv6 in brackets.
+void PutAddressColumn(std::string &out, const uint8_t *a, uint8_t ip, size_t width)
+{
+	size_t start = out.size();
+	if (ip == 6)
+		out += '[';
+	PutAddress(out, a, ip);
+	if (ip == 6)
+		out += ']';
 	PadTo(out, start, width);
 }
 
@@ -323,26 +377,33 @@ void PutSeconds(std::string &out, uint64_t ns, size_t width)
 	uint64_t n = static_cast<uint64_t>(whole);
 	if (t - whole >= 0.5L)
 		n++;
-	char buf[32];
-	int len = snprintf(buf, sizeof(buf), "%" PRIu64 ".%03" PRIu64, n / 1000, n % 1000);
 	size_t start = out.size();
-	out.append(buf, len);
+	PutU64(out, n / 1000);
+	uint64_t ms = n % 1000;
+	out += '.';
+	out += static_cast<char>('0' + ms / 100);
+	out += static_cast<char>('0' + ms / 10 % 10);
+	out += static_cast<char>('0' + ms % 10);
 	PadTo(out, start, width);
 }
 
-void PutField(std::string &out, const char *name, uint64_t v)
+// A literal, appended without strlen().
+template <size_t N> void Lit(std::string &out, const char (&s)[N])
 {
-	char buf[64];
-	int n = snprintf(buf, sizeof(buf), ",\"%s\":%" PRIu64, name, v);
-	out.append(buf, n);
+	out.append(s, N - 1);
 }
 
-void PutField(std::string &out, const char *name, const char *v)
+void PutQuoted(std::string &out, const char *v)
 {
-	out += ",\"";
-	out += name;
-	out += "\":\"";
+	out += '"';
 	out += v;
+	out += '"';
+}
+
+void PutQuotedAddress(std::string &out, const uint8_t *a, uint8_t ip)
+{
+	out += '"';
+	PutAddress(out, a, ip);
 	out += '"';
 }
 
@@ -355,34 +416,48 @@ bool EventFormatter::Append(std::string &out, const struct event &e)
 	const char *reason = e.type == TCP_EVENT_TYPE_CONNECT_FAILED ? ReasonWord(e.reason) : "";
 	if (!type || !direction || !reason || (e.ip != 4 && e.ip != 6))
 		return false;
-	std::vector<uint32_t> comm = DecodeComm(e.comm, sizeof(e.comm));
-	std::string saddr = Address(reinterpret_cast<const uint8_t *>(&e.saddr), e.ip);
-	std::string daddr = Address(reinterpret_cast<const uint8_t *>(&e.daddr), e.ip);
+	CodePoints comm = DecodeComm(e.comm, sizeof(e.comm));
+	const auto *saddr = reinterpret_cast<const uint8_t *>(&e.saddr);
+	const auto *daddr = reinterpret_cast<const uint8_t *>(&e.daddr);
 
 	if (opts_.json) {
-		out += "{\"type\":\"";
-		out += type;
-		out += '"';
-		PutField(out, "ts_ns", e.ts_ns);
-		PutField(out, "pid", e.pid);
-		out += ",\"comm\":";
+		Lit(out, "{\"type\":");
+		PutQuoted(out, type);
+		Lit(out, ",\"ts_ns\":");
+		PutU64(out, e.ts_ns);
+		Lit(out, ",\"pid\":");
+		PutU64(out, e.pid);
+		Lit(out, ",\"comm\":");
 		PutJsonComm(out, comm);
-		PutField(out, "ip", e.ip);
-		PutField(out, "saddr", saddr.c_str());
-		PutField(out, "daddr", daddr.c_str());
-		PutField(out, "sport", e.sport);
-		PutField(out, "dport", e.dport);
-		PutField(out, "netns", e.netns);
-		PutField(out, "cgroup_id", e.cgroup_id);
-		PutField(out, "direction", direction);
+		Lit(out, ",\"ip\":");
+		PutU64(out, e.ip);
+		Lit(out, ",\"saddr\":");
+		PutQuotedAddress(out, saddr, e.ip);
+		Lit(out, ",\"daddr\":");
+		PutQuotedAddress(out, daddr, e.ip);
+		Lit(out, ",\"sport\":");
+		PutU64(out, e.sport);
+		Lit(out, ",\"dport\":");
+		PutU64(out, e.dport);
+		Lit(out, ",\"netns\":");
+		PutU64(out, e.netns);
+		Lit(out, ",\"cgroup_id\":");
+		PutU64(out, e.cgroup_id);
+		Lit(out, ",\"direction\":");
+		PutQuoted(out, direction);
 		if (e.type == TCP_EVENT_TYPE_CLOSE) {
-			PutField(out, "duration_ns", e.duration_ns);
-			PutField(out, "bytes_sent", e.bytes_sent);
-			PutField(out, "bytes_received", e.bytes_received);
+			Lit(out, ",\"duration_ns\":");
+			PutU64(out, e.duration_ns);
+			Lit(out, ",\"bytes_sent\":");
+			PutU64(out, e.bytes_sent);
+			Lit(out, ",\"bytes_received\":");
+			PutU64(out, e.bytes_received);
 		}
-		if (e.type == TCP_EVENT_TYPE_CONNECT_FAILED)
-			PutField(out, "reason", reason);
-		out += "}\n";
+		if (e.type == TCP_EVENT_TYPE_CONNECT_FAILED) {
+			Lit(out, ",\"reason\":");
+			PutQuoted(out, reason);
+		}
+		Lit(out, "}\n");
 		return true;
 	}
 
@@ -411,9 +486,9 @@ bool EventFormatter::Append(std::string &out, const struct event &e)
 	out += ' ';
 	PutPadded(out, e.ip, 2);
 	out += ' ';
-	PutPadded(out, e.ip == 6 ? "[" + saddr + "]" : saddr, 16);
+	PutAddressColumn(out, saddr, e.ip, 16);
 	out += ' ';
-	PutPadded(out, e.ip == 6 ? "[" + daddr + "]" : daddr, 16);
+	PutAddressColumn(out, daddr, e.ip, 16);
 	out += ' ';
 	PutPadded(out, e.sport, 6);
 	out += ' ';
