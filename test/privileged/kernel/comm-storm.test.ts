@@ -1,13 +1,15 @@
 // A process that renames itself 100,000 times and connects under every name (test/helpers/commstorm):
 // the series stay within limits.max_label_sets, the kernel map within limits.max_kernel_label_sets,
 // every connection is still counted (exactly, across the named series and __overflow__), the kernel's
-// map-full counter is exact, and the daemon's memory stays bounded.
+// map-full counter is exact, and the daemon's memory stays bounded. The storm and its server are in two
+// namespaces joined by a veth pair with threaded NAPI, where every state change runs the programs.
 //
 // TCPTRACER_STORM_COUNT overrides the number of names (default 100000).
 import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
-import { describe, test } from 'node:test'
+import { before, describe, test } from 'node:test'
 import { packageRoot } from '../../../src/kernel/paths.js'
 import {
   type Daemon,
@@ -25,6 +27,15 @@ import {
 } from '../harness.js'
 
 const { skip } = privileged()
+const CLI_ADDR = '10.213.0.1'
+const SERVER_ADDRS = 8
+/** the server's i-th address: 10.213.0.2 and up */
+const serverAddr = (i: number): string => `10.213.0.${2 + i}`
+
+function sh(cmd: string, args: string[]): void {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' })
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr || r.error?.message}`)
+}
 const COMMSTORM = path.join(packageRoot, 'test', 'helpers', 'bin', 'commstorm')
 
 const N = Number(process.env['TCPTRACER_STORM_COUNT'] ?? 100_000)
@@ -64,7 +75,42 @@ async function timedScrape(d: Daemon): Promise<{ samples: ScrapedSample[]; ms: n
 }
 
 describe('a process with 100,000 names, twice', { skip }, () => {
-  const fx = fixture('tt-storm-', { ns: `tt-cs-${process.pid}` })
+  // the storm's namespace and the server's, joined by a veth pair with threaded NAPI, as in
+  // kernel/full-rate: over loopback a handshake now and then completes in the context of a thread the
+  // kernel runs no BPF program for (docs/tracer.md, Known limits), and its accept is counted nowhere
+  const fx = fixture('tt-storm-', { ns: `tt-cs-${process.pid}`, srv: `tt-css-${process.pid}` })
+
+  before(() => {
+    sh('ip', [
+      '-n',
+      fx.ns.name,
+      'link',
+      'add',
+      'tt-cli',
+      'type',
+      'veth',
+      'peer',
+      'name',
+      'tt-srv',
+      'netns',
+      fx.srv.name,
+    ])
+    sh('ip', ['-n', fx.ns.name, 'addr', 'add', `${CLI_ADDR}/24`, 'dev', 'tt-cli'])
+    // the storm connects to SERVER_ADDRS consecutive addresses, so that TIME_WAIT sockets of one do not
+    // block the next connections
+    for (let i = 0; i < SERVER_ADDRS; i++) {
+      sh('ip', ['-n', fx.srv.name, 'addr', 'add', `${serverAddr(i)}/24`, 'dev', 'tt-srv'])
+    }
+    for (const [ns, dev] of [
+      [fx.ns, 'tt-cli'],
+      [fx.srv, 'tt-srv'],
+    ] as const) {
+      sh('ip', ['-n', ns.name, 'link', 'set', dev, 'up'])
+      sh('ip', ['netns', 'exec', ns.name, 'ethtool', '-K', dev, 'gro', 'on', 'tso', 'off', 'gso', 'off'])
+      sh('ip', ['netns', 'exec', ns.name, 'sh', '-c', `echo 1 > /sys/class/net/${dev}/threaded`])
+    }
+    sh('ip', ['netns', 'exec', fx.ns.name, 'sysctl', '-qw', 'net.ipv4.ip_local_port_range=1024 65000'])
+  })
 
   test(`${N} names, then ${N} more: series and kernel map capped, every connection counted, memory bounded`, async () => {
     const file = path.join(fx.dir, 'storm.yml')
@@ -75,7 +121,7 @@ describe('a process with 100,000 names, twice', { skip }, () => {
         `  max_label_sets: ${USER_CAP}`,
         `  max_kernel_label_sets: ${KERNEL_CAP}`,
         'filters:',
-        `  netns: [${fx.ns.inode}]`,
+        `  netns: [${fx.ns.inode}, ${fx.srv.inode}]`,
         '',
       ].join('\n'),
     )
@@ -92,7 +138,7 @@ describe('a process with 100,000 names, twice', { skip }, () => {
       const rss: number[] = []
       for (let round = 1; round <= 2; round++) {
         const total = round * N
-        const server = await startServer(fx.ns, [
+        const server = await startServer(fx.srv, [
           '--comm',
           'cs-server',
           '--bind',
@@ -113,8 +159,10 @@ describe('a process with 100,000 names, twice', { skip }, () => {
             String(N),
             '--first',
             String((round - 1) * N),
+            '--addr',
+            serverAddr(0),
             '--addrs',
-            '8',
+            String(SERVER_ADDRS),
             '--threads',
             '2',
             '--prefix',
@@ -157,10 +205,10 @@ describe('a process with 100,000 names, twice', { skip }, () => {
 
         // every connection counted once, across the named series and __overflow__
         const mine = (x: ScrapedSample): boolean =>
-          x.labels['netns'] === String(fx.ns.inode) || x.labels['netns'] === '__overflow__'
+          [String(fx.ns.inode), String(fx.srv.inode), '__overflow__'].includes(x.labels['netns'] ?? '')
         assert.ok(
           s.filter((x) => x.name.startsWith('tcptracer_c') && x.labels['comm'] !== undefined).every(mine),
-          'only this namespace is counted',
+          'only these namespaces are counted',
         )
         // Exact: a state change the first program's recursion guard skipped is handled by
         // handle_set_state_nested, and a close the kernel never ran the programs for is found by the
