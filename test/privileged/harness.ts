@@ -57,6 +57,54 @@ export class Netns {
 }
 
 /**
+ * Join two namespaces with a veth pair (`tt-cli` in `client`, `tt-srv` in `server`) whose receive side
+ * runs NAPI in a thread of its own: GRO on, TSO and GSO off, so every segment goes through it. Then no
+ * state change runs in softirq on whatever thread is current, which these VMs' kernel may run no BPF
+ * program for (docs/tracer.md, Known limits): the loads that exact counts are asserted on go here. The
+ * client's namespace reuses ports in TIME_WAIT, from 1024 up.
+ */
+export function vethPair(
+  client: Netns,
+  server: Netns,
+  clientAddr: string,
+  serverAddrs: readonly string[],
+): void {
+  run('ip', [
+    '-n',
+    client.name,
+    'link',
+    'add',
+    'tt-cli',
+    'type',
+    'veth',
+    'peer',
+    'name',
+    'tt-srv',
+    'netns',
+    server.name,
+  ])
+  run('ip', ['-n', client.name, 'addr', 'add', `${clientAddr}/24`, 'dev', 'tt-cli'])
+  for (const addr of serverAddrs) run('ip', ['-n', server.name, 'addr', 'add', `${addr}/24`, 'dev', 'tt-srv'])
+  for (const [ns, dev] of [
+    [client, 'tt-cli'],
+    [server, 'tt-srv'],
+  ] as const) {
+    run('ip', ['-n', ns.name, 'link', 'set', dev, 'up'])
+    run('ip', ['netns', 'exec', ns.name, 'ethtool', '-K', dev, 'gro', 'on', 'tso', 'off', 'gso', 'off'])
+    run('ip', ['netns', 'exec', ns.name, 'sh', '-c', `echo 1 > /sys/class/net/${dev}/threaded`])
+  }
+  run('ip', [
+    'netns',
+    'exec',
+    client.name,
+    'sysctl',
+    '-qw',
+    'net.ipv4.tcp_tw_reuse=1',
+    'net.ipv4.ip_local_port_range=1024 65000',
+  ])
+}
+
+/**
  * A suite's scratch space, for a describe() to call: the network namespaces named in `netns` (by key) and a
  * temporary directory (`dirPrefix` plus random characters, under the system's temporary directory), made
  * in a before() hook in that order and deleted, in the same order, in an after() hook. Read them as

@@ -6,7 +6,6 @@
 //
 // TCPTRACER_STORM_COUNT overrides the number of names (default 100000).
 import assert from 'node:assert/strict'
-import { spawnSync } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { before, describe, test } from 'node:test'
@@ -24,6 +23,7 @@ import {
   startServer,
   TIME_SCALE,
   valueOf,
+  vethPair,
 } from '../harness.js'
 
 const { skip } = privileged()
@@ -32,10 +32,6 @@ const SERVER_ADDRS = 8
 /** the server's i-th address: 10.213.0.2 and up */
 const serverAddr = (i: number): string => `10.213.0.${2 + i}`
 
-function sh(cmd: string, args: string[]): void {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' })
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr || r.error?.message}`)
-}
 const COMMSTORM = path.join(packageRoot, 'test', 'helpers', 'bin', 'commstorm')
 
 const N = Number(process.env['TCPTRACER_STORM_COUNT'] ?? 100_000)
@@ -80,37 +76,14 @@ describe('a process with 100,000 names, twice', { skip }, () => {
   // kernel runs no BPF program for (docs/tracer.md, Known limits), and its accept is counted nowhere
   const fx = fixture('tt-storm-', { ns: `tt-cs-${process.pid}`, srv: `tt-css-${process.pid}` })
 
-  before(() => {
-    sh('ip', [
-      '-n',
-      fx.ns.name,
-      'link',
-      'add',
-      'tt-cli',
-      'type',
-      'veth',
-      'peer',
-      'name',
-      'tt-srv',
-      'netns',
-      fx.srv.name,
-    ])
-    sh('ip', ['-n', fx.ns.name, 'addr', 'add', `${CLI_ADDR}/24`, 'dev', 'tt-cli'])
-    // the storm connects to SERVER_ADDRS consecutive addresses, so that TIME_WAIT sockets of one do not
-    // block the next connections
-    for (let i = 0; i < SERVER_ADDRS; i++) {
-      sh('ip', ['-n', fx.srv.name, 'addr', 'add', `${serverAddr(i)}/24`, 'dev', 'tt-srv'])
-    }
-    for (const [ns, dev] of [
-      [fx.ns, 'tt-cli'],
-      [fx.srv, 'tt-srv'],
-    ] as const) {
-      sh('ip', ['-n', ns.name, 'link', 'set', dev, 'up'])
-      sh('ip', ['netns', 'exec', ns.name, 'ethtool', '-K', dev, 'gro', 'on', 'tso', 'off', 'gso', 'off'])
-      sh('ip', ['netns', 'exec', ns.name, 'sh', '-c', `echo 1 > /sys/class/net/${dev}/threaded`])
-    }
-    sh('ip', ['netns', 'exec', fx.ns.name, 'sysctl', '-qw', 'net.ipv4.ip_local_port_range=1024 65000'])
-  })
+  before(() =>
+    vethPair(
+      fx.ns,
+      fx.srv,
+      CLI_ADDR,
+      Array.from({ length: SERVER_ADDRS }, (_, i) => serverAddr(i)),
+    ),
+  )
 
   test(`${N} names, then ${N} more: series and kernel map capped, every connection counted, memory bounded`, async () => {
     const file = path.join(fx.dir, 'storm.yml')

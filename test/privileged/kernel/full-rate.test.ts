@@ -29,16 +29,12 @@ import {
   startServer,
   TIME_SCALE,
   valueOf,
+  vethPair,
 } from '../harness.js'
 
 const { skip } = privileged()
 const CLI_ADDR = '10.211.0.1'
 const SRV_ADDR = '10.211.0.2'
-
-function sh(cmd: string, args: string[]): void {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' })
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr || r.error?.message}`)
-}
 
 /** The whole aggregation map, read as the exporter reads it, with one histogram bucket besides +Inf. */
 function readAggregates(tracer: TcpTracer): AggregateDump {
@@ -59,43 +55,7 @@ describe('exact at full rate', { skip }, () => {
   // the client's and the server's namespace, joined by a veth pair
   const fx = fixture('tt-full-rate-', { a: `tt-fra-${process.pid}`, b: `tt-frb-${process.pid}` })
 
-  before(() => {
-    sh('ip', [
-      '-n',
-      fx.a.name,
-      'link',
-      'add',
-      'tt-cli',
-      'type',
-      'veth',
-      'peer',
-      'name',
-      'tt-srv',
-      'netns',
-      fx.b.name,
-    ])
-    for (const [ns, dev, addr] of [
-      [fx.a, 'tt-cli', CLI_ADDR],
-      [fx.b, 'tt-srv', SRV_ADDR],
-    ] as const) {
-      sh('ip', ['-n', ns.name, 'addr', 'add', `${addr}/24`, 'dev', dev])
-      sh('ip', ['-n', ns.name, 'link', 'set', dev, 'up'])
-      // GRO on makes veth receive through NAPI; TSO and GSO off make every TCP segment eligible for it
-      sh('ip', ['netns', 'exec', ns.name, 'ethtool', '-K', dev, 'gro', 'on', 'tso', 'off', 'gso', 'off'])
-      // and the NAPI poller a thread of its own, instead of softirq on whatever runs
-      sh('ip', ['netns', 'exec', ns.name, 'sh', '-c', `echo 1 > /sys/class/net/${dev}/threaded`])
-    }
-    // 100,000 connections from one address to one port: the client reuses ports in TIME_WAIT
-    sh('ip', [
-      'netns',
-      'exec',
-      fx.a.name,
-      'sysctl',
-      '-qw',
-      'net.ipv4.tcp_tw_reuse=1',
-      'net.ipv4.ip_local_port_range=1024 65000',
-    ])
-  })
+  before(() => vethPair(fx.a, fx.b, CLI_ADDR, [SRV_ADDR]))
 
   const N = TIME_SCALE > 1 ? 10_000 : 100_000
   const SCRAPES_DURING_LOAD = TIME_SCALE > 1 ? 3 : 10

@@ -6,11 +6,11 @@
 // change runs in the context of a thread the kernel runs no programs for (docs/tracer.md, Known
 // limits): each count is exact.
 import assert from 'node:assert/strict'
-import { spawn, spawnSync } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { closeSync, openSync } from 'node:fs'
 import { performance } from 'node:perf_hooks'
 import { before, describe, test } from 'node:test'
-import { CLI, fixture, privileged, runClient, startServer, TIME_SCALE } from '../harness.js'
+import { CLI, fixture, privileged, runClient, startServer, TIME_SCALE, vethPair } from '../harness.js'
 
 const { skip } = privileged()
 const CLI_ADDR = '10.212.0.1'
@@ -18,11 +18,6 @@ const SRV_ADDR = '10.212.0.2'
 const DURATION_S = 30
 /** connections per client run: short runs, so the 30 s are not overshot by much */
 const CHUNK = 20_000
-
-function sh(cmd: string, args: string[]): void {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' })
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr || r.error?.message}`)
-}
 
 interface Traced {
   exited: Promise<number | null>
@@ -60,40 +55,7 @@ async function startTrace(args: string[], out: number | 'pipe'): Promise<Traced>
 describe('trace at full rate', { skip }, () => {
   const fx = fixture('tt-trace-rate-', { a: `tt-tra-${process.pid}`, b: `tt-trb-${process.pid}` })
 
-  before(() => {
-    sh('ip', [
-      '-n',
-      fx.a.name,
-      'link',
-      'add',
-      'tt-cli',
-      'type',
-      'veth',
-      'peer',
-      'name',
-      'tt-srv',
-      'netns',
-      fx.b.name,
-    ])
-    for (const [ns, dev, addr] of [
-      [fx.a, 'tt-cli', CLI_ADDR],
-      [fx.b, 'tt-srv', SRV_ADDR],
-    ] as const) {
-      sh('ip', ['-n', ns.name, 'addr', 'add', `${addr}/24`, 'dev', dev])
-      sh('ip', ['-n', ns.name, 'link', 'set', dev, 'up'])
-      sh('ip', ['netns', 'exec', ns.name, 'ethtool', '-K', dev, 'gro', 'on', 'tso', 'off', 'gso', 'off'])
-      sh('ip', ['netns', 'exec', ns.name, 'sh', '-c', `echo 1 > /sys/class/net/${dev}/threaded`])
-    }
-    sh('ip', [
-      'netns',
-      'exec',
-      fx.a.name,
-      'sysctl',
-      '-qw',
-      'net.ipv4.tcp_tw_reuse=1',
-      'net.ipv4.ip_local_port_range=1024 65000',
-    ])
-  })
+  before(() => vethPair(fx.a, fx.b, CLI_ADDR, [SRV_ADDR]))
 
   test(`${DURATION_S} s at full rate: --json to /dev/null and the columns to a pipe, every event out, none lost`, async (t) => {
     const server = await startServer(fx.b, [
